@@ -1,0 +1,169 @@
+"""The validated configuration: frozen dataclasses built by `config.loader`.
+
+Defaults live here and only here; the loader applies them first and then what the file
+says. Key names mirror the YAML keys (they are the config contract documented in the
+README).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from smtp_exporter.model import Transaction
+
+
+class StartTLS(enum.StrEnum):
+    AUTO = "auto"  # use STARTTLS when the server offers it
+    REQUIRED = "required"  # fail with starttls_not_offered when it does not
+    NEVER = "never"
+
+
+class IPProtocol(enum.StrEnum):
+    AUTO = "auto"  # the resolver's order, falling back to the other family
+    IP4 = "ip4"
+    IP6 = "ip6"
+
+
+class AuthMechanism(enum.StrEnum):
+    AUTO = "auto"  # the strongest the server offers among those we speak
+    PLAIN = "PLAIN"
+    LOGIN = "LOGIN"
+    CRAM_MD5 = "CRAM-MD5"
+
+
+class MXMode(enum.StrEnum):
+    PRIMARY = "primary"  # one series: the first MX host that accepts a connection
+    EACH = "each"  # every MX host is probed and is its own series (label mx_host)
+
+
+class Secret(str):
+    """A string that never shows itself in a repr, a log line or an f-string by accident."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    def __str__(self) -> str:
+        return "<secret>"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSConfig:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    min_version: str = "TLS12"  # TLS10 | TLS11 | TLS12 | TLS13
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    mechanism: AuthMechanism = AuthMechanism.AUTO
+    username: str = ""
+    # Read from password_file or password_env at load time; never from the YAML itself.
+    password: Secret = Secret("")
+    password_file: str | None = None
+    password_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageConfig:
+    subject: str = "smtp-exporter probe"
+    body: str = "This message was sent by smtp-exporter to check that mail is accepted."
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpectConfig:
+    banner: str | None = None  # a regular expression searched in the 220 greeting
+    extensions: tuple[str, ...] = ()  # EHLO keywords that must be offered (upper case)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port" / "[ipv6]:port"; empty: system resolver
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModuleConfig:
+    port: int = 25
+    timeout: float = 10.0
+    ehlo: str | None = None  # None: this host's FQDN, found once per process
+    helo_fallback: bool = True
+    starttls: StartTLS = StartTLS.AUTO
+    implicit_tls: bool = False
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig | None = None
+    transaction: Transaction = Transaction.NONE
+    mail_from: str = ""  # empty: the null reverse-path <>
+    rcpt_to: tuple[str, ...] = ("postmaster",)  # RFC 5321 4.5.1: every server must accept it
+    message: MessageConfig = field(default_factory=MessageConfig)
+    expect: ExpectConfig = field(default_factory=ExpectConfig)
+    ip_protocol: IPProtocol = IPProtocol.AUTO
+    mx: bool = False
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetConfig:
+    target: str
+    module: str
+    interval: float
+    labels: tuple[tuple[str, str], ...] = ()
+    mx_mode: MXMode = MXMode.PRIMARY
+    line: int = 0  # where it stands in the config file, for messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DefaultsConfig:
+    module: str = "smtp_handshake"
+    interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    max_concurrency: int = 512
+    shutdown_grace_period: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    # Buckets of smtp_probe_duration_histogram_seconds (seconds).
+    histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+    # Per-phase histograms multiply series by the number of phases: off unless asked for.
+    phase_histograms: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpProbeConfig:
+    # Empty: /probe may reach any target (the blackbox_exporter model). Otherwise each entry is
+    # a host pattern ("*.example.org", "mx1.example.org"), a CIDR ("192.0.2.0/24") or either
+    # with a port (":25", "mx1.example.org:587", "[2001:db8::/32]:25").
+    allowed_targets: tuple[str, ...] = ()
+    max_concurrent: int = 64  # /probe requests beyond this get 503
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardConfig:
+    count: int = 1
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    modules: dict[str, ModuleConfig]
+    targets: tuple[TargetConfig, ...] = ()
+    defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http_probe: HttpProbeConfig = field(default_factory=HttpProbeConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    source: str = "<built-in>"  # the file it came from

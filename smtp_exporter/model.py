@@ -1,0 +1,214 @@
+"""What one probe measured: the typed result every other part of the exporter renders.
+
+Phase and failure-reason names are part of the public contract: they become label values
+(`phase`, `reason`) and JSON values, so they must never be renamed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Phase(enum.StrEnum):
+    """The steps of an SMTP conversation, in the order they can happen."""
+
+    RESOLVE = "resolve"
+    CONNECT = "connect"
+    TLS = "tls"
+    BANNER = "banner"
+    EHLO = "ehlo"
+    HELO = "helo"
+    STARTTLS = "starttls"
+    EHLO_TLS = "ehlo_tls"
+    AUTH = "auth"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    MESSAGE = "message"
+    RSET = "rset"
+    QUIT = "quit"
+
+
+class FailureReason(enum.StrEnum):
+    """Why a probe failed: a closed set, documented in the README."""
+
+    DNS_ERROR = "dns_error"
+    DNS_NXDOMAIN = "dns_nxdomain"
+    NULL_MX = "null_mx"
+    CONNECT_REFUSED = "connect_refused"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    TIMEOUT = "timeout"
+    CONNECTION_CLOSED = "connection_closed"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    TLS_CERT_INVALID = "tls_cert_invalid"
+    STARTTLS_NOT_OFFERED = "starttls_not_offered"
+    REPLY_TEMPORARY = "reply_temporary"
+    REPLY_PERMANENT = "reply_permanent"
+    UNEXPECTED_REPLY = "unexpected_reply"
+    PROTOCOL_ERROR = "protocol_error"
+    AUTH_FAILED = "auth_failed"
+    EXPECTATION_FAILED = "expectation_failed"
+
+
+class Transaction(enum.StrEnum):
+    """How far a module's conversation goes."""
+
+    NONE = "none"
+    ENVELOPE = "envelope"
+    MESSAGE = "message"
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    """One phase of the conversation: how long it took and what the server answered.
+
+    `reply_code` is None for phases without a reply (resolve, connect, tls). For a phase
+    made of several commands (several RCPT TO, AUTH LOGIN's steps) the duration covers
+    them all and the reply is the last one, or the first that failed.
+    """
+
+    phase: Phase
+    duration_seconds: float
+    reply_code: int | None = None
+    enhanced_status: str | None = None
+    reply: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    phase: Phase
+    reason: FailureReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """TLS facts of the session, reported even when certificate verification failed."""
+
+    version: str
+    cipher: str
+    verified: bool
+    verify_error: str | None
+    cert_not_before_timestamp: float | None
+    cert_not_after_timestamp: float | None
+    subject: str | None
+    issuer: str | None
+    sans: tuple[str, ...]
+    fingerprint_sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    banner: str | None = None
+    ehlo_hostname: str | None = None
+    # EHLO keyword (upper case) -> its parameters, e.g. {"SIZE": ("10240000",)}.
+    extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def extension_map(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.extensions)
+
+    @property
+    def max_message_size(self) -> int | None:
+        params = self.extension_map.get("SIZE")
+        if params and params[0].isdigit():
+            return int(params[0])
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressInfo:
+    ip: str
+    port: int
+    family: int  # 4 or 6
+
+
+@dataclass(frozen=True, slots=True)
+class MXInfo:
+    host: str
+    preference: int
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptLine:
+    """One line of the conversation: `direction` is "C" (client), "S" (server) or "*" (event)."""
+
+    offset_seconds: float
+    direction: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    target: str
+    module: str
+    success: bool
+    start_timestamp: float
+    duration_seconds: float
+    phases: tuple[PhaseResult, ...]
+    failure: Failure | None
+    tls: TLSInfo | None = None
+    server: ServerInfo = field(default_factory=ServerInfo)
+    address: AddressInfo | None = None
+    mx: MXInfo | None = None
+    transcript: tuple[TranscriptLine, ...] = ()
+
+    def phase(self, phase: Phase) -> PhaseResult | None:
+        for result in self.phases:
+            if result.phase is phase:
+                return result
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document of `smtp-exporter probe --output json` (its keys are a contract)."""
+        return {
+            "target": self.target,
+            "module": self.module,
+            "success": self.success,
+            "duration_seconds": self.duration_seconds,
+            "failure": None
+            if self.failure is None
+            else {
+                "phase": self.failure.phase.value,
+                "reason": self.failure.reason.value,
+                "message": self.failure.message,
+            },
+            "phases": [
+                {
+                    "phase": p.phase.value,
+                    "duration_seconds": p.duration_seconds,
+                    "reply_code": p.reply_code,
+                    "enhanced_status": p.enhanced_status,
+                    "reply": p.reply,
+                }
+                for p in self.phases
+            ],
+            "tls": None
+            if self.tls is None
+            else {
+                "version": self.tls.version,
+                "cipher": self.tls.cipher,
+                "verified": self.tls.verified,
+                "verify_error": self.tls.verify_error,
+                "cert_not_before_timestamp": self.tls.cert_not_before_timestamp,
+                "cert_not_after_timestamp": self.tls.cert_not_after_timestamp,
+                "subject": self.tls.subject,
+                "issuer": self.tls.issuer,
+                "sans": list(self.tls.sans),
+                "fingerprint_sha256": self.tls.fingerprint_sha256,
+            },
+            "server": {
+                "banner": self.server.banner,
+                "extensions": {k: list(v) for k, v in self.server.extensions},
+            },
+            "address": None
+            if self.address is None
+            else {"ip": self.address.ip, "port": self.address.port, "family": self.address.family},
+            "mx": None if self.mx is None else {"host": self.mx.host, "preference": self.mx.preference},
+            "transcript": [
+                {"offset_seconds": t.offset_seconds, "direction": t.direction, "text": t.text}
+                for t in self.transcript
+            ],
+        }

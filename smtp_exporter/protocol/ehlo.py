@@ -1,0 +1,46 @@
+"""The EHLO reply (RFC 5321 4.1.1.1): the server's name and its service extensions."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from smtp_exporter.protocol.reply import Reply
+
+MAX_EXTENSION_PARAMS = 32
+MAX_KEYWORD_CHARS = 64
+
+
+class EhloResponse(NamedTuple):
+    hostname: str
+    # Keyword (upper case) -> parameters, in the order offered; duplicates merged.
+    extensions: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def parse_ehlo(reply: Reply) -> EhloResponse:
+    """Read the hostname and the extensions from a 250 EHLO reply.
+
+    Lenient on purpose: a keyword that is not valid is skipped rather than failing the
+    probe, and the old `AUTH=LOGIN PLAIN` form is read as `AUTH LOGIN PLAIN`.
+    """
+    first = reply.lines[0] if reply.lines else ""
+    hostname = first.split(" ", 1)[0][:255]
+    merged: dict[str, list[str]] = {}
+    for line in reply.lines[1:]:
+        words = line.split()
+        if not words:
+            continue
+        keyword = words[0]
+        params = words[1:]
+        if "=" in keyword:
+            keyword, _, extra = keyword.partition("=")
+            params = ([extra] if extra else []) + params
+        keyword = keyword.upper()
+        if not keyword or len(keyword) > MAX_KEYWORD_CHARS or not keyword[0].isalnum():
+            continue
+        if not all(c.isalnum() or c == "-" for c in keyword) or not keyword.isascii():
+            continue
+        known = merged.setdefault(keyword, [])
+        for param in params:
+            if param not in known and len(known) < MAX_EXTENSION_PARAMS:
+                known.append(param)
+    return EhloResponse(hostname, tuple((k, tuple(v)) for k, v in merged.items()))

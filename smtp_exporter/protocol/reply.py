@@ -1,0 +1,175 @@
+"""SMTP replies (RFC 5321 4.2): a bounded, incremental parser over bytes."""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+# Bounds on what a server may make us buffer. RFC 5321 allows 512 octets per reply line;
+# real servers stay far below these. Anything larger is a protocol error, and reading stops.
+MAX_LINE_BYTES = 4096
+MAX_REPLY_LINES = 64
+MAX_REPLY_BYTES = 32 * 1024
+MAX_TEXT_CHARS = 512  # reply text kept in results (the full text goes nowhere else)
+
+
+class ReplyCode(enum.IntEnum):
+    SERVICE_READY = 220
+    CLOSING = 221
+    AUTH_SUCCESSFUL = 235
+    OK = 250
+    USER_NOT_LOCAL = 251
+    AUTH_CONTINUE = 334
+    START_MAIL_INPUT = 354
+    SERVICE_NOT_AVAILABLE = 421
+    TLS_NOT_AVAILABLE = 454
+    COMMAND_UNRECOGNIZED = 500
+    COMMAND_NOT_IMPLEMENTED = 502
+
+
+class ProtocolError(Exception):
+    """What the server sent cannot be read as SMTP replies."""
+
+
+class MalformedReplyError(ProtocolError):
+    """A reply that breaks the grammar or the size bounds (reason `protocol_error`)."""
+
+
+class NotAReplyError(ProtocolError):
+    """Text that is not an SMTP reply at all, e.g. another protocol's greeting
+    (reason `unexpected_reply`)."""
+
+
+class Reply(NamedTuple):
+    code: int
+    lines: tuple[str, ...]  # the text after "NNN-" / "NNN " on each line
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def code_class(self) -> int:
+        return self.code // 100
+
+    @property
+    def enhanced_status(self) -> str | None:
+        """The RFC 3463 enhanced status code at the start of the first line, if any."""
+        first = self.lines[0] if self.lines else ""
+        token = first.split(" ", 1)[0]
+        parts = token.split(".")
+        if (
+            len(parts) == 3
+            and parts[0] in ("2", "4", "5")
+            and 1 <= len(parts[1]) <= 3
+            and 1 <= len(parts[2]) <= 3
+            and parts[1].isdigit()
+            and parts[2].isdigit()
+        ):
+            return token
+        return None
+
+    def summary(self) -> str:
+        """Code and text on one line, capped: what results and messages keep."""
+        text = " ".join(self.lines)
+        if len(text) > MAX_TEXT_CHARS:
+            text = text[:MAX_TEXT_CHARS] + "..."
+        return f"{self.code} {text}".rstrip()
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
+
+
+class ReplyParser:
+    """Feed bytes as they arrive; get complete replies back.
+
+    Lines end in CRLF; a bare LF is tolerated (lenient servers exist), a bare CR inside a
+    line is not. Every bound is checked before data is kept, so a hostile server can make
+    this buffer at most MAX_REPLY_BYTES + MAX_LINE_BYTES.
+    """
+
+    __slots__ = ("_buffer", "_code", "_lines", "_reply_bytes", "broken")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._code = -1  # code of the multi-line reply under way, -1 when none
+        self._lines: list[str] = []
+        self._reply_bytes = 0
+        self.broken = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether part of a reply has been received but not completed."""
+        return bool(self._buffer) or self._code != -1
+
+    def feed(self, data: bytes) -> list[Reply]:
+        if self.broken:
+            raise MalformedReplyError("reading stopped after an earlier protocol error")
+        try:
+            return self._feed(data)
+        except ProtocolError:
+            self.broken = True
+            self._buffer = b""
+            self._lines = []
+            raise
+
+    def _feed(self, data: bytes) -> list[Reply]:
+        buffer = self._buffer + data if self._buffer else data
+        replies: list[Reply] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                rest = buffer[start:]
+                if len(rest) > MAX_LINE_BYTES:
+                    raise MalformedReplyError(f"reply line longer than {MAX_LINE_BYTES} bytes without a line end")
+                self._buffer = rest
+                self._check_bare_cr(rest, partial=True)
+                return replies
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            reply = self._line(line)
+            if reply is not None:
+                replies.append(reply)
+
+    @staticmethod
+    def _check_bare_cr(line: bytes, *, partial: bool) -> None:
+        cr = line.find(b"\r")
+        if cr >= 0 and not (partial and cr == len(line) - 1):
+            raise MalformedReplyError("bare CR in a reply line")
+
+    def _line(self, line: bytes) -> Reply | None:
+        if len(line) > MAX_LINE_BYTES:
+            raise MalformedReplyError(f"reply line longer than {MAX_LINE_BYTES} bytes")
+        self._reply_bytes += len(line) + 2
+        if self._reply_bytes > MAX_REPLY_BYTES:
+            raise MalformedReplyError(f"reply longer than {MAX_REPLY_BYTES} bytes")
+        if b"\r" in line:
+            raise MalformedReplyError("bare CR in a reply line")
+        if b"\x00" in line:
+            raise MalformedReplyError("NUL byte in a reply line")
+        head = line[:3]
+        if len(head) < 3 or not head.isdigit() or (len(line) > 3 and line[3] not in b" -"):
+            if self._code == -1:
+                raise NotAReplyError(f"not an SMTP reply: {_decode(line[:80])!r}")
+            raise MalformedReplyError(f"malformed continuation line: {_decode(line[:80])!r}")
+        code = int(head)
+        if self._code != -1 and code != self._code:
+            raise MalformedReplyError(f"continuation line with code {code} inside a {self._code} reply")
+        self._lines.append(_decode(line[4:]))
+        if len(self._lines) > MAX_REPLY_LINES:
+            raise MalformedReplyError(f"reply of more than {MAX_REPLY_LINES} lines")
+        if len(line) > 3 and line[3] == 0x2D:  # "-": more lines follow
+            self._code = code
+            return None
+        reply = Reply(code, tuple(self._lines))
+        self._code = -1
+        self._lines = []
+        self._reply_bytes = 0
+        return reply
