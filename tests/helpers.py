@@ -1,0 +1,52 @@
+"""Small helpers shared by the test suite.
+
+There is deliberately no `free_port()`: asking the kernel for a free port and binding it
+later races with every other test. Servers bind port 0 themselves and report the port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# The Debian package that provides each system binary the tests use.
+DEBIAN_PACKAGES = {
+    "smtp-sink": "postfix",
+    "smtp-source": "postfix",
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
+    "chromium": "chromium",
+    "openssl": "openssl",
+}
+
+# Places where Debian installs binaries that are not on an ordinary user's PATH.
+_EXTRA_DIRS = ("/usr/sbin", "/usr/lib/postfix/sbin")
+
+REQUIRE_ALL_ENV = "SMTP_EXPORTER_REQUIRE_ALL"
+
+
+def require_binary(name: str) -> str:
+    """The absolute path of system binary `name`, or skip the test when it is missing.
+
+    With SMTP_EXPORTER_REQUIRE_ALL=1 (as in CI) a missing binary fails the test instead,
+    naming the Debian package to install, so a green CI run never hides skipped tests.
+    """
+    found = shutil.which(name)
+    if found is None:
+        for directory in _EXTRA_DIRS:
+            candidate = Path(directory) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                found = str(candidate)
+                break
+    if found is not None:
+        return found
+    package = DEBIAN_PACKAGES.get(name)
+    hint = f" (Debian package {package!r}: apt-get install {package})" if package else ""
+    message = f"required binary {name!r} not found on PATH, /usr/sbin or /usr/lib/postfix/sbin{hint}"
+    if os.environ.get(REQUIRE_ALL_ENV) == "1":
+        pytest.fail(f"{message}; {REQUIRE_ALL_ENV}=1 forbids skipping", pytrace=False)
+    pytest.skip(message)
