@@ -67,7 +67,7 @@ class AuthConfig:
     mechanism: AuthMechanism = AuthMechanism.AUTO
     username: str = ""
     # Read from password_file or password_env at load time; never from the YAML itself.
-    password: Secret = Secret("")
+    password: Secret = Secret("")  # noqa: RUF009 (immutable)
     password_file: str | None = None
     password_env: str | None = None
 

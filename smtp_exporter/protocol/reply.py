@@ -126,7 +126,9 @@ class ReplyParser:
             if end < 0:
                 rest = buffer[start:]
                 if len(rest) > MAX_LINE_BYTES:
-                    raise MalformedReplyError(f"reply line longer than {MAX_LINE_BYTES} bytes without a line end")
+                    raise MalformedReplyError(
+                        f"reply line longer than {MAX_LINE_BYTES} bytes without a line end"
+                    )
                 self._buffer = rest
                 self._check_bare_cr(rest, partial=True)
                 return replies

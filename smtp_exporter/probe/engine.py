@@ -1,0 +1,476 @@
+"""One SMTP conversation against one server, measured phase by phase."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import secrets
+import socket
+import ssl
+import time
+from typing import NamedTuple
+
+from smtp_exporter.config.schema import AuthConfig, AuthMechanism, ModuleConfig, StartTLS
+from smtp_exporter.model import (
+    AddressInfo,
+    Failure,
+    FailureReason,
+    MXInfo,
+    Phase,
+    PhaseResult,
+    ProbeResult,
+    ServerInfo,
+    TLSInfo,
+    Transaction,
+    TranscriptLine,
+)
+from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
+from smtp_exporter.probe.errors import ProbeError, ProbeTimeoutError, ReplyError
+from smtp_exporter.probe.resolve import Address, DNSClient
+from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
+from smtp_exporter.protocol import (
+    CommandError,
+    Reply,
+    auth_cram_md5_response,
+    auth_login_step,
+    auth_plain_initial,
+    build_message,
+    encode_command,
+    parse_ehlo,
+)
+from smtp_exporter.targets import Target
+
+QUIT_GRACE_SECONDS = 1.0  # how long a failed probe still waits for QUIT's reply
+MAX_TRANSCRIPT_LINES = 200
+REDACTED = "<redacted>"
+_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+
+_OK_CODES = {
+    Phase.BANNER: (220,),
+    Phase.EHLO: (250,),
+    Phase.HELO: (250,),
+    Phase.EHLO_TLS: (250,),
+    Phase.STARTTLS: (220,),
+    Phase.MAIL: (250,),
+    Phase.RCPT: (250, 251),
+    Phase.DATA: (354,),
+    Phase.MESSAGE: (250,),
+    Phase.RSET: (250,),
+    Phase.QUIT: (221,),
+}
+
+
+class Candidate(NamedTuple):
+    address: Address
+    mx: MXInfo | None
+
+
+class Conversation:
+    """The state of one probe. Built per probe by `Prober`; `run()` once."""
+
+    def __init__(
+        self,
+        *,
+        target: Target,
+        target_text: str,
+        module_name: str,
+        module: ModuleConfig,
+        timeout: float,
+        dns: DNSClient,
+        tls_context: ssl.SSLContext | None,
+        certificates: CertificateReader,
+        ehlo_name: str,
+        mx: MXInfo | None = None,
+        lookup_mx: bool = False,
+        pre_resolve_seconds: float = 0.0,
+    ) -> None:
+        self.target = target
+        self.target_text = target_text
+        self.module_name = module_name
+        self.module = module
+        self.timeout = timeout
+        self.dns = dns
+        self.tls_context = tls_context
+        self.certificates = certificates
+        self.ehlo_name = ehlo_name
+        self.mx = mx
+        self.lookup_mx = lookup_mx
+        self.pre_resolve_seconds = pre_resolve_seconds
+        self.server_name: str | None = None
+
+        self.phase = Phase.RESOLVE
+        self.phases: list[PhaseResult] = []
+        self.transcript: list[TranscriptLine] = []
+        self.t0 = 0.0
+        self.conn: SMTPClientProtocol | None = None
+        self.address: AddressInfo | None = None
+        self.tls: TLSInfo | None = None
+        self.banner: str | None = None
+        self.ehlo_hostname: str | None = None
+        self.extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    # Bookkeeping
+
+    def _note(self, direction: str, text: str, at: float | None = None) -> None:
+        if len(self.transcript) < MAX_TRANSCRIPT_LINES:
+            when = (perf_counter() if at is None else at) - self.t0
+            self.transcript.append(TranscriptLine(when, direction, text))
+
+    def _record(self, phase: Phase, started: float, ended: float, reply: Reply | None = None) -> None:
+        if reply is None:
+            self.phases.append(PhaseResult(phase, ended - started))
+        else:
+            self.phases.append(
+                PhaseResult(phase, ended - started, reply.code, reply.enhanced_status, reply.summary()[4:])
+            )
+
+    def _deadline_left(self) -> float:
+        return self.timeout - (perf_counter() - self.t0)
+
+    # Commands
+
+    async def _exchange(
+        self, phase: Phase, line: bytes, *, shown: str | None = None, record: bool = True
+    ) -> tuple[Reply, float, float]:
+        """Send one command line and read its reply; returns reply, start and end times."""
+        assert self.conn is not None
+        self.phase = phase
+        started = self.conn.send(phase, line)
+        self._note("C", shown if shown is not None else line[:-2].decode("utf-8", "replace"), started)
+        reply, ended = await self.conn.read_reply(phase)
+        self._note_reply(reply, ended)
+        if record:
+            self._record(phase, started, ended, reply)
+        return reply, started, ended
+
+    def _note_reply(self, reply: Reply, at: float) -> None:
+        last = len(reply.lines) - 1
+        for i, text in enumerate(reply.lines):
+            self._note("S", f"{reply.code}{' ' if i == last else '-'}{text}", at)
+
+    async def _command(self, phase: Phase, verb: str, argument: str | None = None) -> Reply:
+        reply, _, _ = await self._exchange(phase, encode_command(verb, argument))
+        if reply.code not in _OK_CODES[phase]:
+            raise ReplyError(phase, reply)
+        return reply
+
+    # The conversation
+
+    async def run(self) -> ProbeResult:
+        start_timestamp = time.time()
+        self.t0 = perf_counter()
+        failure: Failure | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._converse()
+        except ProbeError as exc:
+            failure = Failure(exc.phase, exc.reason, exc.message)
+        except TimeoutError:
+            failure = Failure(
+                self.phase, FailureReason.TIMEOUT, f"no answer within the {self.timeout:g}s deadline"
+            )
+            self._note("*", f"timeout in {self.phase.value}")
+        except OSError as exc:  # a write to a socket the peer has reset
+            failure = Failure(self.phase, FailureReason.CONNECTION_CLOSED, f"connection lost: {exc}")
+        finally:
+            if self.conn is not None:
+                if failure is not None and failure.reason is not FailureReason.TIMEOUT:
+                    await self._quit_after_failure()
+                self.conn.close(abort=failure is not None or self.tls is not None)
+        if failure is None and self.module.fail_on_quit:
+            quit_phase = self.phases[-1] if self.phases and self.phases[-1].phase is Phase.QUIT else None
+            if quit_phase is None or quit_phase.reply_code != 221:
+                failure = self._quit_failure(quit_phase)
+        if failure is not None:
+            self._note(
+                "*", f"probe failed in {failure.phase.value}: {failure.reason.value}: {failure.message}"
+            )
+        return ProbeResult(
+            target=self.target_text,
+            module=self.module_name,
+            success=failure is None,
+            start_timestamp=start_timestamp,
+            duration_seconds=perf_counter() - self.t0,
+            phases=tuple(self.phases),
+            failure=failure,
+            tls=self.tls,
+            server=ServerInfo(
+                banner=self.banner, ehlo_hostname=self.ehlo_hostname, extensions=self.extensions
+            ),
+            address=self.address,
+            mx=self.mx,
+            transcript=tuple(self.transcript),
+        )
+
+    def _quit_failure(self, quit_phase: PhaseResult | None) -> Failure:
+        if quit_phase is None or quit_phase.reply_code is None:
+            return Failure(Phase.QUIT, FailureReason.CONNECTION_CLOSED, "no reply to QUIT")
+        code = quit_phase.reply_code
+        reason = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}.get(
+            code // 100, FailureReason.UNEXPECTED_REPLY
+        )
+        return Failure(
+            Phase.QUIT, reason, f"unexpected reply to quit: {code} {quit_phase.reply or ''}".rstrip()
+        )
+
+    async def _converse(self) -> None:
+        module = self.module
+        await self._connect(await self._resolve())
+        if module.implicit_tls:
+            await self._tls()
+        await self._banner()
+        offered = await self._ehlo(Phase.EHLO)
+        if module.starttls is not StartTLS.NEVER and not module.implicit_tls:
+            if "STARTTLS" in offered:
+                await self._command(Phase.STARTTLS, "STARTTLS")
+                assert self.conn is not None
+                self.conn.ready_for_tls(Phase.STARTTLS)
+                await self._tls()
+                offered = await self._ehlo(Phase.EHLO_TLS)
+            elif module.starttls is StartTLS.REQUIRED:
+                raise ProbeError(
+                    Phase.STARTTLS, FailureReason.STARTTLS_NOT_OFFERED, "the server did not offer STARTTLS"
+                )
+        missing = [ext for ext in module.expect.extensions if ext not in offered]
+        if missing:
+            raise ProbeError(
+                self.phase, FailureReason.EXPECTATION_FAILED, f"extensions not offered: {', '.join(missing)}"
+            )
+        if module.auth is not None:
+            await self._auth(module.auth, offered)
+        if module.transaction is not Transaction.NONE:
+            await self._transaction()
+        await self._quit()
+
+    async def _resolve(self) -> list[Candidate]:
+        target = self.target
+        if target.ip is not None:
+            return [Candidate(Address(target.host, target.ip.version), None)]
+        started = perf_counter() - self.pre_resolve_seconds
+        ip_protocol = self.module.ip_protocol
+        if self.lookup_mx:
+            hosts = await self.dns.mx_hosts(target.host)
+            found = await asyncio.gather(
+                *(self.dns.addresses(mx.host, ip_protocol) for mx in hosts), return_exceptions=True
+            )
+            candidates = []
+            for mx, addresses in zip(hosts, found, strict=True):
+                if isinstance(addresses, BaseException):
+                    if not isinstance(addresses, ProbeError):
+                        raise addresses
+                    self._note("*", f"MX {mx.host}: {addresses.message}")
+                    continue
+                candidates += [Candidate(address, mx) for address in addresses]
+            if not candidates:
+                first = found[0]
+                assert isinstance(first, ProbeError)
+                raise first
+        else:
+            addresses = await self.dns.addresses(target.host, ip_protocol)
+            candidates = [Candidate(address, self.mx) for address in addresses]
+        self._record(Phase.RESOLVE, started, perf_counter())
+        return candidates
+
+    async def _connect(self, candidates: list[Candidate]) -> None:
+        self.phase = Phase.CONNECT
+        loop = asyncio.get_running_loop()
+        port = self.target.port
+        started = perf_counter()
+        last_error: ProbeError | None = None
+        for address, mx in candidates:
+            via = f" (MX {mx.host})" if mx is not None else ""
+            self._note("*", f"connecting to {address.ip} port {port}{via}")
+            protocol = SMTPClientProtocol()
+            try:
+                await loop.create_connection(lambda p=protocol: p, address.ip, port)  # type: ignore[misc]
+            except OSError as exc:
+                reason = (
+                    FailureReason.NETWORK_UNREACHABLE
+                    if exc.errno in _UNREACHABLE
+                    else FailureReason.CONNECT_REFUSED
+                )
+                detail = os.strerror(exc.errno) if exc.errno else str(exc)
+                last_error = ProbeError(Phase.CONNECT, reason, f"{address.ip} port {port}{via}: {detail}")
+                self._note("*", last_error.message)
+                continue
+            self.conn = protocol
+            self.address = AddressInfo(address.ip, port, address.family)
+            self.mx = mx
+            self.server_name = self.module.tls_config.server_name or (mx.host if mx else self.target.host)
+            self._record(Phase.CONNECT, started, protocol.connected_at)
+            return
+        assert last_error is not None
+        raise last_error
+
+    async def _tls(self) -> None:
+        assert self.conn is not None and self.tls_context is not None
+        self.phase = Phase.TLS
+        started = perf_counter()
+        verifying = self.tls_context.verify_mode != ssl.CERT_NONE
+        try:
+            await self.conn.start_tls(self.tls_context, self.server_name, self._deadline_left())
+        except ssl.SSLCertVerificationError as exc:
+            state: HandshakeState | None = getattr(exc, "peer_state", None)
+            message = exc.verify_message or str(exc)
+            self.tls = self.certificates.tls_info(
+                leaf_der=state.leaf_der if state else None,
+                version=state.version if state else None,
+                cipher=state.cipher if state else None,
+                verified=False,
+                verify_error=message,
+            )
+            self._note("*", f"TLS certificate verification failed: {message}")
+            raise ProbeError(Phase.TLS, FailureReason.TLS_CERT_INVALID, message) from exc
+        except (ssl.SSLError, ConnectionError) as exc:
+            message = f"TLS handshake failed: {exc}"
+            self._note("*", message)
+            raise ProbeError(Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED, message) from exc
+        except TimeoutError:
+            raise ProbeTimeoutError(Phase.TLS, "TLS handshake did not complete in time") from None
+        ended = perf_counter()
+        sslobj = self.conn.ssl_object
+        assert sslobj is not None
+        self.tls = session_info(self.certificates, sslobj, verified=verifying)
+        self._record(Phase.TLS, started, ended)
+        self._note("*", f"TLS {self.tls.version} {self.tls.cipher}, certificate subject {self.tls.subject}")
+
+    async def _banner(self) -> None:
+        assert self.conn is not None
+        self.phase = Phase.BANNER
+        started = perf_counter()
+        reply, ended = await self.conn.read_reply(Phase.BANNER)
+        self._note_reply(reply, ended)
+        self._record(Phase.BANNER, started, ended, reply)
+        self.banner = reply.summary()[4:]
+        if reply.code != 220:
+            raise ReplyError(Phase.BANNER, reply)
+        pattern = self.module.expect.banner
+        if pattern is not None and re.search(pattern, reply.text) is None:
+            raise ProbeError(
+                Phase.BANNER,
+                FailureReason.EXPECTATION_FAILED,
+                f"banner does not match {pattern!r}: {self.banner}",
+            )
+
+    async def _ehlo(self, phase: Phase) -> dict[str, tuple[str, ...]]:
+        reply, _, _ = await self._exchange(phase, encode_command("EHLO", self.ehlo_name))
+        if reply.code == 250:
+            ehlo = parse_ehlo(reply)
+            self.ehlo_hostname = ehlo.hostname
+            self.extensions = ehlo.extensions
+            return dict(ehlo.extensions)
+        if phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
+            await self._command(Phase.HELO, "HELO", self.ehlo_name)
+            self.extensions = ()
+            return {}
+        raise ReplyError(phase, reply)
+
+    async def _auth(self, auth: AuthConfig, offered: dict[str, tuple[str, ...]]) -> None:
+        self.phase = Phase.AUTH
+        server_mechanisms = {m.upper() for m in offered.get("AUTH", ())}
+        if auth.mechanism is AuthMechanism.AUTO:
+            choices = [m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in server_mechanisms]
+            if not choices:
+                raise ProbeError(
+                    Phase.AUTH,
+                    FailureReason.AUTH_FAILED,
+                    "the server offers no AUTH mechanism this probe speaks",
+                )
+            mechanism: str = choices[0]
+        else:
+            mechanism = auth.mechanism.value
+        password = auth.password.reveal()
+        assert self.conn is not None
+        started = perf_counter()
+        if mechanism == "PLAIN":
+            line = encode_command("AUTH", "PLAIN " + auth_plain_initial(auth.username, password))
+            reply, _, ended = await self._exchange(
+                Phase.AUTH, line, shown=f"AUTH PLAIN {REDACTED}", record=False
+            )
+        else:
+            reply, _, ended = await self._exchange(
+                Phase.AUTH, encode_command("AUTH", mechanism), record=False
+            )
+            steps = [auth.username, password] if mechanism == "LOGIN" else [""]
+            for step in steps:
+                if reply.code != 334:
+                    break
+                try:
+                    answer = (
+                        auth_login_step(step)
+                        if mechanism == "LOGIN"
+                        else auth_cram_md5_response(reply.text, auth.username, password)
+                    )
+                except CommandError as exc:
+                    raise ProbeError(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)) from exc
+                reply, _, ended = await self._exchange(
+                    Phase.AUTH, answer.encode("ascii") + b"\r\n", shown=REDACTED, record=False
+                )
+        self._record(Phase.AUTH, started, ended, reply)
+        if reply.code != 235:
+            reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
+            raise ReplyError(Phase.AUTH, reply, reason=reason)
+
+    async def _transaction(self) -> None:
+        module = self.module
+        await self._command(Phase.MAIL, "MAIL", f"FROM:<{module.mail_from}>")
+        started = perf_counter()
+        for recipient in module.rcpt_to:
+            reply, _, ended = await self._exchange(
+                Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), record=False
+            )
+            if reply.code not in _OK_CODES[Phase.RCPT]:
+                break
+        self._record(Phase.RCPT, started, ended, reply)
+        if reply.code not in _OK_CODES[Phase.RCPT]:
+            raise ReplyError(Phase.RCPT, reply)
+        if module.transaction is Transaction.ENVELOPE:
+            await self._command(Phase.RSET, "RSET")
+            return
+        await self._command(Phase.DATA, "DATA")
+        domain = self.ehlo_name
+        payload = build_message(
+            mail_from=module.mail_from,
+            rcpt_to=module.rcpt_to,
+            subject=module.message.subject,
+            body=module.message.body,
+            headers=module.message.headers,
+            domain=domain,
+            timestamp=time.time(),
+            unique=f"smtp-exporter.{secrets.token_hex(8)}",
+        )
+        reply, _, _ = await self._exchange(Phase.MESSAGE, payload, shown=f"<message: {len(payload)} bytes>")
+        if reply.code not in _OK_CODES[Phase.MESSAGE]:
+            raise ReplyError(Phase.MESSAGE, reply)
+
+    async def _quit(self) -> None:
+        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`."""
+        try:
+            await self._exchange(Phase.QUIT, b"QUIT\r\n")
+        except ProbeError:
+            if self.module.fail_on_quit:
+                raise
+
+    async def _quit_after_failure(self) -> None:
+        """Say goodbye after a failure, briefly and within the deadline; never raises."""
+        conn = self.conn
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            return
+        grace = min(QUIT_GRACE_SECONDS, self._deadline_left())
+        if grace <= 0:
+            return
+        try:
+            conn.send(Phase.QUIT, b"QUIT\r\n")
+            self._note("C", "QUIT")
+            async with asyncio.timeout(grace):
+                reply, at = await conn.read_reply(Phase.QUIT)
+            self._note_reply(reply, at)
+        except (ProbeError, TimeoutError, OSError):
+            pass
+
+
+def this_host_fqdn() -> str:
+    name = socket.getfqdn()
+    return name if name and name != "localhost" else "localhost.localdomain"

@@ -1,0 +1,160 @@
+"""Client TLS: contexts per `TLSConfig`, and the certificate facts of a session.
+
+The facts (dates, names, fingerprint) are wanted most when verification fails: an expired
+certificate must not look like a dead server. OpenSSL keeps the peer's chain after a failed
+verification, so an `SSLObject` subclass hooked into the context copies it onto the
+exception before asyncio (or uvloop) tears the session down. Verification itself stays
+OpenSSL's, with its own error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from cryptography import x509
+
+from smtp_exporter.config.schema import TLSConfig
+from smtp_exporter.model import TLSInfo
+
+_DER = 2  # _ssl.ENCODING_DER: not exported by the ssl module
+_MIN_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+MAX_NAME_CHARS = 256
+MAX_SANS = 32
+
+
+class HandshakeState(NamedTuple):
+    """What a failed handshake had learnt, attached to the exception as `peer_state`."""
+
+    leaf_der: bytes | None
+    version: str | None
+    cipher: str | None
+
+
+class _ChainKeepingSSLObject(ssl.SSLObject):
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except ssl.SSLCertVerificationError as exc:
+            exc.peer_state = HandshakeState(_unverified_leaf(self), self.version(), _cipher_name(self))  # type: ignore[attr-defined]
+            raise
+
+
+def _unverified_leaf(sslobj: ssl.SSLObject) -> bytes | None:
+    getter: Any = getattr(sslobj, "get_unverified_chain", None)  # public from Python 3.13
+    if getter is None:
+        getter = getattr(sslobj._sslobj, "get_unverified_chain", None)  # type: ignore[attr-defined]
+    if getter is None:
+        return None
+    chain = getter()
+    if not chain:
+        return None
+    leaf = chain[0]
+    return leaf if isinstance(leaf, bytes) else bytes(leaf.public_bytes(_DER))
+
+
+def _cipher_name(sslobj: ssl.SSLObject) -> str | None:
+    cipher = sslobj.cipher()
+    return cipher[0] if cipher else None
+
+
+def build_client_context(config: TLSConfig) -> ssl.SSLContext:
+    """An SSL context for probes; raises OSError/ssl.SSLError for unreadable files."""
+    context = ssl.create_default_context(cafile=config.ca_file)
+    context.minimum_version = _MIN_VERSIONS[config.min_version]
+    if config.cert_file:
+        context.load_cert_chain(config.cert_file, config.key_file)
+    if config.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.sslobject_class = _ChainKeepingSSLObject
+    return context
+
+
+class CertificateFacts(NamedTuple):
+    not_before: float
+    not_after: float
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    fingerprint_sha256: str
+
+
+class CertificateReader:
+    """Parses leaf certificates, remembering the last few: most probes see the same one."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._cache: OrderedDict[bytes, CertificateFacts | None] = OrderedDict()
+        self._capacity = capacity
+
+    def facts(self, der: bytes) -> CertificateFacts | None:
+        digest = hashlib.sha256(der).digest()
+        if digest in self._cache:
+            self._cache.move_to_end(digest)
+            return self._cache[digest]
+        facts = _parse(der, digest.hex())
+        self._cache[digest] = facts
+        if len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        return facts
+
+    def tls_info(
+        self,
+        *,
+        leaf_der: bytes | None,
+        version: str | None,
+        cipher: str | None,
+        verified: bool,
+        verify_error: str | None,
+    ) -> TLSInfo:
+        facts = self.facts(leaf_der) if leaf_der else None
+        return TLSInfo(
+            version=version or "unknown",
+            cipher=cipher or "unknown",
+            verified=verified,
+            verify_error=verify_error,
+            cert_not_before_timestamp=facts.not_before if facts else None,
+            cert_not_after_timestamp=facts.not_after if facts else None,
+            subject=facts.subject if facts else None,
+            issuer=facts.issuer if facts else None,
+            sans=facts.sans if facts else (),
+            fingerprint_sha256=facts.fingerprint_sha256 if facts else None,
+        )
+
+
+def session_info(reader: CertificateReader, sslobj: ssl.SSLObject, *, verified: bool) -> TLSInfo:
+    return reader.tls_info(
+        leaf_der=sslobj.getpeercert(binary_form=True),
+        version=sslobj.version(),
+        cipher=_cipher_name(sslobj),
+        verified=verified,
+        verify_error=None,
+    )
+
+
+def _parse(der: bytes, fingerprint: str) -> CertificateFacts | None:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+        except x509.ExtensionNotFound:
+            names = []
+        return CertificateFacts(
+            not_before=cert.not_valid_before_utc.timestamp(),
+            not_after=cert.not_valid_after_utc.timestamp(),
+            subject=cert.subject.rfc4514_string()[:MAX_NAME_CHARS],
+            issuer=cert.issuer.rfc4514_string()[:MAX_NAME_CHARS],
+            sans=tuple(n[:MAX_NAME_CHARS] for n in names[:MAX_SANS]),
+            fingerprint_sha256=fingerprint,
+        )
+    except (ValueError, TypeError):
+        return None  # a certificate cryptography cannot read: the session facts still stand
