@@ -26,19 +26,19 @@ _DURATION_RE = re.compile(
     re.ASCII,
 )
 _MAX_TEXT = 64
+_MAX_QUOTED = 100
 
 
 def parse_duration(text: str) -> float:
     """Seconds in `text`; ValueError with a message naming the value when it is not a duration."""
-    shown = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
     if text == "0":
         return 0.0
     match = _DURATION_RE.fullmatch(text) if len(text) <= _MAX_TEXT else None
     if match is None or not any(match.groups()):
         if text.isascii() and text.isdigit():
-            raise ValueError(f"invalid duration {_quote(shown)}: a unit is required, e.g. {text}s")
+            raise ValueError(f"invalid duration {quote_value(text)}: a unit is required, e.g. {text}s")
         raise ValueError(
-            f"invalid duration {_quote(shown)}: expected integers with units ms, s, m, h, d, w, y, "
+            f"invalid duration {quote_value(text)}: expected integers with units ms, s, m, h, d, w, y, "
             "largest first, e.g. 500ms, 10s, 1m30s"
         )
     return sum(int(match[unit]) * scale for unit, scale in _UNITS if match[unit] is not None)
@@ -60,8 +60,10 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def _quote(text: str) -> str:
-    """`text` in double quotes with anything unprintable escaped, so messages stay on one line."""
+def quote_value(text: str) -> str:
+    """`text` in double quotes (as config error messages show values) with anything unprintable escaped, so messages stay on one line."""
+    if len(text) > _MAX_QUOTED:
+        text = text[:_MAX_QUOTED] + "..."
     escaped = "".join(
         ch if ch.isprintable() and ch not in '"\\' else ("\\" + ch if ch in '"\\' else repr(ch)[1:-1])
         for ch in text
