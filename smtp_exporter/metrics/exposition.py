@@ -1,0 +1,274 @@
+"""Rendering of probe metrics, built for scrapes that stay cheap as the targets grow.
+
+A scheduled series (one target and module, or one MX host of it) renders its sample lines once,
+when its probe completes, into one byte string per metric family (`SeriesState.fragments`).
+A scrape then writes, for each family, its HELP/TYPE header once followed by the join of every
+series' fragment: no per-sample work happens on the scrape path. The sample lines are the same
+in the Prometheus text format 0.0.4 and in OpenMetrics 1.0 (counters' samples end in `_total`
+in both, `_created` is not exposed); only the family headers and the `# EOF` trailer differ.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.utils import floatToGoString
+
+from smtp_exporter.metrics.families import (
+    DURATION_HISTOGRAM,
+    FAILURES_TOTAL,
+    PHASE_DURATION_HISTOGRAM,
+    PROBE_DURATION,
+    PROBE_SUCCESS,
+    PROBES_TOTAL,
+    RESULT_FAMILIES,
+    SERIES_FAMILIES,
+    Family,
+    Labels,
+    result_samples,
+)
+from smtp_exporter.model import ProbeResult
+
+TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+_go_float: Callable[[float], str] = floatToGoString  # the client library's float spelling (le="1.0")
+OPENMETRICS_EOF = b"# EOF\n"
+
+_FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
+_EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
+
+
+def wants_openmetrics(accept: str | None) -> bool:
+    """Whether an Accept header asks for OpenMetrics (as Prometheus does when it prefers it)."""
+    if not accept:
+        return False
+    return any(part.split(";", 1)[0].strip() == "application/openmetrics-text" for part in accept.split(","))
+
+
+def escape_label_value(value: str) -> str:
+    """Label-value escaping of both text formats (backslash, double quote, line feed)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def label_text(labels: Labels) -> str:
+    return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels)
+
+
+def format_value(value: float) -> str:
+    """A sample value: integers without a fraction, other floats in their shortest exact form."""
+    if value.__class__ is int:
+        return str(value)
+    if value.is_integer() and -1e15 < value < 1e15:
+        return str(int(value))
+    if math.isfinite(value):
+        return repr(value)
+    return _go_float(value)
+
+
+def _line(name: str, prefix: str, extra: str, value: float) -> str:
+    """One sample line; `prefix` (series labels) and `extra` (sample labels) are rendered label text."""
+    if extra:
+        return (
+            f"{name}{{{prefix},{extra}}} {format_value(value)}\n"
+            if prefix
+            else (f"{name}{{{extra}}} {format_value(value)}\n")
+        )
+    if prefix:
+        return f"{name}{{{prefix}}} {format_value(value)}\n"
+    return f"{name} {format_value(value)}\n"
+
+
+_LE_TEXT: dict[tuple[float, ...], tuple[str, ...]] = {}  # one entry per bucket layout in use
+
+
+def _le_text(buckets: tuple[float, ...]) -> tuple[str, ...]:
+    text = _LE_TEXT.get(buckets)
+    if text is None:
+        if len(_LE_TEXT) > 16:
+            _LE_TEXT.clear()
+        text = _LE_TEXT[buckets] = tuple(_go_float(bound) for bound in buckets)
+    return text
+
+
+class Histogram:
+    """A classic cumulative histogram with fixed buckets (upper bounds, +Inf implied)."""
+
+    __slots__ = ("_counts", "_le", "buckets", "count", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self._le = _le_text(buckets)
+        self._counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; last is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self.buckets, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def render(self, name: str, prefix: str) -> list[str]:
+        sep = "," if prefix else ""
+        lines = []
+        cumulative = 0
+        for le, count in zip(self._le, self._counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{{prefix}{sep}le="{le}"}} {cumulative}\n')
+        lines.append(f'{name}_bucket{{{prefix}{sep}le="+Inf"}} {self.count}\n')
+        braces = f"{{{prefix}}}" if prefix else ""
+        lines.append(f"{name}_count{braces} {self.count}\n")
+        lines.append(f"{name}_sum{braces} {format_value(self.sum)}\n")
+        return lines
+
+
+class SeriesState:
+    """Everything exposed for one scheduled series, its counters and histograms included.
+
+    `labels` are the series' own labels: target, module, mx_host in mx_mode each, then the
+    target's static labels. `observe` folds in a probe result and re-renders the fragments.
+    """
+
+    __slots__ = (
+        "_failures",
+        "_histogram",
+        "_phase_histograms",
+        "_prefix",
+        "fragments",
+        "labels",
+        "last",
+        "mx_host_label",
+        "probes",
+    )
+
+    def __init__(self, labels: Labels, *, buckets: tuple[float, ...], phase_histograms: bool) -> None:
+        self.labels = labels
+        self.mx_host_label = any(name == "mx_host" for name, _ in labels)
+        self._prefix = label_text(labels)
+        self.probes = 0
+        self._failures: dict[tuple[str, str], int] = {}
+        self._histogram = Histogram(buckets)
+        self._phase_histograms: dict[str, Histogram] | None = {} if phase_histograms else None
+        self.last: ProbeResult | None = None
+        self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
+
+    def reconfigure(self, *, buckets: tuple[float, ...], phase_histograms: bool) -> None:
+        """Apply the metrics settings of a new config; histograms restart only if they changed."""
+        changed = False
+        if buckets != self._histogram.buckets:
+            self._histogram = Histogram(buckets)
+            if self._phase_histograms:
+                self._phase_histograms = {}
+            changed = True
+        if phase_histograms != (self._phase_histograms is not None):
+            self._phase_histograms = {} if phase_histograms else None
+            changed = True
+        if changed and self.last is not None:
+            self.fragments = self._render(self.last)
+
+    def observe(self, result: ProbeResult) -> None:
+        self.probes += 1
+        if result.failure is not None:
+            key = (result.failure.phase.value, result.failure.reason.value)
+            self._failures[key] = self._failures.get(key, 0) + 1
+        self._histogram.observe(result.duration_seconds)
+        if self._phase_histograms is not None:
+            buckets = self._histogram.buckets
+            for phase in result.phases:
+                histogram = self._phase_histograms.get(phase.phase)
+                if histogram is None:
+                    histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
+                histogram.observe(phase.duration_seconds)
+        self.last = result
+        self.fragments = self._render(result)
+
+    def _render(self, result: ProbeResult) -> tuple[bytes, ...]:
+        prefix = self._prefix
+        columns: list[list[str]] = [[] for _ in SERIES_FAMILIES]
+        for family, labels, value in result_samples(result, mx_host_label=self.mx_host_label):
+            columns[_FAMILY_INDEX[family]].append(_line(family.name, prefix, labels, value))
+        columns[_FAMILY_INDEX[PROBES_TOTAL]].append(_line(PROBES_TOTAL.name, prefix, "", self.probes))
+        failures = columns[_FAMILY_INDEX[FAILURES_TOTAL]]
+        for (phase, reason), count in self._failures.items():
+            failures.append(_line(FAILURES_TOTAL.name, prefix, f'phase="{phase}",reason="{reason}"', count))
+        columns[_FAMILY_INDEX[DURATION_HISTOGRAM]] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
+        if self._phase_histograms:
+            phase_lines = columns[_FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]]
+            sep = "," if prefix else ""
+            for phase, histogram in self._phase_histograms.items():
+                phase_prefix = f'{prefix}{sep}phase="{phase}"'
+                phase_lines.extend(histogram.render(PHASE_DURATION_HISTOGRAM.name, phase_prefix))
+        return tuple("".join(column).encode() for column in columns)
+
+
+class MetricsStore:
+    """The scheduled series, in a stable order, and the scrape-time concatenation of their blocks."""
+
+    def __init__(self) -> None:
+        self._series: dict[object, SeriesState] = {}
+
+    def __len__(self) -> int:
+        return len(self._series)
+
+    def get(self, key: object) -> SeriesState | None:
+        return self._series.get(key)
+
+    def put(self, key: object, state: SeriesState) -> None:
+        self._series[key] = state
+
+    def remove(self, key: object) -> None:
+        self._series.pop(key, None)
+
+    def items(self) -> Iterable[tuple[object, SeriesState]]:
+        return self._series.items()
+
+    def render(self, *, openmetrics: bool) -> list[bytes]:
+        """The chunks of every family's block (without any `# EOF`): join them or write them out."""
+        chunks: list[bytes] = []
+        columns = zip(*(state.fragments for state in self._series.values()), strict=True)
+        for family, column in zip(SERIES_FAMILIES, columns, strict=False):
+            body = b"".join(column)
+            if body:
+                chunks.append(family.openmetrics_header if openmetrics else family.text_header)
+                chunks.append(body)
+        return chunks
+
+
+def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
+    """The body of a `/probe` response: the result's families without target labels.
+
+    Every request renders afresh and keeps nothing (the blackbox_exporter model), with
+    `probe_success` and `probe_duration_seconds` first so generic blackbox rules keep working.
+    """
+    columns: dict[Family, list[str]] = {
+        PROBE_SUCCESS: [_line(PROBE_SUCCESS.name, "", "", 1 if result.success else 0)],
+        PROBE_DURATION: [_line(PROBE_DURATION.name, "", "", result.duration_seconds)],
+    }
+    for family in RESULT_FAMILIES:
+        columns[family] = []
+    for family, labels, value in result_samples(result):
+        columns[family].append(_line(family.name, "", labels, value))
+    parts: list[bytes] = []
+    for family, lines in columns.items():
+        if lines:
+            parts.append(family.openmetrics_header if openmetrics else family.text_header)
+            parts.append("".join(lines).encode())
+    if openmetrics:
+        parts.append(OPENMETRICS_EOF)
+    return b"".join(parts)
+
+
+__all__ = [
+    "OPENMETRICS_CONTENT_TYPE",
+    "OPENMETRICS_EOF",
+    "TEXT_CONTENT_TYPE",
+    "Histogram",
+    "MetricsStore",
+    "SeriesState",
+    "render_probe_result",
+    "wants_openmetrics",
+]

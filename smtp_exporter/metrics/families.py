@@ -1,0 +1,224 @@
+"""The metric families of a probe result: names, types, help texts and samples.
+
+Names and labels are the public contract documented in docs/metrics.md. Every sample of a
+probe result is produced here, once, by `result_samples`; the scheduled `/metrics` blocks and
+the `/probe` response both render these samples, so the two modes can never disagree.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from smtp_exporter.model import ProbeResult
+
+# Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
+# to this many characters, and at most this many EHLO keywords are exported, so a hostile
+# server cannot inflate the series or their size.
+MAX_LABEL_VALUE_CHARS = 256
+MAX_EXTENSIONS = 64
+
+Labels = tuple[tuple[str, str], ...]
+# (family, the sample's own labels rendered as `name="value",...`, value)
+Sample = tuple["Family", str, float]
+
+
+class Kind(enum.Enum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    INFO = "info"  # a gauge whose value is always 1 and whose labels carry the information
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Family:
+    """One metric family. `name` is the sample name of the text format (`_total`, `_info` included).
+
+    Families compare by identity (they are module constants), which keeps them cheap as dict keys.
+    """
+
+    name: str
+    kind: Kind
+    help: str
+    text_header: bytes = field(init=False, repr=False)
+    openmetrics_header: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        kind = "gauge" if self.kind is Kind.INFO else self.kind.value
+        text = f"# HELP {self.name} {self.help}\n# TYPE {self.name} {kind}\n".encode()
+        # OpenMetrics names the family without the sample suffix of counters and infos.
+        name = self.name
+        if self.kind is Kind.COUNTER:
+            name = name.removesuffix("_total")
+        elif self.kind is Kind.INFO:
+            name = name.removesuffix("_info")
+        openmetrics = f"# HELP {name} {self.help}\n# TYPE {name} {self.kind.value}\n".encode()
+        object.__setattr__(self, "text_header", text)
+        object.__setattr__(self, "openmetrics_header", openmetrics)
+
+
+def _g(name: str, help_text: str) -> Family:
+    return Family(name, Kind.GAUGE, help_text)
+
+
+def _i(name: str, help_text: str) -> Family:
+    return Family(name, Kind.INFO, help_text)
+
+
+SUCCESS = _g("smtp_probe_success", "Whether the latest probe succeeded (1) or failed (0).")
+DURATION = _g("smtp_probe_duration_seconds", "Duration of the latest probe, all phases included.")
+LAST_RUN = _g("smtp_probe_last_run_timestamp_seconds", "Unix time at which the latest probe started.")
+PHASE_DURATION = _g(
+    "smtp_probe_phase_duration_seconds", "Duration of each phase the latest probe went through."
+)
+REPLY_CODE = _g("smtp_probe_reply_code", "SMTP reply code the server gave in each phase of the latest probe.")
+ENHANCED_STATUS = _i(
+    "smtp_probe_enhanced_status_info", "RFC 3463 enhanced status code of a phase's reply in the latest probe."
+)
+LAST_FAILURE = _i(
+    "smtp_probe_last_failure_info",
+    "Phase and reason of the latest probe's failure; absent when it succeeded.",
+)
+TLS_VERSION = _i("smtp_probe_tls_version_info", "TLS version negotiated by the latest probe.")
+TLS_CIPHER = _i("smtp_probe_tls_cipher_info", "TLS cipher suite negotiated by the latest probe.")
+CERT_NOT_AFTER = _g(
+    "smtp_probe_tls_cert_not_after_timestamp_seconds", "Unix time at which the server certificate expires."
+)
+CERT_NOT_BEFORE = _g(
+    "smtp_probe_tls_cert_not_before_timestamp_seconds",
+    "Unix time from which the server certificate is valid.",
+)
+CERT_VERIFIED = _g(
+    "smtp_probe_tls_cert_verified", "Whether the server certificate chain and name verified (1) or not (0)."
+)
+CERT_INFO = _i(
+    "smtp_probe_tls_cert_info", "Subject, issuer and SHA-256 fingerprint of the server certificate."
+)
+EXTENSION = _i("smtp_probe_extension_info", "EHLO keyword offered by the server in the latest probe.")
+MAX_SIZE = _g(
+    "smtp_probe_max_message_size_bytes",
+    "Maximum message size the server declared with the EHLO SIZE keyword (0: no fixed limit).",
+)
+IP_PROTOCOL = _g(
+    "smtp_probe_ip_protocol", "IP version of the address the latest probe connected to (4 or 6)."
+)
+MX_INFO = _i(
+    "smtp_probe_mx_info", "MX host (and its preference) that the latest probe of a mail domain used."
+)
+
+# The families describing one probe result, in exposition order.
+RESULT_FAMILIES: tuple[Family, ...] = (
+    SUCCESS,
+    DURATION,
+    LAST_RUN,
+    PHASE_DURATION,
+    REPLY_CODE,
+    ENHANCED_STATUS,
+    LAST_FAILURE,
+    TLS_VERSION,
+    TLS_CIPHER,
+    CERT_NOT_AFTER,
+    CERT_NOT_BEFORE,
+    CERT_VERIFIED,
+    CERT_INFO,
+    EXTENSION,
+    MAX_SIZE,
+    IP_PROTOCOL,
+    MX_INFO,
+)
+
+# Families kept across the probes of a scheduled target.
+PROBES_TOTAL = Family("smtp_probes_total", Kind.COUNTER, "Probes completed for this target.")
+FAILURES_TOTAL = Family(
+    "smtp_probe_failures_total", Kind.COUNTER, "Failed probes for this target, by failing phase and reason."
+)
+# Not "..._histogram_seconds": promtool's linter rejects a type name inside a metric name.
+DURATION_HISTOGRAM = Family(
+    "smtp_probe_duration_distribution_seconds", Kind.HISTOGRAM, "Distribution of whole-probe durations."
+)
+PHASE_DURATION_HISTOGRAM = Family(
+    "smtp_probe_phase_duration_distribution_seconds", Kind.HISTOGRAM, "Distribution of phase durations."
+)
+SERIES_FAMILIES: tuple[Family, ...] = (
+    *RESULT_FAMILIES,
+    PROBES_TOTAL,
+    FAILURES_TOTAL,
+    DURATION_HISTOGRAM,
+    PHASE_DURATION_HISTOGRAM,
+)
+
+# blackbox_exporter's generic names, added to /probe responses so its alert rules keep working.
+PROBE_SUCCESS = _g("probe_success", "Whether the probe succeeded (1) or failed (0).")
+PROBE_DURATION = _g("probe_duration_seconds", "How long the probe took to complete.")
+
+
+def bound(value: str) -> str:
+    """A label value cut to MAX_LABEL_VALUE_CHARS characters and escaped for the exposition formats."""
+    if len(value) > MAX_LABEL_VALUE_CHARS:
+        value = value[:MAX_LABEL_VALUE_CHARS]
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
+    """Every sample of one probe result as (family, rendered extra labels, value).
+
+    The series' own labels (target, module, ...) are not included. Label values that come from
+    the server are bounded and escaped here; phase and reason names are safe by construction.
+    `mx_host_label`: the series already carries `mx_host` (mx_mode each), so
+    `smtp_probe_mx_info` must not repeat it.
+    """
+    yield SUCCESS, "", 1 if result.success else 0
+    yield DURATION, "", result.duration_seconds
+    yield LAST_RUN, "", result.start_timestamp
+    seen: set[str] = set()  # a phase is exported once even if a result repeats it
+    for phase in result.phases:
+        if phase.phase not in seen:
+            seen.add(phase.phase)
+            yield PHASE_DURATION, f'phase="{phase.phase}"', phase.duration_seconds
+    seen.clear()
+    for phase in result.phases:
+        if phase.reply_code is None or phase.phase in seen:
+            continue
+        seen.add(phase.phase)
+        yield REPLY_CODE, f'phase="{phase.phase}"', phase.reply_code
+        if phase.enhanced_status:
+            yield ENHANCED_STATUS, f'phase="{phase.phase}",status="{bound(phase.enhanced_status)}"', 1
+    if result.failure is not None:
+        failure = result.failure
+        yield LAST_FAILURE, f'phase="{failure.phase}",reason="{failure.reason}"', 1
+    tls = result.tls
+    if tls is not None:
+        yield TLS_VERSION, f'version="{bound(tls.version)}"', 1
+        yield TLS_CIPHER, f'cipher="{bound(tls.cipher)}"', 1
+        if tls.cert_not_after_timestamp is not None:
+            yield CERT_NOT_AFTER, "", tls.cert_not_after_timestamp
+        if tls.cert_not_before_timestamp is not None:
+            yield CERT_NOT_BEFORE, "", tls.cert_not_before_timestamp
+        yield CERT_VERIFIED, "", 1 if tls.verified else 0
+        if tls.subject is not None or tls.fingerprint_sha256 is not None:
+            labels = (
+                f'subject="{bound(tls.subject or "")}",issuer="{bound(tls.issuer or "")}",'
+                f'fingerprint_sha256="{bound(tls.fingerprint_sha256 or "")}"'
+            )
+            yield CERT_INFO, labels, 1
+    seen.clear()
+    for keyword, _params in result.server.extensions:
+        if len(seen) >= MAX_EXTENSIONS:
+            break
+        keyword = bound(keyword)
+        if keyword not in seen:
+            seen.add(keyword)
+            yield EXTENSION, f'extension="{keyword}"', 1
+    size = result.server.max_message_size
+    if size is not None:
+        yield MAX_SIZE, "", size
+    if result.address is not None:
+        yield IP_PROTOCOL, "", result.address.family
+    if result.mx is not None:
+        if mx_host_label:
+            yield MX_INFO, f'preference="{result.mx.preference}"', 1
+        else:
+            yield MX_INFO, f'mx_host="{bound(result.mx.host)}",preference="{result.mx.preference}"', 1
