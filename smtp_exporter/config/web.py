@@ -1,0 +1,366 @@
+"""`--web.config.file`: TLS and basic auth for the exporter's own HTTP server.
+
+The format is the Prometheus exporter-toolkit's, so one web config serves every exporter of
+a fleet and `promtool check web-config` checks it. Errors are one-line `ConfigError`s like
+the main config's. Relative file paths are relative to the web config's directory (as in
+the exporter-toolkit).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+import re
+import ssl
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import bcrypt
+import yaml
+
+from smtp_exporter.config.durations import quote_value
+from smtp_exporter.config.loader import (
+    ConfigError,
+    _Doc,
+    boolean,
+    choice,
+    compose_yaml,
+    fields,
+    pairs,
+    readable_file,
+    sequence,
+    string,
+)
+
+__all__ = [
+    "ClientAuthType",
+    "TLSServerConfig",
+    "WebConfig",
+    "build_server_ssl_context",
+    "check_basic_auth",
+    "load_web_config",
+    "load_web_config_text",
+]
+
+
+class ClientAuthType(enum.StrEnum):
+    NO_CLIENT_CERT = "NoClientCert"
+    # Python's ssl cannot request a certificate without verifying it: the server then does not
+    # ask for one, which accepts and refuses exactly the clients Go's RequestClientCert does.
+    REQUEST_CLIENT_CERT = "RequestClientCert"
+    REQUIRE_ANY_CLIENT_CERT = "RequireAnyClientCert"  # refused at load: see _tls_server_config
+    VERIFY_CLIENT_CERT_IF_GIVEN = "VerifyClientCertIfGiven"
+    REQUIRE_AND_VERIFY_CLIENT_CERT = "RequireAndVerifyClientCert"
+
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+
+# Go's cipher suite names (crypto/tls, what the exporter-toolkit accepts) -> OpenSSL's.
+# The TLS 1.3 suites are accepted and, as in Go, not configurable.
+_CIPHER_SUITES = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_AES_128_GCM_SHA256": "",
+    "TLS_AES_256_GCM_SHA384": "",
+    "TLS_CHACHA20_POLY1305_SHA256": "",
+}
+
+# The only response headers the exporter-toolkit lets a web config set, with their allowed
+# values where those are an enumeration.
+_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+
+_BCRYPT_RE = re.compile(r"\$2[aby]\$(?:0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
+_AUTH_CACHE_SIZE = 1024
+_BCRYPT_MAX_BYTES = 72  # bcrypt only ever uses the first 72 bytes of a password
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TLSServerConfig:
+    cert_file: str
+    key_file: str
+    client_auth_type: ClientAuthType = ClientAuthType.NO_CLIENT_CERT
+    client_ca_file: str | None = None
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+    cipher_suites: tuple[str, ...] = ()  # Go names; empty: OpenSSL's defaults
+
+
+class _AuthCache:
+    """Successful (user, sha256(password)) checks, so bcrypt does not run on every scrape."""
+
+    __slots__ = ("_entries", "_lock")
+
+    def __init__(self) -> None:
+        self._entries: set[tuple[str, bytes]] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[str, bytes]) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def add(self, key: tuple[str, bytes]) -> None:
+        with self._lock:
+            if len(self._entries) >= _AUTH_CACHE_SIZE:
+                self._entries.clear()
+            self._entries.add(key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    tls: TLSServerConfig | None = None  # None: plain HTTP
+    headers: tuple[tuple[str, str], ...] = ()  # added to every response
+    basic_auth_users: dict[str, str] = field(default_factory=dict)  # username -> bcrypt hash
+    source: str = ""
+    _auth_cache: _AuthCache = field(default_factory=_AuthCache, repr=False, compare=False)
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.basic_auth_users)
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read and validate a web config file; the files it names must be readable now."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read web config file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, "invalid YAML: not valid UTF-8", line=data[: exc.start].count(b"\n") + 1
+        ) from None
+    return load_web_config_text(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load_web_config_text(text: str, *, source: str, base_dir: str | None = None) -> WebConfig:
+    doc = _Doc(source, base_dir)
+    root = compose_yaml(text, source)
+    if root is None:
+        return WebConfig(source=source)
+    if not isinstance(root, yaml.MappingNode):
+        doc.fail(root, "", "the top level must be a mapping")
+    sections = {
+        key: value
+        for key, _, value in fields(
+            doc, root, "", ("tls_server_config", "http_server_config", "basic_auth_users")
+        )
+    }
+    tls = _tls_server_config(doc, sections["tls_server_config"]) if "tls_server_config" in sections else None
+    headers = (
+        _http_server_config(doc, sections["http_server_config"]) if "http_server_config" in sections else ()
+    )
+    users = _users(doc, sections["basic_auth_users"]) if "basic_auth_users" in sections else {}
+    web = WebConfig(tls=tls, headers=headers, basic_auth_users=users, source=source)
+    if tls is not None:
+        try:
+            build_server_ssl_context(web)
+        except (ssl.SSLError, ValueError) as exc:
+            doc.fail(sections["tls_server_config"], "tls_server_config", f"cannot set up TLS: {_reason(exc)}")
+    return web
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
+    return str(exc)
+
+
+def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
+    path = "tls_server_config"
+    keys = (
+        "cert_file",
+        "key_file",
+        "client_auth_type",
+        "client_ca_file",
+        "min_version",
+        "max_version",
+        "cipher_suites",
+    )
+    values: dict[str, Any] = {}
+    nodes: dict[str, yaml.Node] = {}
+    for key, _, value in fields(doc, node, path, keys):
+        sub = f"{path}.{key}"
+        nodes[key] = value
+        if key in ("cert_file", "key_file", "client_ca_file"):
+            values[key] = readable_file(doc, value, sub)
+        elif key == "client_auth_type":
+            values[key] = choice(doc, value, sub, list(ClientAuthType))
+        elif key in ("min_version", "max_version"):
+            values[key] = choice(doc, value, sub, list(_TLS_VERSIONS))
+        else:
+            suites = []
+            for item_path, item in sequence(doc, value, sub):
+                name = string(doc, item, item_path)
+                if name not in _CIPHER_SUITES:
+                    doc.fail(item, item_path, f"unknown cipher suite {quote_value(name)}")
+                suites.append(name)
+            values[key] = tuple(suites)
+    if not values:
+        return None  # an empty tls_server_config means plain HTTP, as in the exporter-toolkit
+    for required in ("cert_file", "key_file"):
+        if required not in values:
+            doc.fail(node, path, f'missing required key "{required}"')
+    auth = values.get("client_auth_type", ClientAuthType.NO_CLIENT_CERT)
+    if auth is ClientAuthType.REQUIRE_ANY_CLIENT_CERT:
+        doc.fail(
+            nodes["client_auth_type"],
+            f"{path}.client_auth_type",
+            "RequireAnyClientCert is not supported (Python's ssl verifies every client certificate it "
+            "asks for): use RequireAndVerifyClientCert with client_ca_file",
+        )
+    verifying = auth in (
+        ClientAuthType.VERIFY_CLIENT_CERT_IF_GIVEN,
+        ClientAuthType.REQUIRE_AND_VERIFY_CLIENT_CERT,
+    )
+    if verifying and "client_ca_file" not in values:
+        doc.fail(nodes["client_auth_type"], f"{path}.client_auth_type", f"{auth} needs client_ca_file")
+    if "client_ca_file" in values and not verifying:
+        doc.fail(
+            nodes["client_ca_file"],
+            f"{path}.client_ca_file",
+            "client CAs are configured without a client_auth_type that verifies them "
+            "(VerifyClientCertIfGiven or RequireAndVerifyClientCert)",
+        )
+    config = TLSServerConfig(**values)
+    if _TLS_VERSIONS[config.min_version] > _TLS_VERSIONS[config.max_version]:
+        doc.fail(
+            nodes["min_version"],
+            f"{path}.min_version",
+            f"{config.min_version} is above max_version {config.max_version}",
+        )
+    return config
+
+
+def _http_server_config(doc: _Doc, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+    path = "http_server_config"
+    headers: list[tuple[str, str]] = []
+    for key, _, value in fields(doc, node, path, ("headers", "http2")):
+        sub = f"{path}.{key}"
+        if key == "http2":
+            boolean(doc, value, sub)  # accepted for compatibility: this server speaks HTTP/1.1 only
+            continue
+        for name, name_node, header_value in pairs(doc, value, sub):
+            if name not in _HEADERS:
+                allowed = ", ".join(_HEADERS)
+                doc.fail(
+                    name_node, sub, f"header {quote_value(name)} can not be configured (allowed: {allowed})"
+                )
+            text = string(doc, header_value, f"{sub}.{name}")
+            if any(ch in text for ch in "\r\n\x00"):
+                doc.fail(header_value, f"{sub}.{name}", "must not contain CR, LF or NUL")
+            if _HEADERS[name] and text not in _HEADERS[name]:
+                doc.fail(
+                    header_value,
+                    f"{sub}.{name}",
+                    f"invalid value {quote_value(text)}: must be one of {', '.join(_HEADERS[name])}",
+                )
+            headers.append((name, text))
+    return tuple(headers)
+
+
+def _users(doc: _Doc, node: yaml.Node) -> dict[str, str]:
+    path = "basic_auth_users"
+    users = {}
+    for name, name_node, value in pairs(doc, node, path):
+        if ":" in name or not name.isprintable():
+            doc.fail(name_node, path, f"invalid username {quote_value(name)}: no colon or control characters")
+        hashed = string(doc, value, f"{path}.{name}")
+        if not _BCRYPT_RE.fullmatch(hashed):
+            # The value is meant to be a hash, but may be a password pasted by mistake: never show it.
+            doc.fail(
+                value,
+                f"{path}.{name}",
+                "not a bcrypt hash (expected $2y$<cost>$ and 53 characters; generate one with "
+                "htpasswd -nBC 10 \"\" | tr -d ':\\n')",
+            )
+        users[name] = hashed
+    return users
+
+
+def build_server_ssl_context(web: WebConfig) -> ssl.SSLContext | None:
+    """The server-side SSL context for the web config, or None for plain HTTP."""
+    tls = web.tls
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, and allowed only when asked for
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = _TLS_VERSIONS[tls.min_version]
+        context.maximum_version = _TLS_VERSIONS[tls.max_version]
+    context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+    openssl_names = [_CIPHER_SUITES[name] for name in tls.cipher_suites if _CIPHER_SUITES[name]]
+    if openssl_names:
+        context.set_ciphers(":".join(openssl_names))
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(cafile=tls.client_ca_file)
+    context.verify_mode = {
+        ClientAuthType.VERIFY_CLIENT_CERT_IF_GIVEN: ssl.CERT_OPTIONAL,
+        ClientAuthType.REQUIRE_AND_VERIFY_CLIENT_CERT: ssl.CERT_REQUIRED,
+    }.get(tls.client_auth_type, ssl.CERT_NONE)
+    return context
+
+
+def _no_password() -> bytes:
+    raise ValueError("the key is encrypted (a passphrase-protected key cannot be used)")
+
+
+_decoys: dict[int, bytes] = {}
+
+
+def _decoy_hash(cost: int) -> bytes:
+    """A hash of a random password with the cost of the real ones, made once per cost."""
+    if cost not in _decoys:
+        _decoys[cost] = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(cost))
+    return _decoys[cost]
+
+
+def check_basic_auth(web: WebConfig, username: str, password: str) -> bool:
+    """Whether `username`/`password` match the web config's users.
+
+    bcrypt runs for unknown users too (against a fixed hash), so the time taken does not tell
+    which usernames exist. It costs ~100 ms of CPU: call this from a worker thread, not the
+    event loop. Successful checks are cached, so a scraper pays it once.
+    """
+    secret = password.encode("utf-8", "surrogatepass")
+    key = (username, hashlib.sha256(secret).digest())
+    if key in web._auth_cache:
+        return True
+    hashed = web.basic_auth_users.get(username)
+    candidate = secret[:_BCRYPT_MAX_BYTES]
+    if hashed is None:
+        # Same work as for a known user, so the time taken does not tell whether a username exists.
+        cost = max((int(h[4:6]) for h in web.basic_auth_users.values()), default=4)
+        bcrypt.checkpw(candidate, _decoy_hash(cost))
+        return False
+    if not bcrypt.checkpw(candidate, hashed.encode("ascii")):
+        return False
+    web._auth_cache.add(key)
+    return True
