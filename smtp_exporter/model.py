@@ -7,6 +7,7 @@ Phase and failure-reason names are part of the public contract: they become labe
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,51 @@ class TranscriptLine:
     text: str
 
 
+# One raw transcript event: (perf_counter time, direction, what). `what` is text, a command
+# line as bytes (CRLF included), or a reply as (code, lines).
+TranscriptEvent = tuple[float, str, "str | bytes | tuple[int, tuple[str, ...]]"]
+
+
+class Transcript:
+    """Who said what, kept raw while the probe runs and expanded into lines only when read:
+    most results are rendered as metrics and never shown as text."""
+
+    __slots__ = ("_events", "_lines", "_t0")
+
+    def __init__(self, events: list[TranscriptEvent] | None = None, t0: float = 0.0) -> None:
+        self._events = events if events is not None else []
+        self._t0 = t0
+        self._lines: tuple[TranscriptLine, ...] | None = None
+
+    def lines(self) -> tuple[TranscriptLine, ...]:
+        if self._lines is None:
+            out: list[TranscriptLine] = []
+            for at, direction, what in self._events:
+                offset = at - self._t0
+                if isinstance(what, str):
+                    out.append(TranscriptLine(offset, direction, what))
+                elif isinstance(what, bytes):
+                    out.append(TranscriptLine(offset, direction, what[:-2].decode("utf-8", "replace")))
+                else:
+                    code, texts = what
+                    last = len(texts) - 1
+                    out += [
+                        TranscriptLine(offset, direction, f"{code}{' ' if i == last else '-'}{text}")
+                        for i, text in enumerate(texts)
+                    ]
+            self._lines = tuple(out)
+        return self._lines
+
+    def __iter__(self) -> Iterator[TranscriptLine]:
+        return iter(self.lines())
+
+    def __len__(self) -> int:
+        return len(self.lines())
+
+    def __repr__(self) -> str:
+        return f"Transcript({len(self._events)} events)"
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     target: str
@@ -153,7 +199,7 @@ class ProbeResult:
     server: ServerInfo = field(default_factory=ServerInfo)
     address: AddressInfo | None = None
     mx: MXInfo | None = None
-    transcript: tuple[TranscriptLine, ...] = ()
+    transcript: Transcript = field(default_factory=Transcript)
 
     def phase(self, phase: Phase) -> PhaseResult | None:
         for result in self.phases:

@@ -14,7 +14,7 @@ from smtp_exporter.model import (
     Phase,
     PhaseResult,
     ProbeResult,
-    TranscriptLine,
+    Transcript,
 )
 from smtp_exporter.probe.connection import perf_counter
 from smtp_exporter.probe.engine import Conversation, this_host_fqdn
@@ -131,8 +131,8 @@ class Prober:
             duration_seconds=duration,
             phases=(PhaseResult(Phase.RESOLVE, duration),) if reason is not FailureReason.TIMEOUT else (),
             failure=Failure(Phase.RESOLVE, reason, message),
-            transcript=(
-                TranscriptLine(duration, "*", f"probe failed in resolve: {reason.value}: {message}"),
+            transcript=Transcript(
+                [(started + duration, "*", f"probe failed in resolve: {reason.value}: {message}")], started
             ),
         )
 

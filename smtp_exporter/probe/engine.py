@@ -24,7 +24,8 @@ from smtp_exporter.model import (
     ServerInfo,
     TLSInfo,
     Transaction,
-    TranscriptLine,
+    Transcript,
+    TranscriptEvent,
 )
 from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
 from smtp_exporter.probe.errors import ProbeError, ProbeTimeoutError, ReplyError
@@ -43,7 +44,7 @@ from smtp_exporter.protocol import (
 from smtp_exporter.targets import Target
 
 QUIT_GRACE_SECONDS = 1.0  # how long a failed probe still waits for QUIT's reply
-MAX_TRANSCRIPT_LINES = 200
+MAX_TRANSCRIPT_EVENTS = 200
 REDACTED = "<redacted>"
 _UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
 
@@ -102,7 +103,7 @@ class Conversation:
 
         self.phase = Phase.RESOLVE
         self.phases: list[PhaseResult] = []
-        self.transcript: list[TranscriptLine] = []
+        self.events: list[TranscriptEvent] = []
         self.t0 = 0.0
         self.conn: SMTPClientProtocol | None = None
         self.address: AddressInfo | None = None
@@ -113,10 +114,9 @@ class Conversation:
 
     # Bookkeeping
 
-    def _note(self, direction: str, text: str, at: float | None = None) -> None:
-        if len(self.transcript) < MAX_TRANSCRIPT_LINES:
-            when = (perf_counter() if at is None else at) - self.t0
-            self.transcript.append(TranscriptLine(when, direction, text))
+    def _note(self, direction: str, what: str | bytes | Reply, at: float | None = None) -> None:
+        if len(self.events) < MAX_TRANSCRIPT_EVENTS:
+            self.events.append((perf_counter() if at is None else at, direction, what))
 
     def _record(self, phase: Phase, started: float, ended: float, reply: Reply | None = None) -> None:
         if reply is None:
@@ -138,17 +138,12 @@ class Conversation:
         assert self.conn is not None
         self.phase = phase
         started = self.conn.send(phase, line)
-        self._note("C", shown if shown is not None else line[:-2].decode("utf-8", "replace"), started)
+        self._note("C", line if shown is None else shown, started)
         reply, ended = await self.conn.read_reply(phase)
-        self._note_reply(reply, ended)
+        self._note("S", reply, ended)
         if record:
             self._record(phase, started, ended, reply)
         return reply, started, ended
-
-    def _note_reply(self, reply: Reply, at: float) -> None:
-        last = len(reply.lines) - 1
-        for i, text in enumerate(reply.lines):
-            self._note("S", f"{reply.code}{' ' if i == last else '-'}{text}", at)
 
     async def _command(self, phase: Phase, verb: str, argument: str | None = None) -> Reply:
         reply, _, _ = await self._exchange(phase, encode_command(verb, argument))
@@ -201,7 +196,7 @@ class Conversation:
             ),
             address=self.address,
             mx=self.mx,
-            transcript=tuple(self.transcript),
+            transcript=Transcript(self.events, self.t0),
         )
 
     def _quit_failure(self, quit_phase: PhaseResult | None) -> Failure:
@@ -341,7 +336,7 @@ class Conversation:
         self.phase = Phase.BANNER
         started = perf_counter()
         reply, ended = await self.conn.read_reply(Phase.BANNER)
-        self._note_reply(reply, ended)
+        self._note("S", reply, ended)
         self._record(Phase.BANNER, started, ended, reply)
         self.banner = reply.summary()[4:]
         if reply.code != 220:
@@ -466,7 +461,7 @@ class Conversation:
             self._note("C", "QUIT")
             async with asyncio.timeout(grace):
                 reply, at = await conn.read_reply(Phase.QUIT)
-            self._note_reply(reply, at)
+            self._note("S", reply, at)
         except (ProbeError, TimeoutError, OSError):
             pass
 

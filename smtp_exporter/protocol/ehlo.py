@@ -35,9 +35,13 @@ def parse_ehlo(reply: Reply) -> EhloResponse:
             keyword, _, extra = keyword.partition("=")
             params = ([extra] if extra else []) + params
         keyword = keyword.upper()
-        if not keyword or len(keyword) > MAX_KEYWORD_CHARS or not keyword[0].isalnum():
-            continue
-        if not all(c.isalnum() or c == "-" for c in keyword) or not keyword.isascii():
+        # RFC 5321 ehlo-keyword: (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
+        if (
+            len(keyword) > MAX_KEYWORD_CHARS
+            or not keyword.isascii()
+            or not keyword[:1].isalnum()
+            or not keyword.replace("-", "").isalnum()
+        ):
             continue
         known = merged.setdefault(keyword, [])
         for param in params:

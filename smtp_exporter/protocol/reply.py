@@ -84,6 +84,29 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
+def _whole_reply(data: bytes) -> Reply | None:
+    """The common case in a few C-level scans: `data` is exactly one well-formed reply with
+    CRLF line ends. Returns None for anything else, which the line-by-line path then reads."""
+    if len(data) > MAX_LINE_BYTES or not data.endswith(b"\r\n") or b"\x00" in data:
+        return None
+    lines = data.count(b"\n")
+    if lines > MAX_REPLY_LINES or data.count(b"\r") != lines or data.count(b"\r\n") != lines:
+        return None
+    head = data[:3]
+    if not head.isdigit():
+        return None
+    if lines == 1:
+        if len(data) > 5 and data[3] != 0x20:
+            return None
+    else:
+        last = data[data.rfind(b"\n", 0, -2) + 1 :]
+        if not data.startswith(head + b"-") or data.count(b"\n" + head + b"-") != lines - 2:
+            return None
+        if not (last.startswith(head + b" ") or last == head + b"\r\n"):
+            return None
+    return Reply(int(head), tuple(line[4:] for line in _decode(data[:-2]).split("\r\n")))
+
+
 class ReplyParser:
     """Feed bytes as they arrive; get complete replies back.
 
@@ -118,6 +141,10 @@ class ReplyParser:
             raise
 
     def _feed(self, data: bytes) -> list[Reply]:
+        if not self._buffer and self._code == -1:
+            reply = _whole_reply(data)
+            if reply is not None:
+                return [reply]
         buffer = self._buffer + data if self._buffer else data
         replies: list[Reply] = []
         start = 0
