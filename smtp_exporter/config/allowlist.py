@@ -80,7 +80,7 @@ def parse_allow_entry(entry: str) -> AllowRule:
     text = entry.strip()
     if not text or len(text) > 300:
         raise ValueError(f"invalid allowed target {quote_value(entry[:80])}")
-    if text.startswith(":"):
+    if text.startswith(":") and text.count(":") == 1:
         return AllowRule(port=_parse_port(text[1:], entry))
     if text.startswith("["):
         inner, sep, rest = text[1:].partition("]")
