@@ -50,6 +50,9 @@ _PHASE_VERBS = {
     "rset": "RSET",
     "quit": "QUIT",
 }
+# The credentials `auth_server` (tests/conftest.py) accepts.
+TEST_USERNAME = "probe"
+TEST_PASSWORD = "correct horse battery staple"
 MAX_RECORDED_BYTES = 1 << 20  # per connection: enough for any probe, bounded for hostile tests
 CRAM_MD5_CHALLENGE = b"<1896.697170952@mail.test>"
 
@@ -409,7 +412,7 @@ class AiosmtpdServer:
                 self._changed.wait(remaining)
         return True
 
-    async def wait_closed(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    async def wait_closed(self, timeout: float = 5.0) -> bool:
         """Wait (without blocking the caller's loop) until every connection is closed."""
         return await asyncio.to_thread(self.wait_closed_blocking, timeout)
 
@@ -425,7 +428,7 @@ class AiosmtpdServer:
             return list(self._messages)
 
     async def wait_messages(
-        self, count: int = 1, timeout: float = 5.0  # noqa: ASYNC109
+        self, count: int = 1, timeout: float = 5.0
     ) -> list[ReceivedMessage]:
         return await asyncio.to_thread(self.wait_messages_blocking, count, timeout)
 
