@@ -1,0 +1,309 @@
+"""The scheduler: probes every configured target of this shard on its own interval.
+
+Timing is driven by one `loop.call_at` timer per target, not one sleeping task per target, so
+an idle target costs a timer handle; a task exists only while its probe runs.
+
+- A target's probes happen at `phase + k * interval` on the wall clock, where `phase` is a
+  stable hash of (target, module) spread over the interval: restarts, reloads and a thousand
+  targets never fire in one burst, and the schedule is the same after a restart.
+- A target never has two probes in flight: when its time comes while the previous probe still
+  runs (or still waits for a concurrency slot), the new one is skipped and counted.
+- At most `scheduler.max_concurrency` probes run at once; the others wait (and are counted).
+- `apply(config)` (start and reload) keeps the targets whose identity (target, module, labels,
+  mx_mode) is unchanged, with their schedule, counters and histograms; starts new ones; drops
+  removed ones and their series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from smtp_exporter.config.schema import Config, ModuleConfig, MXMode, TargetConfig
+from smtp_exporter.metrics import ExporterStats, MetricsStore, SeriesState
+from smtp_exporter.metrics.health import LAG_INTERVAL
+from smtp_exporter.model import ProbeResult
+from smtp_exporter.probe import Prober
+
+log = logging.getLogger("smtp_exporter.scheduler")
+
+# The identity of a scheduled target: what must not change for its state to carry over a reload.
+JobKey = tuple[str, str, tuple[tuple[str, str], ...], MXMode]
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def shard_of(target: str, count: int) -> int:
+    """The shard (0 .. count-1) that probes `target` (the target string as written in the config).
+
+    The first 8 bytes of the target's BLAKE2b-64 digest, as a big-endian integer, modulo
+    `count`: stable across processes, restarts, Python versions and machines, so K exporters
+    started with `--shard.count K --shard.index 0..K-1` and the same config split the targets
+    with each target in exactly one shard.
+    """
+    return _hash64(target) % count
+
+
+def schedule_phase(target: str, module: str) -> float:
+    """Where in its interval a target is probed, as a fraction in [0, 1): a stable hash."""
+    return _hash64(f"{target}\0{module}") / 2.0**64
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """What the status page shows for one scheduled target."""
+
+    config: TargetConfig
+    in_flight: bool
+    series: tuple[SeriesState, ...]  # one (or one per MX host in mx_mode each); empty before a result
+
+
+class _Job:
+    """One scheduled target: its config, timer, running probe and series."""
+
+    __slots__ = ("config", "handle", "key", "module", "next_at", "phase", "removed", "series", "task")
+
+    def __init__(self, config: TargetConfig, module: ModuleConfig) -> None:
+        self.key: JobKey = (config.target, config.module, config.labels, config.mx_mode)
+        self.config = config
+        self.module = module
+        self.phase = schedule_phase(config.target, config.module)
+        self.handle: asyncio.TimerHandle | None = None
+        self.next_at = 0.0
+        self.task: asyncio.Task[None] | None = None
+        self.removed = False
+        # mx_host ("" when the MX lookup failed) -> series in mx_mode each; key None otherwise.
+        self.series: dict[str | None, SeriesState] = {}
+
+    def series_labels(self, mx_host: str | None) -> tuple[tuple[str, str], ...]:
+        own = [("target", self.config.target), ("module", self.config.module)]
+        if mx_host is not None:
+            own.append(("mx_host", mx_host))
+        return (*own, *self.config.labels)
+
+
+class Scheduler:
+    """Runs the scheduled probes of one `Config` on the running event loop."""
+
+    def __init__(self, prober: Prober, store: MetricsStore, stats: ExporterStats) -> None:
+        self._prober = prober
+        self._store = store
+        self._stats = stats
+        self._jobs: dict[JobKey, _Job] = {}
+        self._semaphore = asyncio.Semaphore(1)
+        self._max_concurrency = 0
+        self._buckets: tuple[float, ...] = ()
+        self._phase_histograms = False
+        self._stopping = False
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Start probing the targets of `config` that belong to its shard (at start and on reload)."""
+        loop = asyncio.get_running_loop()
+        shard = config.shard
+        wanted: dict[JobKey, TargetConfig] = {}
+        for target in config.targets:
+            if shard.count == 1 or shard_of(target.target, shard.count) == shard.index:
+                wanted[(target.target, target.module, target.labels, target.mx_mode)] = target
+
+        if config.scheduler.max_concurrency != self._max_concurrency:
+            # Probes holding or awaiting a slot of the old semaphore keep using it.
+            self._max_concurrency = config.scheduler.max_concurrency
+            self._semaphore = asyncio.Semaphore(self._max_concurrency)
+        metrics = config.metrics
+        if (metrics.histogram_buckets, metrics.phase_histograms) != (self._buckets, self._phase_histograms):
+            self._buckets = metrics.histogram_buckets
+            self._phase_histograms = metrics.phase_histograms
+            for job in self._jobs.values():
+                for state in job.series.values():
+                    state.reconfigure(buckets=self._buckets, phase_histograms=self._phase_histograms)
+
+        for key in [key for key in self._jobs if key not in wanted]:
+            self._remove(self._jobs.pop(key))
+        for key, target in wanted.items():
+            module = config.modules[target.module]
+            existing = self._jobs.get(key)
+            if existing is None:
+                job = self._jobs[key] = _Job(target, module)
+                self._schedule_first(job, loop)
+                continue
+            job = existing
+            interval_changed = job.config.interval != target.interval
+            job.config = target
+            job.module = module
+            if interval_changed:
+                self._schedule_first(job, loop)
+        self._stats.targets = len(self._jobs)
+
+    def _schedule_first(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
+        if job.handle is not None:
+            job.handle.cancel()
+        if self._stopping:
+            return
+        interval = job.config.interval
+        delay = (job.phase * interval - time.time()) % interval
+        job.next_at = loop.time() + delay
+        job.handle = loop.call_at(job.next_at, self._fire, job)
+
+    def _remove(self, job: _Job) -> None:
+        job.removed = True
+        if job.handle is not None:
+            job.handle.cancel()
+        if job.task is not None:
+            job.task.cancel()
+        for mx_host in job.series:
+            self._store.remove((job.key, mx_host))
+
+    # -- running probes -----------------------------------------------------------------------
+
+    def _fire(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        interval = job.config.interval
+        next_at = job.next_at + interval
+        now = loop.time()
+        if next_at <= now:  # the loop fell more than an interval behind: keep the phase
+            next_at += math.ceil((now - next_at) / interval) * interval
+            if next_at <= now:
+                next_at += interval
+        job.next_at = next_at
+        job.handle = loop.call_at(next_at, self._fire, job)
+        if job.task is not None:
+            self._stats.probes_skipped_total += 1
+            log.debug(
+                "probe skipped: the previous one is still running",
+                extra={"fields": {"target": job.config.target, "module": job.config.module}},
+            )
+            return
+        job.task = loop.create_task(self._run(job))
+
+    async def _run(self, job: _Job) -> None:
+        stats = self._stats
+        semaphore = self._semaphore
+        try:
+            if semaphore.locked():
+                stats.probes_waited_total += 1
+                stats.probes_waiting += 1
+                try:
+                    await semaphore.acquire()
+                finally:
+                    stats.probes_waiting -= 1
+            else:
+                await semaphore.acquire()
+            stats.probes_in_flight += 1
+            try:
+                target = job.config
+                if target.mx_mode is MXMode.EACH:
+                    results = await self._prober.probe_each_mx(target.target, target.module, job.module)
+                else:
+                    results = [await self._prober.probe(target.target, target.module, job.module)]
+            finally:
+                stats.probes_in_flight -= 1
+                semaphore.release()
+            if not job.removed:
+                self._record(job, results)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug, not a probe failure: keep every other target running
+            log.exception(
+                "probe crashed", extra={"fields": {"target": job.config.target, "module": job.config.module}}
+            )
+        finally:
+            job.task = None
+
+    def _record(self, job: _Job, results: list[ProbeResult]) -> None:
+        each = job.config.mx_mode is MXMode.EACH
+        seen: set[str | None] = set()
+        for result in results:
+            mx_host = (result.mx.host if result.mx is not None else "") if each else None
+            if mx_host in seen:  # the same MX host twice in one lookup: keep the first
+                continue
+            seen.add(mx_host)
+            state = job.series.get(mx_host)
+            if state is None:
+                state = job.series[mx_host] = SeriesState(
+                    job.series_labels(mx_host), buckets=self._buckets, phase_histograms=self._phase_histograms
+                )
+                self._store.put((job.key, mx_host), state)
+            previous = state.last
+            state.observe(result)
+            _log_result(previous, result, mx_host)
+        for mx_host in [host for host in job.series if host not in seen]:
+            del job.series[mx_host]
+            self._store.remove((job.key, mx_host))
+
+    # -- status and shutdown ------------------------------------------------------------------
+
+    def status(self) -> Iterator[TargetStatus]:
+        for job in self._jobs.values():
+            yield TargetStatus(job.config, job.task is not None, tuple(job.series.values()))
+
+    def find_series(self, target: str, module: str, mx_host: str | None = None) -> SeriesState | None:
+        for job in self._jobs.values():
+            if job.config.target == target and job.config.module == module:
+                return job.series.get(mx_host if job.config.mx_mode is MXMode.EACH else None)
+        return None
+
+    async def stop(self, grace_period: float) -> None:
+        """Stop scheduling; let running probes finish for up to `grace_period` seconds, then cancel them."""
+        self._stopping = True
+        for job in self._jobs.values():
+            if job.handle is not None:
+                job.handle.cancel()
+                job.handle = None
+        running = [job.task for job in self._jobs.values() if job.task is not None]
+        if not running:
+            return
+        _done, pending = await asyncio.wait(running, timeout=grace_period)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _state(result: ProbeResult | None) -> tuple[str, str, str]:
+    if result is None:
+        return ("unknown", "", "")
+    if result.failure is None:
+        return ("up", "", "")
+    return ("down", result.failure.phase.value, result.failure.reason.value)
+
+
+def _log_result(previous: ProbeResult | None, result: ProbeResult, mx_host: str | None) -> None:
+    """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
+    before, after = _state(previous), _state(result)
+    fields: dict[str, object] = {"target": result.target, "module": result.module}
+    if mx_host is not None:
+        fields["mx_host"] = mx_host
+    if before != after and not (previous is None and result.success):
+        fields["from"] = before[0]
+        fields["to"] = after[0]
+        if result.failure is not None:
+            fields["phase"] = after[1]
+            fields["reason"] = after[2]
+            fields["error"] = result.failure.message
+        log.info("target state changed", extra={"fields": fields})
+    if log.isEnabledFor(logging.DEBUG):
+        transcript = "\n".join(
+            f"{line.offset_seconds * 1000:9.3f}ms {line.direction} {line.text}" for line in result.transcript
+        )
+        log.debug(
+            "probe transcript",
+            extra={"fields": {**fields, "success": result.success, "transcript": transcript}},
+        )
+
+
+async def monitor_event_loop_lag(stats: ExporterStats) -> None:
+    """Forever: sleep LAG_INTERVAL and record how much later than asked the loop woke up."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(LAG_INTERVAL)
+        stats.record_lag(max(0.0, loop.time() - start - LAG_INTERVAL))

@@ -1,0 +1,201 @@
+"""The running exporter: config, prober, scheduler, metrics and HTTP server on one event loop.
+
+`Exporter` ties the parts together and owns the lifecycle: start, reload (SIGHUP,
+`POST /-/reload`, or the config file changing on disk), and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from smtp_exporter.config.allowlist import TargetAllowlist
+from smtp_exporter.config.loader import ConfigError, default_config, load_config
+from smtp_exporter.config.schema import Config, ShardConfig
+from smtp_exporter.config.web import WebConfig, build_server_ssl_context
+from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
+from smtp_exporter.probe import Prober
+from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
+from smtp_exporter.web import create_app, runner_options
+
+log = logging.getLogger("smtp_exporter")
+
+DEFAULT_LISTEN_ADDRESS = ":9725"
+# How often the config file is checked for changes (Kubernetes swaps ConfigMap files in place).
+CONFIG_WATCH_INTERVAL = 3.0
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    """`host:port`, `[ipv6]:port` or `:port` (all interfaces) -> (host or None, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"invalid listen address {text!r} (expected host:port, [ipv6]:port or :port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"invalid listen address {text!r} (write IPv6 addresses as [addr]:port)")
+    return (host or None, int(port_text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardOverride:
+    """`--shard.count` / `--shard.index`: they win over the config file's `shard` section."""
+
+    count: int | None = None
+    index: int | None = None
+
+    def apply(self, config: Config) -> Config:
+        if self.count is None and self.index is None:
+            return config
+        shard = ShardConfig(
+            count=config.shard.count if self.count is None else self.count,
+            index=config.shard.index if self.index is None else self.index,
+        )
+        if shard.count < 1 or not 0 <= shard.index < shard.count:
+            raise ConfigError(
+                "command line",
+                f"--shard.index must be from 0 to --shard.count - 1 ({shard.count - 1}), not {shard.index}",
+            )
+        return dataclasses.replace(config, shard=shard)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceOptions:
+    config_file: str | None = None  # None: the embedded default config, never reloaded from disk
+    listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
+    web_config: WebConfig = field(default_factory=WebConfig)
+    shard: ShardOverride = field(default_factory=ShardOverride)
+    watch_interval: float = CONFIG_WATCH_INTERVAL
+
+
+def load(options: ServiceOptions) -> Config:
+    """The config of `options` (file or embedded default) with the command-line overrides; ConfigError."""
+    config = load_config(options.config_file) if options.config_file else default_config()
+    return options.shard.apply(config)
+
+
+def _file_signature(path: str) -> tuple[object, ...] | None:
+    """What identifies the config file's current content: the file behind all symlinks, its
+    inode, size and mtime. Kubernetes updates a ConfigMap volume by swapping a `..data` symlink,
+    which changes the resolved path and inode but not the path we were given."""
+    try:
+        stat = os.stat(path)
+        return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return None
+
+
+class Exporter:
+    def __init__(self, config: Config, options: ServiceOptions) -> None:
+        self.options = options
+        self.config = config
+        self.web_config = options.web_config
+        self.allowlist = TargetAllowlist(config.http_probe.allowed_targets)
+        self.prober = Prober()
+        self.store = MetricsStore()
+        self.stats = ExporterStats()
+        self.health = HealthMetrics(self.stats)
+        self.scheduler = Scheduler(self.prober, self.store, self.stats)
+        self.ready = False
+        self.addresses: list[tuple[str, int]] = []  # (host, port) actually bound
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+        self._signature = _file_signature(options.config_file) if options.config_file else None
+
+    async def start(self) -> None:
+        """Start probing and serving; raises OSError when a listen address cannot be bound."""
+        self.scheduler.apply(self.config)
+        self.stats.reload_succeeded()
+        self._spawn(monitor_event_loop_lag(self.stats))
+        runner = web.AppRunner(
+            create_app(self),
+            shutdown_timeout=self.config.scheduler.shutdown_grace_period,
+            **runner_options(),  # type: ignore[arg-type]
+        )
+        await runner.setup()
+        self._runner = runner
+        ssl_context = build_server_ssl_context(self.web_config)
+        for address in self.options.listen_addresses:
+            host, port = parse_listen_address(address)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+            await site.start()
+        for sockname in runner.addresses:
+            self.addresses.append((str(sockname[0]), int(sockname[1])))
+        if self.options.config_file:
+            self._spawn(self._watch_config_file(self.options.config_file))
+        self.ready = True
+        log.info(
+            "exporter started",
+            extra={
+                "fields": {
+                    "config": self.config.source,
+                    "targets": self.stats.targets,
+                    "listen": " ".join(f"{host}:{port}" for host, port in self.addresses),
+                    "tls": ssl_context is not None,
+                    "basic_auth": self.web_config.auth_required,
+                }
+            },
+        )
+
+    def _spawn(self, coroutine: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> None:
+        """Load the config again and apply it; on error keep the running one and raise ConfigError."""
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load, self.options)
+            except ConfigError as exc:
+                self.stats.reload_failed()
+                log.error(
+                    "config reload failed, keeping the running config", extra={"fields": {"error": str(exc)}}
+                )
+                raise
+            self.prober.forget_caches()
+            self.scheduler.apply(config)
+            self.config = config
+            self.allowlist = TargetAllowlist(config.http_probe.allowed_targets)
+            self.stats.reload_succeeded()
+            log.info(
+                "config reloaded", extra={"fields": {"config": config.source, "targets": self.stats.targets}}
+            )
+
+    def request_reload(self) -> None:
+        """Reload in the background (SIGHUP); errors are logged and shown by the reload gauge."""
+        self._spawn(self._reload_quietly())
+
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):
+            await self.reload()
+
+    async def _watch_config_file(self, path: str) -> None:
+        while True:
+            await asyncio.sleep(self.options.watch_interval)
+            signature = _file_signature(path)
+            if signature is None or signature == self._signature:
+                continue  # a missing file is a swap in progress, or an error the next reload reports
+            self._signature = signature
+            log.info("config file changed on disk, reloading", extra={"fields": {"config": path}})
+            await self._reload_quietly()
+
+    async def stop(self) -> None:
+        """Stop scheduling, let running probes finish within the grace period, close the server."""
+        self.ready = False
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        grace = self.config.scheduler.shutdown_grace_period
+        log.info("stopping", extra={"fields": {"grace_period_seconds": grace}})
+        await self.scheduler.stop(grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

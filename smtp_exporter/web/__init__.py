@@ -1,0 +1,5 @@
+"""The exporter's HTTP server (aiohttp, on the probes' event loop)."""
+
+from smtp_exporter.web.app import create_app, runner_options, scrape_deadline
+
+__all__ = ["create_app", "runner_options", "scrape_deadline"]

@@ -1,0 +1,274 @@
+"""The HTTP server: /metrics, /probe, the status page and the lifecycle endpoints (aiohttp).
+
+It runs on the exporter's one event loop, next to the probes. Every endpoint but
+`/-/healthy` requires basic auth when the web config has users; bcrypt runs in worker
+threads (at most a few at a time), never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import math
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from smtp_exporter.config.loader import ConfigError, effective_config_yaml
+from smtp_exporter.config.web import WebConfig, check_basic_auth
+from smtp_exporter.metrics import (
+    OPENMETRICS_CONTENT_TYPE,
+    OPENMETRICS_EOF,
+    TEXT_CONTENT_TYPE,
+    render_probe_result,
+    wants_openmetrics,
+)
+from smtp_exporter.targets import TargetError, parse_target
+from smtp_exporter.web.pages import landing_page, probe_debug_text, transcript_text
+
+if TYPE_CHECKING:
+    from smtp_exporter.service import Exporter
+
+# How much earlier than Prometheus' scrape timeout a /probe must end, so the answer arrives in time.
+SCRAPE_TIMEOUT_OFFSET = 0.5
+# Request bounds: nothing the exporter serves needs a body or long headers.
+MAX_REQUEST_BODY = 64 * 1024
+MAX_LINE_SIZE = 8 * 1024
+MAX_FIELD_SIZE = 8 * 1024
+MAX_HEADERS = 64
+# Bodies larger than this are gzipped in a worker thread, so a big scrape never stalls probes.
+GZIP_IN_THREAD_BYTES = 256 * 1024
+MAX_CONCURRENT_PASSWORD_CHECKS = 4
+_AUTH_CACHE_SIZE = 64
+
+TEXT_PLAIN = "text/plain; charset=utf-8"
+_PUBLIC_PATHS = frozenset({"/-/healthy"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def scrape_deadline(header: str | None, module_timeout: float) -> float:
+    """The /probe deadline: the module's timeout, or less when Prometheus' scrape timeout is shorter.
+
+    The scrape timeout comes from X-Prometheus-Scrape-Timeout-Seconds; the probe ends
+    SCRAPE_TIMEOUT_OFFSET seconds before it (or at half of it, for scrape timeouts of 1s or less).
+    """
+    if not header:
+        return module_timeout
+    try:
+        scrape_timeout = float(header)
+    except ValueError:
+        return module_timeout
+    if not math.isfinite(scrape_timeout) or scrape_timeout <= 0:
+        return module_timeout
+    if scrape_timeout > 2 * SCRAPE_TIMEOUT_OFFSET:
+        limit = scrape_timeout - SCRAPE_TIMEOUT_OFFSET
+    else:
+        limit = scrape_timeout / 2
+    return min(module_timeout, limit)
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    for part in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            quality = params.strip().lower()
+            return not (quality.startswith("q=") and quality[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
+def _gzip(body: bytes) -> bytes:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: fast; 31: gzip framing
+    return compressor.compress(body) + compressor.flush()
+
+
+async def _payload(request: web.Request, body: bytes, content_type: str) -> web.Response:
+    """A response with `body`, gzipped when the client accepts it."""
+    if not _accepts_gzip(request) or len(body) < 1024:
+        return web.Response(body=body, headers={"Content-Type": content_type})
+    if len(body) >= GZIP_IN_THREAD_BYTES:
+        compressed = await asyncio.get_running_loop().run_in_executor(None, _gzip, body)
+    else:
+        compressed = _gzip(body)
+    return web.Response(
+        body=compressed,
+        headers={"Content-Type": content_type, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+    )
+
+
+def _text(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text if text.endswith("\n") else text + "\n", status=status, content_type="text/plain"
+    )
+
+
+class _Handlers:
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.probes_in_flight = 0
+        self._password_checks = asyncio.Semaphore(MAX_CONCURRENT_PASSWORD_CHECKS)
+        # Authorization headers that passed, per web config: SHA-256 digests, so no secret is kept.
+        self._good_auth: dict[bytes, WebConfig] = {}
+
+    # -- middlewares ----------------------------------------------------------------------------
+
+    @web.middleware
+    async def security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        web_config = self.exporter.web_config
+        if web_config.auth_required and request.path not in _PUBLIC_PATHS:
+            if not await self._authorized(web_config, request.headers.get("Authorization", "")):
+                response: web.StreamResponse = _text("Unauthorized", 401)
+                response.headers["WWW-Authenticate"] = 'Basic realm="smtp-exporter"'
+            else:
+                response = await handler(request)
+        else:
+            response = await handler(request)
+        for name, value in web_config.headers:
+            response.headers[name] = value
+        return response
+
+    async def _authorized(self, web_config: WebConfig, header: str) -> bool:
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "basic" or not credentials:
+            return False
+        digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        if self._good_auth.get(digest) is web_config:
+            return True
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        username, colon, password = decoded.partition(":")
+        if not colon:
+            return False
+        async with self._password_checks:
+            ok = await asyncio.to_thread(check_basic_auth, web_config, username, password)
+        if ok:
+            if len(self._good_auth) >= _AUTH_CACHE_SIZE:
+                self._good_auth.clear()
+            self._good_auth[digest] = web_config
+        return ok
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        exporter = self.exporter
+        openmetrics = wants_openmetrics(request.headers.get("Accept"))
+        chunks = [
+            exporter.health.render(openmetrics=openmetrics),
+            *exporter.store.render(openmetrics=openmetrics),
+        ]
+        if openmetrics:
+            chunks.append(OPENMETRICS_EOF)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        return await _payload(request, b"".join(chunks), content_type)
+
+    async def probe(self, request: web.Request) -> web.Response:
+        exporter = self.exporter
+        config = exporter.config
+        stats = exporter.stats
+        query = request.query
+        module_name = query.get("module") or config.defaults.module
+        module = config.modules.get(module_name)
+        counted_module = module_name if module is not None else ""
+        target = query.get("target", "")
+        if not target.strip():
+            stats.count_probe_request(counted_module, 400)
+            return _text("missing parameter: target", 400)
+        if module is None:
+            stats.count_probe_request("", 400)
+            return _text(f"unknown module {module_name[:100]!r}", 400)
+        try:
+            parsed = parse_target(target, module.port)
+        except TargetError as exc:
+            stats.count_probe_request(module_name, 400)
+            return _text(str(exc), 400)
+        if not exporter.allowlist.allows(parsed.host, parsed.port):
+            stats.count_probe_request(module_name, 403)
+            return _text(f"target {str(parsed)!r} is not allowed by http_probe.allowed_targets", 403)
+        if self.probes_in_flight >= config.http_probe.max_concurrent:
+            stats.count_probe_request(module_name, 503)
+            return _text(
+                f"too many concurrent /probe requests (http_probe.max_concurrent: "
+                f"{config.http_probe.max_concurrent})",
+                503,
+            )
+        deadline = scrape_deadline(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"), module.timeout)
+        self.probes_in_flight += 1
+        stats.probes_in_flight += 1
+        try:
+            result = await exporter.prober.probe(target, module_name, module, timeout=deadline)
+        finally:
+            self.probes_in_flight -= 1
+            stats.probes_in_flight -= 1
+        stats.count_probe_request(module_name, 200)
+        if query.get("debug", "").lower() == "true":
+            body = render_probe_result(result, openmetrics=False)
+            return _text(probe_debug_text(result, body))
+        openmetrics = wants_openmetrics(request.headers.get("Accept"))
+        body = render_probe_result(result, openmetrics=openmetrics)
+        return await _payload(request, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
+
+    async def landing(self, request: web.Request) -> web.Response:
+        exporter = self.exporter
+        shard = exporter.config.shard
+        page = landing_page(
+            exporter.scheduler.status(), shard=(shard.count, shard.index), source=exporter.config.source
+        )
+        return await _payload(request, page.encode(), "text/html; charset=utf-8")
+
+    async def transcript(self, request: web.Request) -> web.Response:
+        query = request.query
+        state = self.exporter.scheduler.find_series(
+            query.get("target", ""), query.get("module", ""), query.get("mx_host")
+        )
+        if state is None or state.last is None:
+            return _text("no probe result for this target and module (yet)", 404)
+        return _text(transcript_text(state.last))
+
+    async def config(self, request: web.Request) -> web.Response:
+        return _text(effective_config_yaml(self.exporter.config))
+
+    async def healthy(self, request: web.Request) -> web.Response:
+        return _text("Healthy")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.exporter.ready:
+            return _text("Ready")
+        return _text("Not ready", 503)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            await self.exporter.reload()
+        except ConfigError as exc:
+            return _text(f"failed to reload config: {exc}", 500)
+        return _text("config reloaded")
+
+
+def create_app(exporter: Exporter) -> web.Application:
+    handlers = _Handlers(exporter)
+    app = web.Application(middlewares=[handlers.security], client_max_size=MAX_REQUEST_BODY)
+    app.router.add_get("/", handlers.landing)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/probe", handlers.probe)
+    app.router.add_get("/transcript", handlers.transcript)
+    app.router.add_get("/config", handlers.config)
+    app.router.add_get("/-/healthy", handlers.healthy)
+    app.router.add_get("/-/ready", handlers.ready)
+    app.router.add_post("/-/reload", handlers.reload)
+    return app
+
+
+def runner_options() -> dict[str, object]:
+    """aiohttp server options: no access log (it would cost more than a scrape), bounded requests."""
+    return {
+        "access_log": None,
+        "max_line_size": MAX_LINE_SIZE,
+        "max_field_size": MAX_FIELD_SIZE,
+        "max_headers": MAX_HEADERS,
+        "handle_signals": False,
+    }
