@@ -493,14 +493,15 @@ def _auth(doc: _Doc, node: yaml.Node, path: str) -> AuthConfig:
         elif key == "password_file":
             values[key], values["password"] = read_secret_file(doc, value, sub)
         else:
+            # The name is not repeated in messages: it may be a password put in the wrong key.
             name = string(doc, value, sub)
             if not name or "=" in name or "\x00" in name:
-                doc.fail(value, sub, f"invalid environment variable name {quote_value(name)}")
+                doc.fail(value, sub, "invalid environment variable name")
             secret = os.environ.get(name)
             if secret is None:
-                doc.fail(value, sub, f"environment variable {quote_value(name)} is not set")
+                doc.fail(value, sub, "the environment variable named here is not set")
             if not secret:
-                doc.fail(value, sub, f"environment variable {quote_value(name)} is empty")
+                doc.fail(value, sub, "the environment variable named here is empty")
             values[key], values["password"] = name, Secret(secret)
     if not values.get("username"):
         doc.fail(node, path, 'missing required key "username"')

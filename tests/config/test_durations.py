@@ -27,7 +27,9 @@ def test_parse(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "10", "1.5s", "10x", "s", "1s1m", "-1s", "1 s", " 1s", "1S", "1s ", "１s", "1mss"])
+@pytest.mark.parametrize(
+    "text", ["", "10", "1.5s", "10x", "s", "1s1m", "-1s", "1 s", " 1s", "1S", "1s ", "\uff11s", "1mss"]
+)
 def test_parse_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
@@ -40,7 +42,15 @@ def test_bare_number_hint() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0, "0s"), (0.5, "500ms"), (10, "10s"), (90, "1m30s"), (3600, "1h"), (86400 * 8, "1w1d"), (0.0004, "0s")],
+    [
+        (0, "0s"),
+        (0.5, "500ms"),
+        (10, "10s"),
+        (90, "1m30s"),
+        (3600, "1h"),
+        (86400 * 8, "1w1d"),
+        (0.0004, "0s"),
+    ],
 )
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -180,7 +180,7 @@ def test_empty_password_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None
             "modules:\n  s:\n    implicit_tls: true\n    auth: {username: u, password_env: SMTP_EXPORTER_TEST_PASSWORD}\n"
         )
     assert str(caught.value) == (
-        'test.yml:4: modules.s.auth.password_env: environment variable "SMTP_EXPORTER_TEST_PASSWORD" is empty'
+        "test.yml:4: modules.s.auth.password_env: the environment variable named here is empty"
     )
 
 

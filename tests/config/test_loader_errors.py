@@ -115,7 +115,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "auth_password_env_unset": (
         6,
         "modules.foo.auth.password_env",
-        'environment variable "SMTP_EXPORTER_TEST_UNSET_PASSWORD" is not set',
+        "the environment variable named here is not set",
     ),
     "auth_both_password_sources": (7, "modules.foo.auth", "set password_file or password_env, not both"),
     "auth_without_username": (5, "modules.foo.auth", 'missing required key "username"'),
