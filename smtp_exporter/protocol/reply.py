@@ -152,7 +152,8 @@ class ReplyParser:
             end = buffer.find(b"\n", start)
             if end < 0:
                 rest = buffer[start:]
-                if len(rest) > MAX_LINE_BYTES:
+                # A full-length line may wait here with its CR while the LF is in flight.
+                if len(rest) > MAX_LINE_BYTES + rest.endswith(b"\r"):
                     raise MalformedReplyError(
                         f"reply line longer than {MAX_LINE_BYTES} bytes without a line end"
                     )
