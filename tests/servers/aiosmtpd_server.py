@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -202,7 +202,7 @@ class _RecordingSMTP(SMTP):
 
         return method
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if not self._greeted:
             self._greeted = True
             fault = self.owner.faults.get("banner")
@@ -330,7 +330,7 @@ class AiosmtpdServer:
             finally:
                 server.close()
                 for protocol in list(self._protocols):
-                    if protocol.transport is not None:
+                    if isinstance(protocol.transport, asyncio.Transport):
                         protocol.transport.abort()
                 tasks = asyncio.all_tasks(loop)
                 for task in tasks:

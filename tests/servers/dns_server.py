@@ -33,9 +33,10 @@ import errno
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
@@ -160,7 +161,7 @@ class DnsServer:
             if cname is None:
                 break
             response.answer.append(cname)
-            name = cname[0].target  # type: ignore[attr-defined]
+            name = cname[0].target
         if not response.answer:
             response.authority.append(self._soa[zone])
         return response
@@ -216,8 +217,8 @@ class DnsServer:
         failure: list[BaseException] = []
         tasks: set[asyncio.Task[None]] = set()
 
-        def spawn(coro: object) -> None:
-            task = loop.create_task(coro)  # type: ignore[arg-type]
+        def spawn(coro: Coroutine[Any, Any, None]) -> None:
+            task = loop.create_task(coro)
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 

@@ -421,7 +421,7 @@ async def test_scripted_silence_and_leak_detection(scripted_server: ScriptedFact
 async def test_scripted_trickle_arrives_byte_by_byte(scripted_server: ScriptedFactory) -> None:
     server = await scripted_server(trickle(0.001))
     reader, writer = await asyncio.open_connection(*server.address)
-    chunks = []
+    chunks: list[bytes] = []
     while not b"".join(chunks).endswith(b"\r\n"):
         chunks.append(await asyncio.wait_for(reader.read(100), 5))
     writer.close()
