@@ -205,7 +205,7 @@ class _Doc:
 
     def path(self, value: str) -> str:
         if self.base_dir and not os.path.isabs(value):
-            return os.path.join(self.base_dir, value)
+            return os.path.normpath(os.path.join(self.base_dir, value))
         return value
 
 
@@ -446,7 +446,7 @@ def _tls_config(doc: _Doc, node: yaml.Node, path: str) -> TLSConfig:
             doc.fail(
                 lines["ca_file"],
                 _join(path, "ca_file"),
-                f"cannot load CA certificates from {quote_value(tls.ca_file)}: {_ssl_reason(exc)}",
+                f"cannot load CA certificates from {quote_value(tls.ca_file)}: {ssl_reason(exc)}",
             )
     if tls.cert_file is not None and tls.key_file is not None:
         try:
@@ -455,7 +455,7 @@ def _tls_config(doc: _Doc, node: yaml.Node, path: str) -> TLSConfig:
             doc.fail(
                 lines["cert_file"],
                 _join(path, "cert_file"),
-                f"cannot load certificate and key: {_ssl_reason(exc)}",
+                f"cannot load certificate and key: {ssl_reason(exc)}",
             )
     return tls
 
@@ -465,9 +465,15 @@ def _no_password() -> bytes:
     raise ValueError("the key is encrypted (a passphrase-protected key cannot be used)")
 
 
-def _ssl_reason(exc: Exception) -> str:
+def ssl_reason(exc: Exception) -> str:
+    """What went wrong loading a certificate, key or CA file, in words."""
     if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.strerror or "invalid PEM data").lower().replace("_", " ")
+        reason = str(exc.reason or "")
+        if reason == "KEY_VALUES_MISMATCH":
+            return "the key does not belong to the certificate"
+        if reason in ("PEM_LIB", "NO_START_LINE", ""):
+            return "not valid PEM data"
+        return reason.lower().replace("_", " ")
     return str(exc)
 
 

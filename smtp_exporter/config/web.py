@@ -32,6 +32,7 @@ from smtp_exporter.config.loader import (
     pairs,
     readable_file,
     sequence,
+    ssl_reason,
     string,
 )
 
@@ -178,19 +179,7 @@ def load_web_config_text(text: str, *, source: str, base_dir: str | None = None)
         _http_server_config(doc, sections["http_server_config"]) if "http_server_config" in sections else ()
     )
     users = _users(doc, sections["basic_auth_users"]) if "basic_auth_users" in sections else {}
-    web = WebConfig(tls=tls, headers=headers, basic_auth_users=users, source=source)
-    if tls is not None:
-        try:
-            build_server_ssl_context(web)
-        except (ssl.SSLError, ValueError) as exc:
-            doc.fail(sections["tls_server_config"], "tls_server_config", f"cannot set up TLS: {_reason(exc)}")
-    return web
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc.strerror or exc).lower().replace("_", " ")
-    return str(exc)
+    return WebConfig(tls=tls, headers=headers, basic_auth_users=users, source=source)
 
 
 def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
@@ -256,6 +245,31 @@ def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
             f"{path}.min_version",
             f"{config.min_version} is above max_version {config.max_version}",
         )
+    # Load everything now, so that a bad file is a config error at start, not a failed handshake later.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(config.cert_file, config.key_file, password=_no_password)
+    except (ssl.SSLError, ValueError) as exc:
+        doc.fail(
+            nodes["cert_file"], f"{path}.cert_file", f"cannot load certificate and key: {ssl_reason(exc)}"
+        )
+    if config.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=config.client_ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            doc.fail(
+                nodes["client_ca_file"],
+                f"{path}.client_ca_file",
+                f"cannot load CA certificates: {ssl_reason(exc)}",
+            )
+    openssl_names = [_CIPHER_SUITES[name] for name in config.cipher_suites if _CIPHER_SUITES[name]]
+    if openssl_names:
+        try:
+            context.set_ciphers(":".join(openssl_names))
+        except ssl.SSLError:
+            doc.fail(
+                nodes["cipher_suites"], f"{path}.cipher_suites", "none of these cipher suites is available"
+            )
     return config
 
 
