@@ -1,0 +1,133 @@
+"""AUTH PLAIN, LOGIN and CRAM-MD5 against aiosmtpd inside STARTTLS; secrets never shown."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+import pytest
+
+from smtp_exporter.config.schema import AuthMechanism, StartTLS
+from smtp_exporter.model import FailureReason, Phase, ProbeResult
+from smtp_exporter.probe import Prober
+from smtp_exporter.probe.command import format_text
+from tests.probe.common import auth, describe, module, names, trusting
+from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
+from tests.servers.tls import TestCA
+
+MECHANISMS = [AuthMechanism.PLAIN, AuthMechanism.LOGIN, AuthMechanism.CRAM_MD5]
+WRONG_PASSWORD = "wrong-Pa55word-xyzzy"
+
+
+def secret_forms(username: str, password: str) -> list[str]:
+    """The password as it could leak: as is, and base64-encoded the ways AUTH sends it."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return [password, b64(password), b64(f"\0{username}\0{password}"), b64(f"{username}\0{password}")]
+
+
+def assert_no_secret(result: ProbeResult, password: str) -> None:
+    shown = [
+        "\n".join(line.text for line in result.transcript),
+        json.dumps(result.to_json()),
+        format_text(result),
+        repr(result),
+        "" if result.failure is None else result.failure.message,
+    ]
+    for form in secret_forms(TEST_USERNAME, password):
+        for text in shown:
+            assert form not in text
+
+
+def _auth_module(server: AiosmtpdServer, ca: TestCA, mechanism: AuthMechanism, password: str = TEST_PASSWORD):
+    return module(
+        "smtp_full",
+        port=server.port,
+        starttls=StartTLS.REQUIRED,
+        tls_config=trusting(ca),
+        auth=auth(mechanism, password=password),
+        rcpt_to=("postmaster@mail.test",),
+    )
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_auth_succeeds(auth_server: AiosmtpdServer, tls_ca: TestCA, mechanism: AuthMechanism) -> None:
+    result = await Prober().probe(auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism))
+    assert result.success, describe(result)
+    assert names(result) == [
+        "connect",
+        "banner",
+        "ehlo",
+        "starttls",
+        "tls",
+        "ehlo_tls",
+        "auth",
+        "mail",
+        "rcpt",
+        "data",
+        "message",
+        "quit",
+    ]
+    auth_phase = result.phase(Phase.AUTH)
+    assert auth_phase is not None and auth_phase.reply_code == 235
+    (attempt,) = auth_server.auth_attempts
+    assert (attempt.mechanism, attempt.login, attempt.success) == (mechanism.value, TEST_USERNAME, True)
+    (message,) = await auth_server.wait_messages(1)
+    assert message.login == TEST_USERNAME and message.tls
+    assert_no_secret(result, TEST_PASSWORD)
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_wrong_password(auth_server: AiosmtpdServer, tls_ca: TestCA, mechanism: AuthMechanism) -> None:
+    result = await Prober().probe(
+        auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism, password=WRONG_PASSWORD)
+    )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, FailureReason.AUTH_FAILED)
+    assert names(result)[-1] == "auth"
+    auth_phase = result.phases[-1]
+    assert auth_phase.reply_code == 535
+    assert auth_phase.enhanced_status == "5.7.8"
+    (attempt,) = auth_server.auth_attempts
+    assert attempt.mechanism == mechanism.value and not attempt.success
+    assert auth_server.messages == []
+    # The connection was fine: QUIT was said (inside TLS), then the socket closed.
+    assert bytes(auth_server.connections[0].received).endswith(b"QUIT\r\n")
+    assert await auth_server.wait_closed()
+    assert_no_secret(result, WRONG_PASSWORD)
+
+
+async def test_auto_picks_the_strongest_offered(auth_server: AiosmtpdServer, tls_ca: TestCA) -> None:
+    result = await Prober().probe(
+        auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.AUTO)
+    )
+    assert result.success, describe(result)
+    assert "CRAM-MD5" in result.server.extension_map["AUTH"]
+    (attempt,) = auth_server.auth_attempts
+    assert attempt.mechanism == "CRAM-MD5" and attempt.success
+    assert_no_secret(result, TEST_PASSWORD)
+
+
+async def test_auto_with_no_auth_offered(
+    smtp_server_factory: Callable[..., AiosmtpdServer], tls_ca: TestCA
+) -> None:
+    server = smtp_server_factory(starttls=tls_ca.server_cert)  # no auth_users: no AUTH keyword
+    result = await Prober().probe(server.target, "m", _auth_module(server, tls_ca, AuthMechanism.AUTO))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, FailureReason.AUTH_FAILED)
+    assert "AUTH" not in result.server.extension_map
+    assert b"AUTH" not in bytes(server.connections[0].received)
+    assert "mail" not in names(result)
+
+
+async def test_transcript_shows_auth_redacted(auth_server: AiosmtpdServer, tls_ca: TestCA) -> None:
+    result = await Prober().probe(
+        auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.LOGIN)
+    )
+    assert result.success, describe(result)
+    client = [line.text for line in result.transcript if line.direction == "C"]
+    start = client.index("AUTH LOGIN")
+    assert client[start + 1 : start + 3] == ["<redacted>", "<redacted>"]
