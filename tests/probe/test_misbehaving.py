@@ -1,0 +1,228 @@
+"""Servers that misbehave (scripted, in-process): the right phase and reason, inside the deadline,
+and the client's socket closed every time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from smtp_exporter.model import FailureReason, Phase, Transaction
+from smtp_exporter.probe import Prober
+from tests.probe.common import Stopwatch, describe, module, names
+from tests.servers import scripted
+from tests.servers.scripted import (
+    BANNER,
+    DEFAULT_REPLIES,
+    EHLO_REPLY,
+    Answer,
+    Close,
+    ExpectLine,
+    HalfClose,
+    Reset,
+    Script,
+    ScriptedServer,
+    Send,
+    Sleep,
+)
+
+ScriptedFactory = Callable[..., Awaitable[ScriptedServer]]
+TIMEOUT = 1.0
+
+
+def _until_rcpt() -> list[scripted.Step]:
+    """A normal server up to (and reading) the RCPT command."""
+    return [
+        Send(BANNER),
+        ExpectLine(),
+        Send(EHLO_REPLY),
+        ExpectLine(),
+        Send(b"250 2.1.0 Ok\r\n"),
+        ExpectLine(),
+    ]
+
+
+CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
+    "garbage_greeting": (
+        scripted.garbage_greeting(),
+        Transaction.NONE,
+        Phase.BANNER,
+        FailureReason.UNEXPECTED_REPLY,
+    ),
+    "silence": (scripted.silence(), Transaction.NONE, Phase.BANNER, FailureReason.TIMEOUT),
+    "trickle": (scripted.trickle(0.05), Transaction.NONE, Phase.BANNER, FailureReason.TIMEOUT),
+    "endless_multiline_banner": (
+        scripted.endless_multiline(at_banner=True),
+        Transaction.NONE,
+        Phase.BANNER,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+    "endless_multiline_ehlo": (
+        scripted.endless_multiline(),
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+    "megabyte_line": (scripted.megabyte_line(), Transaction.NONE, Phase.BANNER, FailureReason.PROTOCOL_ERROR),
+    "close_after_ehlo": (
+        scripted.close_after_ehlo(),
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "close_in_multiline": (
+        [Send(BANNER), ExpectLine(), Send(b"250-mail.test\r\n250-SIZE 1000\r\n"), Close()],
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "close_at_rcpt": (
+        [*_until_rcpt(), Close()],
+        Transaction.MESSAGE,
+        Phase.RCPT,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "reset_at_connect": ([Reset()], Transaction.NONE, Phase.BANNER, FailureReason.CONNECTION_CLOSED),
+    "reset_at_ehlo": (
+        [Send(BANNER), ExpectLine(), Reset()],
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "reset_at_rcpt": (
+        [*_until_rcpt(), Reset()],
+        Transaction.MESSAGE,
+        Phase.RCPT,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "half_close_after_banner": (
+        [Send(BANNER), HalfClose()],
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.CONNECTION_CLOSED,
+    ),
+    "tarpit_at_rcpt": ([*_until_rcpt(), Sleep(30)], Transaction.MESSAGE, Phase.RCPT, FailureReason.TIMEOUT),
+    "banner_wrong_class": (
+        scripted.minimal_conversation(banner=b"250 mail.test hello\r\n"),
+        Transaction.NONE,
+        Phase.BANNER,
+        FailureReason.UNEXPECTED_REPLY,
+    ),
+    "data_answered_250": (
+        scripted.minimal_conversation(DATA=b"250 2.0.0 Ok whatever\r\n"),
+        Transaction.MESSAGE,
+        Phase.DATA,
+        FailureReason.UNEXPECTED_REPLY,
+    ),
+    "unsolicited_reply": (
+        scripted.minimal_conversation(EHLO=EHLO_REPLY + b"250 2.0.0 one more, never asked for\r\n"),
+        Transaction.ENVELOPE,
+        Phase.MAIL,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+    "continuation_code_changes": (
+        scripted.minimal_conversation(EHLO=b"250-mail.test\r\n251 SIZE 10\r\n"),
+        Transaction.NONE,
+        Phase.EHLO,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+    "nul_in_reply": (
+        scripted.minimal_conversation(banner=b"220 mail.test \x00 ESMTP\r\n"),
+        Transaction.NONE,
+        Phase.BANNER,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_misbehaving_server(scripted_server: ScriptedFactory, case: str) -> None:
+    script, transaction, phase, reason = CASES[case]
+    server = await scripted_server(script)
+    async with Stopwatch.timing() as watch:
+        result = await Prober().probe(
+            server.target,
+            "m",
+            module(port=server.port, transaction=transaction, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+        )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (phase, reason), describe(result)
+    # The failed phase and everything after it are absent, or it is the last one (a reply was read).
+    recorded = names(result)
+    assert recorded[-1] == phase.value or phase.value not in recorded, describe(result)
+    assert "quit" not in recorded
+    # Inside the deadline, never later, whatever the server does.
+    assert result.duration_seconds < TIMEOUT + 0.5
+    assert watch.seconds < TIMEOUT + 1.0
+    # No leaked connection: every connection is closed, and when the server kept it open,
+    # it is the client that closed it.
+    assert await server.wait_closed(2.0), f"connection left open after {case}"
+    (connection,) = server.connections
+    assert connection.client_closed or connection.server_closed
+    if reason is FailureReason.TIMEOUT or case.startswith(("garbage", "endless", "megabyte")):
+        assert connection.client_closed
+    # Commands always end with CRLF.
+    received = bytes(connection.received)
+    assert received.count(b"\n") == received.count(b"\r\n")
+
+
+@pytest.mark.parametrize(
+    "case", ["banner_wrong_class", "data_answered_250"], ids=["after-banner", "after-data"]
+)
+async def test_quit_after_failure_when_connection_usable(scripted_server: ScriptedFactory, case: str) -> None:
+    script, transaction, _, _ = CASES[case]
+    server = await scripted_server(script)
+    result = await Prober().probe(
+        server.target, "m", module(port=server.port, transaction=transaction, timeout=TIMEOUT)
+    )
+    assert not result.success
+    assert await server.wait_closed(2.0)
+    lines = server.connections[0].lines
+    assert lines[-1] == b"QUIT\r\n", lines
+    # The server answered QUIT with 221 and closed: the conversation ended cleanly.
+    assert server.connections[0].server_closed
+
+
+async def test_bare_lf_replies_are_tolerated(scripted_server: ScriptedFactory) -> None:
+    replies = {verb: reply.replace(b"\r\n", b"\n") for verb, reply in DEFAULT_REPLIES.items()}
+    server = await scripted_server([Send(b"220 mail.test ESMTP bare LF\n"), Answer(replies)])
+    result = await Prober().probe(
+        server.target, "m", module("smtp_full", port=server.port, rcpt_to=("a@mail.test",))
+    )
+    assert result.success, describe(result)
+    assert names(result) == ["connect", "banner", "ehlo", "mail", "rcpt", "data", "message", "quit"]
+    assert result.server.extension_map["SIZE"] == ("10240000",)
+    assert result.server.banner == "mail.test ESMTP bare LF"
+    received = bytes(server.connections[0].received)
+    assert received.count(b"\n") == received.count(b"\r\n"), "the client must send CRLF, always"
+    assert await server.wait_closed(2.0)
+
+
+async def test_many_misbehaving_servers_at_once(scripted_server: ScriptedFactory) -> None:
+    """Hostile servers probed together on one loop: each fails on its own, within the deadline."""
+    servers = [await scripted_server(CASES[case][0]) for case in CASES]
+    prober = Prober()
+    async with Stopwatch.timing() as watch:
+        results = await asyncio.gather(
+            *(
+                prober.probe(
+                    server.target,
+                    "m",
+                    module(
+                        port=server.port,
+                        transaction=CASES[case][1],
+                        rcpt_to=("a@mail.test",),
+                        timeout=TIMEOUT,
+                    ),
+                )
+                for server, case in zip(servers, CASES, strict=True)
+            )
+        )
+    assert watch.seconds < TIMEOUT + 1.0
+    for result, case in zip(results, CASES, strict=True):
+        _, _, phase, reason = CASES[case]
+        assert result.failure is not None, case
+        assert (result.failure.phase, result.failure.reason) == (phase, reason), case
+    for server in servers:
+        assert await server.wait_closed(2.0)
