@@ -37,16 +37,17 @@ JobKey = tuple[str, str, tuple[tuple[str, str], ...], MXMode]
 
 
 def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8")).digest()[:8], "big")
 
 
 def shard_of(target: str, count: int) -> int:
     """The shard (0 .. count-1) that probes `target` (the target string as written in the config).
 
-    The first 8 bytes of the target's BLAKE2b-64 digest, as a big-endian integer, modulo
-    `count`: stable across processes, restarts, Python versions and machines, so K exporters
-    started with `--shard.count K --shard.index 0..K-1` and the same config split the targets
-    with each target in exactly one shard.
+    `int.from_bytes(hashlib.blake2b(target.encode()).digest()[:8], "big") % count`: the first
+    8 bytes of the target's BLAKE2b (512-bit) digest as a big-endian integer, modulo `count`.
+    Stable across processes, restarts, Python versions and machines, so K exporters started
+    with `--shard.count K --shard.index 0..K-1` and the same config split the targets with
+    each target in exactly one shard.
     """
     return _hash64(target) % count
 
