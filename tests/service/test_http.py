@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.scripted import ScriptedServer, silence
 from tests.servers.smtp_sink import SmtpSink
-from tests.service.conftest import running_exporter, sample_labels, sample_value
+from tests.service.conftest import running_exporter, sample_labels, sample_value, wait_for
 
 NO_TARGETS = """
 modules:
@@ -164,3 +164,25 @@ async def test_negotiation_gzip_and_other_endpoints(
         ):
             assert response.status in (400, 431)
         assert await running.get("/-/healthy") == (200, "Healthy\n")  # still serving
+
+
+async def test_graceful_stop_waits_for_running_probes_and_reports_not_ready(
+    write_config: Callable[[str], Path], scripted_server: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    silent = await scripted_server(silence())
+    config = write_config(
+        "scheduler: {shutdown_grace_period: 20s}\nmodules:\n  slow: {timeout: 2s}\n"
+        f"targets:\n  - {{target: '{silent.target}', module: slow, interval: 3s}}\n"
+    )
+    async with running_exporter(config) as running:
+        exporter = running.exporter
+        await wait_for(lambda: exporter.stats.probes_in_flight == 1, "the probe to start")
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(exporter.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # waiting for the running probe, within the grace period
+        assert await running.get("/-/ready") == (503, "Not ready\n")
+        await stopping
+        # The probe ended at its own deadline (2s), well before the 20s grace period.
+        assert time.monotonic() - started < 10
+        assert len(exporter.store) == 1  # and its result was kept
