@@ -1,0 +1,209 @@
+"""A multi-port SMTP sink for the benchmarks: `python -m benchmarks.sink --ok 2000`.
+
+Why not only Postfix's smtp-sink: it listens on one port, and the exporter's targets must be
+distinct (`host:port` is a target's identity), so thousands of targets on 127.0.0.1 need
+thousands of ports. This server listens on as many ports as asked (each bound to port 0),
+in one process, and answers byte for byte what smtp-sink answers (same greeting, same EHLO
+keywords, same replies), so a client does the same work against either. It can also:
+
+- delay every reply by a fixed time (`--delay-ms`), for the timing-fidelity benchmark, and
+  measure how late it really sent each reply (its own loop's error, reported by `stats`);
+- fail on some ports: `--reject-rcpt N` ports answer RCPT with 550, `--reject-banner N`
+  ports greet with 554 (failing probes, with transcripts, for the memory benchmark).
+
+On start it prints one JSON line: {"ok": [ports], "reject_rcpt": [...], "reject_banner": [...]}.
+It then reads commands on stdin: `stats` prints one JSON line (conversations, replies, lateness
+percentiles in seconds); end of input or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import signal
+import socket
+import sys
+
+GREETING = b"220 sink.test ESMTP\r\n"
+BANNER_REJECT = b"554 5.7.1 sink.test: no SMTP service here\r\n"
+EHLO_REPLY = (
+    b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n"
+    b"250-XCLIENT NAME HELO\r\n250-XFORWARD NAME ADDR PROTO HELO\r\n250-ENHANCEDSTATUSCODES\r\n"
+    b"250-DSN\r\n250 \r\n"
+)
+REPLIES = {
+    b"HELO": b"250 sink.test\r\n",
+    b"MAIL": b"250 2.1.0 Ok\r\n",
+    b"RCPT": b"250 2.1.5 Ok\r\n",
+    b"DATA": b"354 End data with <CR><LF>.<CR><LF>\r\n",
+    b"RSET": b"250 2.0.0 Ok\r\n",
+    b"NOOP": b"250 2.0.0 Ok\r\n",
+    b"QUIT": b"221 Bye\r\n",
+}
+RCPT_REJECT = b"550 5.1.1 <postmaster>: Recipient address rejected\r\n"
+MESSAGE_OK = b"250 2.0.0 Ok\r\n"
+UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
+MAX_BUFFER = 1 << 20
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.conversations = 0
+        self.replies = 0
+        self.lateness: list[float] = []
+
+    def summary(self) -> dict[str, object]:
+        late = sorted(self.lateness)
+
+        def pct(p: float) -> float:
+            return late[min(len(late) - 1, int(p * len(late)))] if late else 0.0
+
+        return {
+            "conversations": self.conversations,
+            "replies": self.replies,
+            "lateness_p50": pct(0.5),
+            "lateness_p99": pct(0.99),
+            "lateness_max": late[-1] if late else 0.0,
+        }
+
+
+class SinkProtocol(asyncio.Protocol):
+    def __init__(self, mode: str, delay: float, stats: Stats) -> None:
+        self.mode = mode
+        self.delay = delay
+        self.stats = stats
+        self.buffer = b""
+        self.in_data = False
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        self.stats.conversations += 1
+        self.reply(BANNER_REJECT if self.mode == "reject_banner" else GREETING)
+
+    def reply(self, data: bytes, close: bool = False) -> None:
+        if self.delay > 0:
+            self.loop.call_later(self.delay, self._send, data, close, self.loop.time() + self.delay)
+        else:
+            self._send(data, close, 0.0)
+
+    def _send(self, data: bytes, close: bool, due: float) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if due:
+            self.stats.lateness.append(self.loop.time() - due)
+        self.stats.replies += 1
+        transport.write(data)
+        if close:
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    if len(self.buffer) > MAX_BUFFER:
+                        self.buffer = self.buffer[-4:]
+                    return
+                self.buffer = self.buffer[end + 5 :]
+                self.in_data = False
+                self.reply(MESSAGE_OK)
+                continue
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if len(self.buffer) > MAX_BUFFER:
+                    self.buffer = b""
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.reply(EHLO_REPLY)
+            elif verb == b"RCPT" and self.mode == "reject_rcpt":
+                self.reply(RCPT_REJECT)
+            elif verb == b"DATA":
+                self.in_data = True
+                self.reply(REPLIES[verb])
+            elif verb == b"QUIT":
+                self.reply(REPLIES[verb], close=True)
+            else:
+                self.reply(REPLIES.get(verb, UNKNOWN))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    delay = args.delay_ms / 1000.0
+    ports: dict[str, list[int]] = {"ok": [], "reject_rcpt": [], "reject_banner": []}
+    servers = []
+    for mode, count in (("ok", args.ok), ("reject_rcpt", args.reject_rcpt), ("reject_banner", args.reject_banner)):
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(args.backlog)
+            ports[mode].append(sock.getsockname()[1])
+            server = await loop.create_server(
+                lambda mode=mode: SinkProtocol(mode, delay, stats), sock=sock  # type: ignore[misc]
+            )
+            servers.append(server)
+    print(json.dumps(ports), flush=True)
+
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def commands() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                stop.set()
+                return
+            if line.strip() == b"stats":
+                print(json.dumps(stats.summary()), flush=True)
+            elif line.strip() == b"reset":
+                stats.lateness.clear()
+                print("{}", flush=True)
+
+    task = asyncio.create_task(commands())
+    await stop.wait()
+    task.cancel()
+    for server in servers:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ok", type=int, default=1, help="ports that answer like smtp-sink")
+    parser.add_argument("--reject-rcpt", type=int, default=0, help="ports that answer RCPT with 550")
+    parser.add_argument("--reject-banner", type=int, default=0, help="ports that greet with 554")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="delay before every reply")
+    parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--no-uvloop", action="store_true")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    needed = args.ok + args.reject_rcpt + args.reject_banner
+    if needed + 64 > hard:
+        sys.exit(f"sink: {needed} ports need more file descriptors than the limit {hard} (ulimit -n)")
+    runner: object = asyncio.run
+    if not args.no_uvloop:
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            pass
+    runner(serve(args))  # type: ignore[operator]
+
+
+if __name__ == "__main__":
+    main()
