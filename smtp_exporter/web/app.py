@@ -231,7 +231,8 @@ class _Handlers:
         return _text(transcript_text(state.last))
 
     async def config(self, request: web.Request) -> web.Response:
-        return _text(effective_config_yaml(self.exporter.config))
+        # YAML dumping is slow for big target lists: keep it off the loop that times probes.
+        return _text(await asyncio.to_thread(effective_config_yaml, self.exporter.config))
 
     async def healthy(self, request: web.Request) -> web.Response:
         return _text("Healthy")

@@ -13,6 +13,9 @@ from smtp_exporter.model import ProbeResult
 from smtp_exporter.probe.command import format_text
 from smtp_exporter.scheduler import TargetStatus
 
+# Rows on the status page: a page of 10,000 targets would take the event loop ~0.1s to render.
+MAX_ROWS = 1000
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:.9em}
@@ -72,14 +75,25 @@ def _row(status: TargetStatus, state: SeriesState | None, now: float) -> str:
     return f'<tr class="target {word}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
+def _rank(entry: tuple[TargetStatus, SeriesState | None]) -> int:
+    result = entry[1].last if entry[1] is not None else None
+    if result is None:
+        return 1
+    return 2 if result.success else 0
+
+
 def landing_page(statuses: Iterable[TargetStatus], *, shard: tuple[int, int], source: str) -> str:
+    """The status page: failing targets first, then pending ones, then healthy ones, MAX_ROWS at most."""
     now = time.time()
-    rows = []
-    count = 0
-    for status in statuses:
-        count += 1
-        for state in status.series or (None,):
-            rows.append(_row(status, state, now))
+    entries = [(status, state) for status in statuses for state in status.series or (None,)]
+    count = len({id(status) for status, _ in entries})
+    entries.sort(key=_rank)
+    rows = [_row(status, state, now) for status, state in entries[:MAX_ROWS]]
+    if len(entries) > MAX_ROWS:
+        rows.append(
+            f'<tr><td colspan="9">{len(entries) - MAX_ROWS} more series (healthy or pending) not shown; '
+            'see <a href="/metrics">/metrics</a>.</td></tr>'
+        )
     shard_text = f", shard {shard[1]} of {shard[0]}" if shard[0] > 1 else ""
     header = "".join(
         f"<th>{name}</th>"
