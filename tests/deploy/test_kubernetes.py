@@ -15,7 +15,11 @@ from smtp_exporter.config.allowlist import TargetAllowlist
 from smtp_exporter.config.loader import load_config, load_config_text
 from tests.deploy.conftest import CRD_GROUP, DEPLOY, OVERLAYS, documents, find, one, require_tool, run
 
-SCHEMAS = {"ServiceMonitor": "servicemonitor.json", "Probe": "probe.json", "PrometheusRule": "prometheusrule.json"}
+SCHEMAS = {
+    "ServiceMonitor": "servicemonitor.json",
+    "Probe": "probe.json",
+    "PrometheusRule": "prometheusrule.json",
+}
 ALL = list(OVERLAYS)
 
 
@@ -49,7 +53,9 @@ def test_renders(overlay: str) -> None:
     assert kinds.count("ServiceMonitor") == 1
     assert kinds.count("Deployment") + kinds.count("StatefulSet") == 1
     assert {d["metadata"].get("namespace") for d in documents(overlay)} == {"monitoring"}
-    assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "smtp-exporter" for d in documents(overlay))
+    assert all(
+        d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "smtp-exporter" for d in documents(overlay)
+    )
 
 
 @pytest.mark.parametrize("overlay", ALL)
@@ -106,7 +112,15 @@ def test_checkov_finds_no_failed_kubernetes_check(overlay: str, tmp_path: Path) 
     path = tmp_path / f"{overlay}.yaml"
     path.write_text(yaml.safe_dump_all(documents(overlay)))
     result = run(
-        checkov, "-f", str(path), "--framework", "kubernetes", "--compact", "--quiet", "--skip-download", check=False
+        checkov,
+        "-f",
+        str(path),
+        "--framework",
+        "kubernetes",
+        "--compact",
+        "--quiet",
+        "--skip-download",
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Failed checks: 0" in result.stdout
@@ -243,7 +257,9 @@ def test_multi_target_probe() -> None:
     assert probe["prober"]["path"] == "/probe"
     assert probe["prober"]["url"] == f"smtp-exporter.monitoring.svc:{port}"
     assert probe["module"]
-    relabel = {r["targetLabel"]: r["sourceLabels"] for r in probe["targets"]["staticConfig"]["relabelingConfigs"]}
+    relabel = {
+        r["targetLabel"]: r["sourceLabels"] for r in probe["targets"]["staticConfig"]["relabelingConfigs"]
+    }
     assert relabel == {"target": ["__param_target"], "module": ["__param_module"]}
     configmap = one(docs, "ConfigMap", "smtp-exporter-config")
     config = load_config_text(configmap["data"]["config.yml"], source="multi-target/config.yml")
