@@ -1,0 +1,114 @@
+"""Many probes on one event loop: all succeed, and no socket outlives its probe."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+from smtp_exporter.config.schema import StartTLS
+from smtp_exporter.model import FailureReason
+from smtp_exporter.probe import Prober
+from tests.probe.common import describe, module, trusting
+from tests.servers import scripted
+from tests.servers.aiosmtpd_server import AiosmtpdServer
+from tests.servers.scripted import ScriptedServer
+from tests.servers.smtp_sink import SmtpSink
+from tests.servers.tls import TestCA
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def quiet_fds() -> int:
+    """This process' fd count once sockets closed a moment ago are really gone."""
+    await asyncio.sleep(0.1)
+    gc.collect()
+    return open_fds()
+
+
+async def settled_fds(expected: int, timeout: float = 3.0) -> int:
+    """This process' fd count once it is back to `expected` (or whatever it is after `timeout`):
+    servers in threads of this process close their side a moment after the client."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        gc.collect()
+        count = open_fds()
+        if count <= expected or loop.time() >= deadline:
+            return count
+        await asyncio.sleep(0.02)
+
+
+async def test_200_concurrent_probes_against_smtp_sink(smtp_sink_factory: Callable[..., SmtpSink]) -> None:
+    sink = smtp_sink_factory(backlog=1024)
+    prober = Prober()
+    full = module("smtp_full", port=sink.port, rcpt_to=("postmaster@sink.test",), timeout=20.0)
+    warm_up = await prober.probe(sink.target, "full", full)  # contexts, resolver: created once
+    assert warm_up.success, describe(warm_up)
+    before = await quiet_fds()
+
+    results = await asyncio.gather(*(prober.probe(sink.target, "full", full) for _ in range(200)))
+
+    failed = [describe(r) for r in results if not r.success]
+    assert not failed, failed[0]
+    assert all(len(r.phases) == 8 for r in results)
+    assert await settled_fds(before) == before
+
+
+async def test_failing_probes_leak_no_socket(
+    smtp_server_factory: Callable[..., AiosmtpdServer],
+    scripted_server: Callable[..., Awaitable[ScriptedServer]],
+    tls_ca: TestCA,
+) -> None:
+    """Every failure path closes its socket: refused, timeout, TLS, protocol errors, 4xx."""
+    expired = smtp_server_factory(starttls=tls_ca.expired())
+    faulty = smtp_server_factory(starttls=tls_ca.server_cert)
+    plaintext_tls = await scripted_server(scripted.starttls_no_tls())
+    silent = await scripted_server(scripted.silence())
+    garbage = await scripted_server(scripted.garbage_greeting())
+    endless = await scripted_server(scripted.endless_multiline())
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        closed_port = refusing.getsockname()[1]
+        prober = Prober()
+        tls = trusting(tls_ca)
+        cases = [
+            (expired.target, module(port=expired.port, tls_config=tls), FailureReason.TLS_CERT_INVALID),
+            (
+                faulty.target,
+                module(port=faulty.port, tls_config=tls, starttls=StartTLS.REQUIRED, mail_from="x y"),
+                None,
+            ),
+            (
+                plaintext_tls.target,
+                module(tls_config=tls, port=plaintext_tls.port),
+                FailureReason.TLS_HANDSHAKE_FAILED,
+            ),
+            (silent.target, module(port=silent.port, timeout=0.5), FailureReason.TIMEOUT),
+            (garbage.target, module(port=garbage.port), FailureReason.UNEXPECTED_REPLY),
+            (endless.target, module(port=endless.port), FailureReason.PROTOCOL_ERROR),
+            (f"127.0.0.1:{closed_port}", module(), FailureReason.CONNECT_REFUSED),
+        ]
+        # One round first, so what is created once per process does not count as a leak.
+        await asyncio.gather(*(prober.probe(target, "m", m) for target, m, _ in cases))
+        for server in (plaintext_tls, silent, garbage, endless):
+            assert await server.wait_closed(2.0)
+        assert expired.wait_closed_blocking(2.0) and faulty.wait_closed_blocking(2.0)
+        before = await quiet_fds()
+
+        for _ in range(3):
+            results = await asyncio.gather(*(prober.probe(target, "m", m) for target, m, _ in cases))
+            for result, (_, _, reason) in zip(results, cases, strict=True):
+                if reason is None:
+                    assert result.success, describe(result)
+                else:
+                    assert result.failure is not None and result.failure.reason is reason, describe(result)
+
+        for server in (plaintext_tls, silent, garbage, endless):
+            assert await server.wait_closed(2.0)
+        assert expired.wait_closed_blocking(2.0) and faulty.wait_closed_blocking(2.0)
+        assert await settled_fds(before) == before
