@@ -13,7 +13,7 @@ from smtp_exporter.model import FailureReason
 from smtp_exporter.probe import Prober
 from tests.probe.common import describe, module, trusting
 from tests.servers import scripted
-from tests.servers.aiosmtpd_server import AiosmtpdServer
+from tests.servers.aiosmtpd_server import AiosmtpdServer, Fault
 from tests.servers.scripted import ScriptedServer
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
@@ -66,7 +66,7 @@ async def test_failing_probes_leak_no_socket(
 ) -> None:
     """Every failure path closes its socket: refused, timeout, TLS, protocol errors, 4xx."""
     expired = smtp_server_factory(starttls=tls_ca.expired())
-    faulty = smtp_server_factory(starttls=tls_ca.server_cert)
+    faulty = smtp_server_factory(starttls=tls_ca.server_cert, faults=[Fault("rcpt", 452, "4.5.3")])
     plaintext_tls = await scripted_server(scripted.starttls_no_tls())
     silent = await scripted_server(scripted.silence())
     garbage = await scripted_server(scripted.garbage_greeting())
@@ -80,8 +80,8 @@ async def test_failing_probes_leak_no_socket(
             (expired.target, module(port=expired.port, tls_config=tls), FailureReason.TLS_CERT_INVALID),
             (
                 faulty.target,
-                module(port=faulty.port, tls_config=tls, starttls=StartTLS.REQUIRED, mail_from="x y"),
-                None,
+                module("smtp_envelope", port=faulty.port, tls_config=tls, starttls=StartTLS.REQUIRED),
+                FailureReason.REPLY_TEMPORARY,
             ),
             (
                 plaintext_tls.target,
@@ -103,10 +103,7 @@ async def test_failing_probes_leak_no_socket(
         for _ in range(3):
             results = await asyncio.gather(*(prober.probe(target, "m", m) for target, m, _ in cases))
             for result, (_, _, reason) in zip(results, cases, strict=True):
-                if reason is None:
-                    assert result.success, describe(result)
-                else:
-                    assert result.failure is not None and result.failure.reason is reason, describe(result)
+                assert result.failure is not None and result.failure.reason is reason, describe(result)
 
         for server in (plaintext_tls, silent, garbage, endless):
             assert await server.wait_closed(2.0)
