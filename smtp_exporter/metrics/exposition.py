@@ -10,7 +10,6 @@ in both, `_created` is not exposed); only the family headers and the `# EOF` tra
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
@@ -39,6 +38,10 @@ OPENMETRICS_EOF = b"# EOF\n"
 
 _FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
 _EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
+_PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
+_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
+_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[DURATION_HISTOGRAM]
+_PHASE_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]
 
 
 def wants_openmetrics(accept: str | None) -> bool:
@@ -60,12 +63,10 @@ def label_text(labels: Labels) -> str:
 
 
 def format_value(value: float) -> str:
-    """A sample value: integers without a fraction, other floats in their shortest exact form."""
+    """A sample value: integers as such, floats in their shortest exact form (`repr`)."""
     if value.__class__ is int:
         return str(value)
-    if value.is_integer() and -1e15 < value < 1e15:
-        return str(int(value))
-    if math.isfinite(value):
+    if value - value == 0:  # finite (inf - inf and nan - nan are nan)
         return repr(value)
     return _go_float(value)
 
@@ -187,22 +188,37 @@ class SeriesState:
         self.fragments = self._render(result)
 
     def _render(self, result: ProbeResult) -> tuple[bytes, ...]:
-        prefix = self._prefix
-        columns: list[list[str]] = [[] for _ in SERIES_FAMILIES]
-        for family, labels, value in result_samples(result, mx_host_label=self.mx_host_label):
-            columns[_FAMILY_INDEX[family]].append(_line(family.name, prefix, labels, value))
-        columns[_FAMILY_INDEX[PROBES_TOTAL]].append(_line(PROBES_TOTAL.name, prefix, "", self.probes))
-        failures = columns[_FAMILY_INDEX[FAILURES_TOTAL]]
-        for (phase, reason), count in self._failures.items():
-            failures.append(_line(FAILURES_TOTAL.name, prefix, f'phase="{phase}",reason="{reason}"', count))
-        columns[_FAMILY_INDEX[DURATION_HISTOGRAM]] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
+        # The hot path of every scheduled probe: lines are built inline, without helper calls.
+        prefix = self._prefix  # never empty: a series has at least target and module
+        index = _FAMILY_INDEX
+        columns: dict[int, list[str]] = {}
+        for family, extra, value in result_samples(result, mx_host_label=self.mx_host_label):
+            text = str(value) if value.__class__ is int else format_value(value)
+            if extra:
+                line = f"{family.name}{{{prefix},{extra}}} {text}\n"
+            else:
+                line = f"{family.name}{{{prefix}}} {text}\n"
+            lines = columns.get(index[family])
+            if lines is None:
+                columns[index[family]] = [line]
+            else:
+                lines.append(line)
+        columns[_PROBES_TOTAL_INDEX] = [f"{PROBES_TOTAL.name}{{{prefix}}} {self.probes}\n"]
+        if self._failures:
+            columns[_FAILURES_TOTAL_INDEX] = [
+                f'{FAILURES_TOTAL.name}{{{prefix},phase="{phase}",reason="{reason}"}} {count}\n'
+                for (phase, reason), count in self._failures.items()
+            ]
+        columns[_DURATION_HISTOGRAM_INDEX] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
         if self._phase_histograms:
-            phase_lines = columns[_FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]]
-            sep = "," if prefix else ""
+            phase_lines: list[str] = []
             for phase, histogram in self._phase_histograms.items():
-                phase_prefix = f'{prefix}{sep}phase="{phase}"'
-                phase_lines.extend(histogram.render(PHASE_DURATION_HISTOGRAM.name, phase_prefix))
-        return tuple("".join(column).encode() for column in columns)
+                phase_lines += histogram.render(PHASE_DURATION_HISTOGRAM.name, f'{prefix},phase="{phase}"')
+            columns[_PHASE_DURATION_HISTOGRAM_INDEX] = phase_lines
+        fragments = [b""] * len(SERIES_FAMILIES)
+        for position, lines in columns.items():
+            fragments[position] = "".join(lines).encode()
+        return tuple(fragments)
 
 
 class MetricsStore:
