@@ -118,15 +118,21 @@ class _Handlers:
 
     @web.middleware
     async def security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Basic auth on every path but /-/healthy, and the web config's headers on every answer."""
         web_config = self.exporter.web_config
-        if web_config.auth_required and request.path not in _PUBLIC_PATHS:
-            if not await self._authorized(web_config, request.headers.get("Authorization", "")):
-                response: web.StreamResponse = _text("Unauthorized", 401)
-                response.headers["WWW-Authenticate"] = 'Basic realm="smtp-exporter"'
-            else:
-                response = await handler(request)
+        response: web.StreamResponse
+        if (
+            web_config.auth_required
+            and request.path not in _PUBLIC_PATHS
+            and not await self._authorized(web_config, request.headers.get("Authorization", ""))
+        ):
+            response = _text("Unauthorized", 401)
+            response.headers["WWW-Authenticate"] = 'Basic realm="smtp-exporter"'
         else:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # 404, 405 ... get the configured headers too
+                response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
         for name, value in web_config.headers:
             response.headers[name] = value
         return response

@@ -36,6 +36,9 @@ tls_server_config:
   key_file: {tls_ca.server_cert.key_file}
 basic_auth_users:
   prometheus: {hashed}
+http_server_config:
+  headers:
+    X-Frame-Options: deny
 """
     )
     return path
@@ -71,7 +74,7 @@ async def test_tls_and_basic_auth(
                     )
 
             good = _basic("prometheus", PASSWORD)
-            for path in ("/metrics", "/", "/config", "/-/ready", "/probe?target=x", "/nope"):
+            for path in ("/metrics", "/", "/config", "/-/ready", "/probe?target=x", "/nope", "/-/reload"):
                 status, challenge, _ = await get(path)
                 assert status == 401 and challenge.startswith("Basic"), path
                 assert (await get(path, _basic("prometheus", "wrong")))[0] == 401, path
@@ -85,6 +88,10 @@ async def test_tls_and_basic_auth(
             assert sample_value(text, "smtp_exporter_build_info") == 1
             assert (await get("/-/ready", good))[0] == 200
             assert (await get("/nope", good))[0] == 404
+            assert (await get("/-/reload", good))[0] == 405
+            for path in ("/nope", "/-/reload", "/-/healthy", "/metrics"):
+                async with session.get(url + path, headers={"Authorization": good}) as response:
+                    assert response.headers.get("X-Frame-Options") == "deny", path
             # Cached after the first success: still right, and still refusing a wrong password.
             assert (await get("/metrics", good))[0] == 200
             assert (await get("/metrics", _basic("prometheus", PASSWORD + "x")))[0] == 401
