@@ -226,3 +226,40 @@ async def test_many_misbehaving_servers_at_once(scripted_server: ScriptedFactory
         assert (result.failure.phase, result.failure.reason) == (phase, reason), case
     for server in servers:
         assert await server.wait_closed(2.0)
+
+
+async def test_quit_after_failure_stays_inside_the_deadline(scripted_server: ScriptedFactory) -> None:
+    """A late 4xx, then silence to QUIT: the goodbye is cut short at the probe's deadline."""
+    server = await scripted_server([*_until_rcpt(), Sleep(0.8), Send(b"451 4.3.0 Try again later\r\n")])
+    async with Stopwatch.timing() as watch:
+        result = await Prober().probe(
+            server.target,
+            "m",
+            module("smtp_full", port=server.port, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+        )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.RCPT, FailureReason.REPLY_TEMPORARY)
+    assert 0.8 <= result.duration_seconds < TIMEOUT + 0.2
+    assert watch.seconds < TIMEOUT + 0.5
+    assert server.connections[0].lines[-1] == b"QUIT\r\n"
+    assert await server.wait_closed(2.0)
+    assert server.connections[0].client_closed
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["stays-open", "then-closes"])
+async def test_421_greeting(scripted_server: ScriptedFactory, close: bool) -> None:
+    """An overloaded server: 421 at the greeting (RFC 5321 3.1), with or without hanging up."""
+    steps: list[scripted.Step] = [Send(b"421 4.3.2 mail.test Service not available, try later\r\n")]
+    steps += [Close()] if close else [Answer(DEFAULT_REPLIES)]
+    server = await scripted_server(steps)
+    result = await Prober().probe(server.target, "m", module(port=server.port, timeout=TIMEOUT))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.BANNER, FailureReason.REPLY_TEMPORARY)
+    assert names(result) == ["connect", "banner"]
+    banner = result.phases[-1]
+    assert (banner.reply_code, banner.enhanced_status) == (421, "4.3.2")
+    assert result.server.banner == "4.3.2 mail.test Service not available, try later"
+    assert result.duration_seconds < TIMEOUT
+    assert await server.wait_closed(2.0)
+    if not close:
+        assert server.connections[0].lines == [b"QUIT\r\n"]

@@ -335,3 +335,32 @@ async def test_certificate_facts_cached_across_probes_stay_right(
     )
     for result, cert in zip(results, (first_cert, second_cert, first_cert, second_cert), strict=True):
         assert_facts_of(_tls_facts(result), cert)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit"])
+def test_certificate_facts_under_uvloop(
+    smtp_server_factory: ServerFactory, tls_ca: TestCA, implicit: bool
+) -> None:
+    """The exporter runs on uvloop when installed: its own TLS layer must keep the facts too."""
+    uvloop = pytest.importorskip("uvloop")
+    cert = tls_ca.expired()
+    if implicit:
+        server = smtp_server_factory(implicit_tls=cert)
+        probe_module = module("smtps_handshake", port=server.port, tls_config=trusting(tls_ca))
+    else:
+        server = smtp_server_factory(starttls=cert)
+        probe_module = module(port=server.port, tls_config=trusting(tls_ca))
+    result: ProbeResult = uvloop.run(Prober().probe(server.target, "m", probe_module))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_CERT_INVALID)
+    assert result.tls is not None
+    assert result.tls.verify_error is not None and "certificate has expired" in result.tls.verify_error
+    assert_facts_of(result.tls, cert)
+    good = smtp_server_factory(starttls=tls_ca.server_cert)
+    ok: ProbeResult = uvloop.run(
+        Prober().probe(good.target, "m", module(port=good.port, tls_config=trusting(tls_ca)))
+    )
+    assert ok.success, describe(ok)
+    assert ok.tls is not None and ok.tls.verified
+    assert_session(ok.tls)
+    assert_facts_of(ok.tls, tls_ca.server_cert)
