@@ -146,3 +146,39 @@ async def test_expect_starttls_without_using_it(starttls_server: AiosmtpdServer)
         starttls_server.target, "m", module(port=starttls_server.port, expect=expect, starttls=StartTLS.NEVER)
     )
     assert result.success, describe(result)
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A listener whose accept queue is full: the kernel drops new SYNs, so a connect hangs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+            yield listener.getsockname()[1]
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_connect_timeout(full_backlog: int) -> None:
+    async with Stopwatch.timing() as watch:
+        result = await Prober().probe(f"127.0.0.1:{full_backlog}", "m", module(timeout=0.5))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.TIMEOUT)
+    assert result.phases == ()
+    assert result.duration_seconds < 1.0 and watch.seconds < 1.5
+
+
+async def test_localhost_through_the_system_resolver(smtp_server: AiosmtpdServer) -> None:
+    """No nameservers configured: /etc/hosts answers for localhost, as for every other program."""
+    result = await Prober().probe(f"localhost:{smtp_server.port}", "m", module())
+    assert result.success, describe(result)
+    assert names(result)[:2] == ["resolve", "connect"]
+    assert result.address is not None and result.address.ip in ("127.0.0.1", "::1")

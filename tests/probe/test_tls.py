@@ -364,3 +364,30 @@ def test_certificate_facts_under_uvloop(
     assert ok.tls is not None and ok.tls.verified
     assert_session(ok.tls)
     assert_facts_of(ok.tls, tls_ca.server_cert)
+
+
+async def test_implicit_tls_against_a_plaintext_server(smtp_server: AiosmtpdServer, tls_ca: TestCA) -> None:
+    """The smtps module pointed at port 25: a clear failure of the handshake, not a timeout."""
+    result = await Prober().probe(
+        smtp_server.target, "m", module("smtps_handshake", port=smtp_server.port, tls_config=trusting(tls_ca))
+    )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED)
+    assert names(result) == ["connect"]
+    assert result.duration_seconds < 2.0
+    assert await smtp_server.wait_closed()
+
+
+async def test_implicit_tls_silent_server(scripted_server: ScriptedFactory, tls_ca: TestCA) -> None:
+    server = await scripted_server(scripted.silence())
+    async with Stopwatch.timing() as watch:
+        result = await Prober().probe(
+            server.target,
+            "m",
+            module("smtps_handshake", port=server.port, tls_config=trusting(tls_ca), timeout=0.5),
+        )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TIMEOUT)
+    assert result.duration_seconds < 1.0 and watch.seconds < 1.5
+    assert await server.wait_closed(2.0)
+    assert server.connections[0].client_closed
