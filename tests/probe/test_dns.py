@@ -88,9 +88,10 @@ async def test_cname_is_followed(dns: DnsServer, smtp_server: AiosmtpdServer) ->
         ("nothere.example.test", FailureReason.DNS_NXDOMAIN),
         ("broken.example.test", FailureReason.DNS_ERROR),
         ("slow.example.test", FailureReason.DNS_ERROR),
+        ("example.test", FailureReason.DNS_ERROR),  # MX records only, no address
         ("nomx.example.test.", None),  # control: a trailing dot is fine
     ],
-    ids=["nxdomain", "servfail", "slow", "control"],
+    ids=["nxdomain", "servfail", "slow", "no-address", "control"],
 )
 async def test_resolution_failures(
     dns: DnsServer, smtp_server: AiosmtpdServer, name: str, reason: FailureReason | None
@@ -235,3 +236,21 @@ async def test_auto_falls_back_to_the_other_family(dns: DnsServer, smtp_server: 
     assert result.address is not None and result.address.family == 4
     transcript = [line.text for line in result.transcript if line.direction == "*"]
     assert transcript[0] == f"connecting to ::1 port {smtp_server.port}"
+
+
+async def test_probe_each_mx_without_mx(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
+    (result,) = await Prober().probe_each_mx(
+        "nomx.example.test", "mx", _module(dns, smtp_server.port, mx=True)
+    )
+    assert result.success, describe(result)
+    assert result.mx == MXInfo("nomx.example.test", 0)
+
+
+async def test_truncated_udp_answers_retried_over_tcp(
+    dns_server: DnsFactory, smtp_server: AiosmtpdServer
+) -> None:
+    dns = dns_server(RECORDS, truncate_udp=True)
+    result = await Prober().probe("example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    assert result.success, describe(result)
+    assert result.mx == MXInfo("mx2.example.test", 20)
+    assert "tcp" in {q.transport for q in dns.queries}
