@@ -37,12 +37,14 @@ class Scale:
 
 
 DEFAULT = Scale(targets=2000, interval=2.0, window=20.0)
-QUICK = Scale(targets=100, interval=1.0, window=2.0)
+QUICK = Scale(targets=100, interval=0.5, window=1.5)
 
 
 def run(quick: bool) -> Table:
     scale = QUICK if quick else DEFAULT
-    table = Table(1, "Scheduled-mode CPU per probe", ("smtp-exporter (scheduled)", "blackbox_exporter (/probe)"))
+    table = Table(
+        1, "Scheduled-mode CPU per probe", ("smtp-exporter (scheduled)", "blackbox_exporter (/probe)")
+    )
     with Processes() as procs:
         sink = start_sink(procs, ok=scale.targets)
         targets = sink.targets()
@@ -51,7 +53,10 @@ def run(quick: bool) -> Table:
         wait_targets_probed(exporter, len(targets), timeout=scale.interval * 3 + 30)
         time.sleep(scale.interval)  # a full round in steady state before measuring
         body = exporter.scrape()
-        probes0, failures0 = metric_sum(body, "smtp_probes_total"), metric_sum(body, "smtp_probe_failures_total")
+        probes0, failures0 = (
+            metric_sum(body, "smtp_probes_total"),
+            metric_sum(body, "smtp_probe_failures_total"),
+        )
         cpu0, t0 = cpu_seconds(exporter.pid), time.monotonic()
         time.sleep(scale.window)
         cpu1, t1 = cpu_seconds(exporter.pid), time.monotonic()

@@ -143,10 +143,8 @@ def _kill_group(process: Process, grace: float) -> None:
     if popen.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(popen.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     # Whatever is left in the group (the leader may be gone while children live).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, signal.SIGKILL)
@@ -241,7 +239,9 @@ def read_line(process: Process, *, timeout: float) -> bytes:
     while not buffer.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0:
-            raise BenchmarkError(f"{process.name} did not answer within {timeout:.0f}s:\n{process.log_tail()}")
+            raise BenchmarkError(
+                f"{process.name} did not answer within {timeout:.0f}s:\n{process.log_tail()}"
+            )
         ready, _, _ = select.select([fd], [], [], left)
         if ready:
             chunk = os.read(fd, 1)
@@ -262,11 +262,13 @@ class HttpResponse:
     seconds: float  # wall time from sending the request to the last byte of the body
 
 
-def http_get(port: int, path: str, *, timeout: float = 30.0) -> HttpResponse:
+def http_get(
+    port: int, path: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> HttpResponse:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         started = time.perf_counter()
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         body = response.read()
         return HttpResponse(response.status, body, time.perf_counter() - started)
@@ -285,7 +287,9 @@ def wait_http_ok(process: Process, port: int, path: str, *, timeout: float = 15.
         except OSError as exc:
             last = str(exc)
         time.sleep(0.05)
-    raise BenchmarkError(f"{process.name}: GET {path} not 200 within {timeout:.0f}s ({last}):\n{process.log_tail()}")
+    raise BenchmarkError(
+        f"{process.name}: GET {path} not 200 within {timeout:.0f}s ({last}):\n{process.log_tail()}"
+    )
 
 
 @contextlib.contextmanager

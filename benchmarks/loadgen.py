@@ -24,9 +24,7 @@ SUCCESS = re.compile(rb"^probe_success (\S+)$", re.MULTILINE)
 DURATION = re.compile(rb"^probe_duration_seconds (\S+)$", re.MULTILINE)
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    with open(args.targets_file) as handle:
-        targets = [line.strip() for line in handle if line.strip()]
+async def run(args: argparse.Namespace, targets: list[str]) -> dict[str, object]:
     urls = [f"{args.base}/probe?{urlencode({'target': t, 'module': args.module})}" for t in targets]
     statuses: dict[str, int] = {}
     successes = 0
@@ -106,11 +104,13 @@ def main() -> None:
     try:
         import uvloop
 
-        runner = uvloop.run  # type: ignore[assignment]
+        runner = uvloop.run
     except ImportError:
         pass
+    with open(args.targets_file) as handle:
+        targets = [line.strip() for line in handle if line.strip()]
     started = time.monotonic()
-    result = runner(run(args))
+    result = runner(run(args, targets))
     result["wall_seconds"] = time.monotonic() - started
     print(json.dumps(result), flush=True)
 

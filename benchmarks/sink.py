@@ -12,8 +12,11 @@ keywords, same replies), so a client does the same work against either. It can a
   ports greet with 554 (failing probes, with transcripts, for the memory benchmark).
 
 On start it prints one JSON line: {"ok": [ports], "reject_rcpt": [...], "reject_banner": [...]}.
-It then reads commands on stdin: `stats` prints one JSON line (conversations, replies, lateness
-percentiles in seconds); end of input or SIGTERM stops it.
+It then reads commands on stdin, answering each with one JSON line: `stats` (conversations,
+replies, lateness percentiles in seconds), `reset` (forget lateness and conversations),
+`conversations` (per port, its last few conversations as [accept unix time, {phase: seconds
+from reading the command to writing its delayed reply}]: the delays really applied, to compare
+a client's measurements with). End of input or SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import resource
 import signal
 import socket
 import sys
+import time
+from collections import deque
 
 GREETING = b"220 sink.test ESMTP\r\n"
 BANNER_REJECT = b"554 5.7.1 sink.test: no SMTP service here\r\n"
@@ -46,6 +51,15 @@ RCPT_REJECT = b"550 5.1.1 <postmaster>: Recipient address rejected\r\n"
 MESSAGE_OK = b"250 2.0.0 Ok\r\n"
 UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
 MAX_BUFFER = 1 << 20
+PHASES = {
+    b"EHLO": "ehlo",
+    b"HELO": "helo",
+    b"MAIL": "mail",
+    b"RCPT": "rcpt",
+    b"DATA": "data",
+    b"QUIT": "quit",
+}
+KEEP_CONVERSATIONS = 16  # per port: a 10 s window at 1 probe/s
 
 
 class Stats:
@@ -53,6 +67,8 @@ class Stats:
         self.conversations = 0
         self.replies = 0
         self.lateness: list[float] = []
+        # port -> its last conversations: (accept unix time, {phase: applied delay})
+        self.conversations_by_port: dict[int, deque[tuple[float, dict[str, float]]]] = {}
 
     def summary(self) -> dict[str, object]:
         late = sorted(self.lateness)
@@ -70,7 +86,9 @@ class Stats:
 
 
 class SinkProtocol(asyncio.Protocol):
-    def __init__(self, mode: str, delay: float, stats: Stats) -> None:
+    def __init__(self, port: int, mode: str, delay: float, stats: Stats) -> None:
+        self.port = port
+        self.applied: dict[str, float] = {}
         self.mode = mode
         self.delay = delay
         self.stats = stats
@@ -80,22 +98,32 @@ class SinkProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  (uvloop's is not a subclass)
+        # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
         self.stats.conversations += 1
-        self.reply(BANNER_REJECT if self.mode == "reject_banner" else GREETING)
-
-    def reply(self, data: bytes, close: bool = False) -> None:
         if self.delay > 0:
-            self.loop.call_later(self.delay, self._send, data, close, self.loop.time() + self.delay)
-        else:
-            self._send(data, close, 0.0)
+            history = self.stats.conversations_by_port.get(self.port)
+            if history is None:
+                history = self.stats.conversations_by_port[self.port] = deque(maxlen=KEEP_CONVERSATIONS)
+            history.append((time.time(), self.applied))
+        self.reply(BANNER_REJECT if self.mode == "reject_banner" else GREETING, None)
 
-    def _send(self, data: bytes, close: bool, due: float) -> None:
+    def reply(self, data: bytes, phase: str | None, close: bool = False) -> None:
+        if self.delay > 0:
+            received = time.perf_counter()
+            self.loop.call_later(self.delay, self._send, data, close, phase, received)
+        else:
+            self._send(data, close, None, 0.0)
+
+    def _send(self, data: bytes, close: bool, phase: str | None, received: float) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if due:
-            self.stats.lateness.append(self.loop.time() - due)
+        if received:
+            applied = time.perf_counter() - received
+            self.stats.lateness.append(applied - self.delay)
+            if phase is not None:
+                self.applied[phase] = applied
         self.stats.replies += 1
         transport.write(data)
         if close:
@@ -112,7 +140,7 @@ class SinkProtocol(asyncio.Protocol):
                     return
                 self.buffer = self.buffer[end + 5 :]
                 self.in_data = False
-                self.reply(MESSAGE_OK)
+                self.reply(MESSAGE_OK, "message")
                 continue
             end = self.buffer.find(b"\n")
             if end < 0:
@@ -121,17 +149,18 @@ class SinkProtocol(asyncio.Protocol):
                 return
             line, self.buffer = self.buffer[:end], self.buffer[end + 1 :]
             verb = line[:4].upper()
+            phase = PHASES.get(verb)
             if verb == b"EHLO":
-                self.reply(EHLO_REPLY)
+                self.reply(EHLO_REPLY, phase)
             elif verb == b"RCPT" and self.mode == "reject_rcpt":
-                self.reply(RCPT_REJECT)
+                self.reply(RCPT_REJECT, phase)
             elif verb == b"DATA":
                 self.in_data = True
-                self.reply(REPLIES[verb])
+                self.reply(REPLIES[verb], phase)
             elif verb == b"QUIT":
-                self.reply(REPLIES[verb], close=True)
+                self.reply(REPLIES[verb], phase, close=True)
             else:
-                self.reply(REPLIES.get(verb, UNKNOWN))
+                self.reply(REPLIES.get(verb, UNKNOWN), phase)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -143,14 +172,20 @@ async def serve(args: argparse.Namespace) -> None:
     delay = args.delay_ms / 1000.0
     ports: dict[str, list[int]] = {"ok": [], "reject_rcpt": [], "reject_banner": []}
     servers = []
-    for mode, count in (("ok", args.ok), ("reject_rcpt", args.reject_rcpt), ("reject_banner", args.reject_banner)):
+    for mode, count in (
+        ("ok", args.ok),
+        ("reject_rcpt", args.reject_rcpt),
+        ("reject_banner", args.reject_banner),
+    ):
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             sock.listen(args.backlog)
             ports[mode].append(sock.getsockname()[1])
+            port = sock.getsockname()[1]
             server = await loop.create_server(
-                lambda mode=mode: SinkProtocol(mode, delay, stats), sock=sock  # type: ignore[misc]
+                lambda port=port, mode=mode: SinkProtocol(port, mode, delay, stats),  # type: ignore[misc]
+                sock=sock,
             )
             servers.append(server)
     print(json.dumps(ports), flush=True)
@@ -170,7 +205,11 @@ async def serve(args: argparse.Namespace) -> None:
                 print(json.dumps(stats.summary()), flush=True)
             elif line.strip() == b"reset":
                 stats.lateness.clear()
+                stats.conversations_by_port.clear()
                 print("{}", flush=True)
+            elif line.strip() == b"conversations":
+                history = {port: list(items) for port, items in stats.conversations_by_port.items()}
+                print(json.dumps(history), flush=True)
 
     task = asyncio.create_task(commands())
     await stop.wait()

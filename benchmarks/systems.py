@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from benchmarks.harness import (
@@ -51,12 +52,12 @@ class Sink:
     def targets(self, mode: str = "ok") -> list[str]:
         return [f"127.0.0.1:{port}" for port in self.ports[mode]]
 
-    def command(self, command: str) -> dict[str, float]:
+    def command(self, command: str) -> Any:
         stdin = self.process.popen.stdin
         assert stdin is not None
         stdin.write(command.encode() + b"\n")
         stdin.flush()
-        return json.loads(read_line(self.process, timeout=10.0))  # type: ignore[no-any-return]
+        return json.loads(read_line(self.process, timeout=30.0))
 
 
 def start_sink(
@@ -201,7 +202,7 @@ def blackbox_config(*, timeout: float = 5.0) -> str:
         "      query_response:",
     ]
     for step in steps:
-        (key, value), = step.items()
+        ((key, value),) = step.items()
         lines.append(f"        - {key}: {json.dumps(value)}")
     return "\n".join(lines) + "\n"
 
@@ -247,7 +248,15 @@ def run_wrk(procs: Processes, url: str, *, connections: int, threads: int, secon
     binary = find_binary("wrk")
     if binary is None:
         raise BenchmarkError("wrk not found (Debian package wrk)")
-    args = [binary, f"-c{connections}", f"-t{threads}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", url]
+    args = [
+        binary,
+        f"-c{connections}",
+        f"-t{threads}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        url,
+    ]
     process = procs.start("wrk", args)
     try:
         process.popen.wait(timeout=seconds + 30)
@@ -324,7 +333,7 @@ def metric_value(body: bytes, name: str) -> float:
 
 
 def label_value(labels: bytes, name: str) -> str | None:
-    match = re.search(rb'(?:^|,)' + name.encode() + rb'="((?:[^"\\]|\\.)*)"', labels)
+    match = re.search(rb"(?:^|,)" + name.encode() + rb'="((?:[^"\\]|\\.)*)"', labels)
     return match.group(1).decode() if match else None
 
 
@@ -337,7 +346,9 @@ def wait_probes(exporter: Exporter, minimum: float, *, timeout: float) -> bytes:
         if done >= minimum:
             return body
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"{exporter.process.name}: only {done:.0f} of {minimum:.0f} probes done in {timeout:.0f}s")
+            raise BenchmarkError(
+                f"{exporter.process.name}: only {done:.0f} of {minimum:.0f} probes done in {timeout:.0f}s"
+            )
         exporter.process.check_alive()
         time.sleep(0.25)
 
@@ -351,6 +362,8 @@ def wait_targets_probed(exporter: Exporter, count: int, *, timeout: float) -> by
         if done >= count:
             return body
         if time.monotonic() > deadline:
-            raise BenchmarkError(f"{exporter.process.name}: only {done} of {count} targets probed in {timeout:.0f}s")
+            raise BenchmarkError(
+                f"{exporter.process.name}: only {done} of {count} targets probed in {timeout:.0f}s"
+            )
         exporter.process.check_alive()
         time.sleep(0.25)

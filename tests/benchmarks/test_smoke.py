@@ -1,0 +1,174 @@
+"""A fast smoke run of the benchmark suite (`python -m benchmarks --quick`), so it does not rot.
+
+It checks that every benchmark runs end to end against the real peers (smtp-sink,
+blackbox_exporter, wrk) and prints a well-formed table, and that no process it started
+outlives it, even when it is stopped mid-run. It never looks at the figures: timings on a
+shared machine prove nothing, and --quick sizes are not measurements anyway.
+
+Processes are recognised by an environment variable set only for this run: every process
+the suite starts inherits it (Python, Go and Postfix binaries alike), so leftovers are found
+in /proc/*/environ without confusing them with anyone else's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import require_binary
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MARKER = "SMTP_EXPORTER_BENCH_SMOKE"
+RESULTS = {"PASS", "MISS", "-", "n/a"}
+COLUMNS = 6
+
+
+def _env(marker: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
+    env[MARKER] = marker
+    return env
+
+
+def _marked_processes(marker: str) -> list[str]:
+    """Command lines of the live processes whose environment carries `marker`."""
+    needle = f"{MARKER}={marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry}: {command}")
+        except OSError:
+            continue
+    return found
+
+
+def _wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _marked_processes(marker)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _require_peers() -> None:
+    for binary in ("smtp-sink", "prometheus-blackbox-exporter", "wrk"):
+        require_binary(binary)
+
+
+def test_quick_run_prints_a_well_formed_table_per_benchmark(tmp_path: Path) -> None:
+    _require_peers()
+    marker = uuid.uuid4().hex
+    report = tmp_path / "report.json"
+    markdown = tmp_path / "report.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", f"--json={report}", f"--output={markdown}"],
+        cwd=REPO_ROOT,
+        env=_env(marker),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert _wait_gone(marker) == [], "processes left behind by the benchmark run"
+
+    data = json.loads(report.read_text())
+    assert any(line.startswith("- CPU: ") for line in data["machine"])
+    tables = data["tables"]
+    assert [t["number"] for t in tables] == [1, 2, 3, 4, 5, 6]
+    for table in tables:
+        assert table["title"] and len(table["columns"]) == 2
+        assert table["rows"], table
+        judged = [row for row in table["rows"] if row["target"] != "-"]
+        assert judged, f"benchmark {table['number']} has no row with a target"
+        for row in table["rows"]:
+            assert row["measure"] and row["ours"], row
+            assert row["result"].split(" ")[0] in RESULTS, row
+        for row in judged:
+            assert row["result"].split(" ")[0] in {"PASS", "MISS", "n/a"}, row
+
+    # The Markdown (stdout and --output) has the same tables, each row with all its cells.
+    for text in (completed.stdout, markdown.read_text()):
+        for table in tables:
+            assert f"## {table['number']}. {table['title']}" in text
+        rows = [line for line in text.splitlines() if line.startswith("| ")]
+        assert len(rows) == sum(len(t["rows"]) + 1 for t in tables)  # + the header of each table
+        for line in rows:
+            cells = line.strip("|").split(" | ")
+            assert len(cells) == COLUMNS, line
+    assert "6 benchmarks ran" in completed.stdout
+
+
+def test_stopped_mid_run_it_leaves_no_process_behind() -> None:
+    _require_peers()
+    marker = uuid.uuid4().hex
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only=cpu"],
+        cwd=REPO_ROOT,
+        env=_env(marker),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until it has started its own processes (the sink, then the exporter).
+        deadline = time.monotonic() + 60
+        while len(_marked_processes(marker)) < 3 and runner.poll() is None:
+            assert time.monotonic() < deadline, "the benchmark never started its processes"
+            time.sleep(0.05)
+        assert runner.poll() is None, runner.stderr.read() if runner.stderr else ""
+        runner.send_signal(signal.SIGTERM)
+        _, stderr = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 130, stderr
+    assert "interrupted during benchmark 1" in stderr
+    assert _wait_gone(marker) == [], "processes left behind after SIGTERM"
+
+
+def test_missing_requirements_are_named_and_nothing_runs(tmp_path: Path) -> None:
+    # With an empty PATH, blackbox_exporter (in /usr/bin) cannot be found.
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only=throughput"],
+        cwd=REPO_ROOT,
+        env=_env(uuid.uuid4().hex, PATH=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "missing requirements" in completed.stderr
+    assert "apt-get install prometheus-blackbox-exporter" in completed.stderr
+    assert "apt-get install wrk" in completed.stderr
+    assert completed.stdout == ""
+
+
+@pytest.mark.parametrize("argument", ["--only=nonsense", "--only=7"])
+def test_unknown_benchmark_is_a_usage_error(argument: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", argument],
+        cwd=REPO_ROOT,
+        env=_env(uuid.uuid4().hex),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode != 0
+    assert "unknown benchmark" in completed.stderr
+    assert "1/cpu" in completed.stderr
