@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -14,6 +14,7 @@ from smtp_exporter.probe import Prober
 from smtp_exporter.probe.command import format_text
 from tests.probe.common import auth, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
+from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ExpectLine, ScriptedServer, Send, Step
 from tests.servers.tls import TestCA
 
 MECHANISMS = [AuthMechanism.PLAIN, AuthMechanism.LOGIN, AuthMechanism.CRAM_MD5]
@@ -131,3 +132,46 @@ async def test_transcript_shows_auth_redacted(auth_server: AiosmtpdServer, tls_c
     client = [line.text for line in result.transcript if line.direction == "C"]
     start = client.index("AUTH LOGIN")
     assert client[start + 1 : start + 3] == ["<redacted>", "<redacted>"]
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "steps", "reason"),
+    [
+        (AuthMechanism.CRAM_MD5, [b"334 !!! not base64\r\n"], FailureReason.PROTOCOL_ERROR),
+        (AuthMechanism.PLAIN, [b"334 \r\n"], FailureReason.AUTH_FAILED),  # initial response refused
+        (
+            AuthMechanism.LOGIN,
+            [b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n", b"334 and more?\r\n"],
+            FailureReason.AUTH_FAILED,
+        ),
+        (
+            AuthMechanism.LOGIN,
+            [b"454 4.7.0 Temporary authentication failure\r\n"],
+            FailureReason.REPLY_TEMPORARY,
+        ),
+    ],
+    ids=["cram-bad-challenge", "plain-334", "login-endless", "login-454"],
+)
+async def test_odd_auth_exchanges(
+    scripted_server: Callable[..., Awaitable[ScriptedServer]],
+    mechanism: AuthMechanism,
+    steps: list[bytes],
+    reason: FailureReason,
+) -> None:
+    script: list[Step] = [
+        Send(BANNER),
+        ExpectLine(),
+        Send(b"250-mail.test\r\n250 AUTH CRAM-MD5 PLAIN LOGIN\r\n"),
+    ]
+    for reply in steps:
+        script += [ExpectLine(), Send(reply)]
+    script.append(Answer(DEFAULT_REPLIES))  # QUIT gets its 221
+    server = await scripted_server(script)
+    result = await Prober().probe(
+        server.target, "m", module(port=server.port, auth=auth(mechanism), timeout=2.0)
+    )
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, reason)
+    assert "mail" not in names(result)
+    assert result.duration_seconds < 2.0
+    assert_no_secret(result, TEST_PASSWORD)
