@@ -37,6 +37,15 @@ async def test_connect_refused(closed_port: int) -> None:
     assert result.duration_seconds < 1.0
 
 
+async def test_network_unreachable() -> None:
+    """Linux refuses a TCP connect to a multicast address with ENETUNREACH before any packet
+    is sent (tcp_v4_connect), so this reaches the reason without leaving the host."""
+    result = await Prober().probe("224.0.0.1:25", "m", module(timeout=2.0))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.NETWORK_UNREACHABLE)
+    assert result.duration_seconds < 1.0
+
+
 async def test_connect_refused_after_a_server_went_away() -> None:
     server = AiosmtpdServer().start()
     port = server.port
