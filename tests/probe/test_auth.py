@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from smtp_exporter.config.schema import AuthMechanism, StartTLS
+from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
 from smtp_exporter.probe import Prober
 from smtp_exporter.probe.command import format_text
@@ -43,7 +43,9 @@ def assert_no_secret(result: ProbeResult, password: str) -> None:
             assert form not in text
 
 
-def _auth_module(server: AiosmtpdServer, ca: TestCA, mechanism: AuthMechanism, password: str = TEST_PASSWORD):
+def _auth_module(
+    server: AiosmtpdServer, ca: TestCA, mechanism: AuthMechanism, password: str = TEST_PASSWORD
+) -> ModuleConfig:
     return module(
         "smtp_full",
         port=server.port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ def dns(dns_server: DnsFactory) -> DnsServer:
     return dns_server(RECORDS, servfail=["broken.example.test"], delays={"slow.example.test": 3.0})
 
 
-def _module(dns: DnsServer, server_port: int, *, dns_timeout: float = 1.0, **changes: object) -> ModuleConfig:
+def _module(dns: DnsServer, server_port: int, *, dns_timeout: float = 1.0, **changes: Any) -> ModuleConfig:
     return module(
         port=server_port, dns=DNSConfig(nameservers=(dns.nameserver,), timeout=dns_timeout), **changes
     )

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from smtp_exporter.config.schema import AuthMechanism, StartTLS
+from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
 from tests.probe.common import ENVELOPE_PHASES, FULL_PHASES, auth, describe, module, names, trusting
@@ -28,7 +28,9 @@ TEMPORARY = (451, "4.3.0", FailureReason.REPLY_TEMPORARY)
 PERMANENT = (554, "5.3.0", FailureReason.REPLY_PERMANENT)
 
 
-def _full_module(server: AiosmtpdServer, ca: TestCA, transaction: Transaction = Transaction.MESSAGE):
+def _full_module(
+    server: AiosmtpdServer, ca: TestCA, transaction: Transaction = Transaction.MESSAGE
+) -> ModuleConfig:
     return module(
         "smtp_full",
         port=server.port,

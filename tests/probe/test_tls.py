@@ -47,7 +47,8 @@ async def test_starttls_auto_used_when_offered(starttls_server: AiosmtpdServer, 
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "starttls", "tls", "ehlo_tls", "quit"]
-    assert result.phase(Phase.STARTTLS).reply_code == 220  # type: ignore[union-attr]
+    starttls = result.phase(Phase.STARTTLS)
+    assert starttls is not None and starttls.reply_code == 220
     assert result.tls is not None
     assert result.tls.verified is True
     assert result.tls.verify_error is None
