@@ -22,6 +22,15 @@ class Target(NamedTuple):
         return f"{host}:{self.port}"
 
 
+def _check_zone(ip: ipaddress.IPv6Address, target: str) -> None:
+    """An IPv6 zone (fe80::1%eth0) must look like an interface name: it ends up in messages."""
+    zone = ip.scope_id
+    if zone is not None and not (
+        0 < len(zone) <= 15 and zone.isascii() and all(c.isalnum() or c in "_.-" for c in zone)
+    ):
+        raise TargetError(f"invalid IPv6 zone in target {target[:80]!r}")
+
+
 def _port(text: str, target: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise TargetError(f"invalid port {text!r} in target {target!r}")
@@ -54,6 +63,7 @@ def parse_target(text: str, default_port: int) -> Target:
             ip = ipaddress.IPv6Address(host)
         except ValueError as exc:
             raise TargetError(f"invalid IPv6 address in target {target!r}") from exc
+        _check_zone(ip, target)
         port = _port(rest[1:], target) if rest else default_port
         return Target(str(ip), port, ip)
     if target.count(":") > 1:  # a bare IPv6 literal, no port
@@ -61,6 +71,7 @@ def parse_target(text: str, default_port: int) -> Target:
             ip6 = ipaddress.IPv6Address(target)
         except ValueError as exc:
             raise TargetError(f"invalid target {target!r} (write IPv6 with a port as [addr]:port)") from exc
+        _check_zone(ip6, target)
         return Target(str(ip6), default_port, ip6)
     host, sep, port_text = target.partition(":")
     port = _port(port_text, target) if sep else default_port

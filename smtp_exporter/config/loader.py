@@ -164,9 +164,29 @@ def default_config() -> Config:
     return load_config_text(DEFAULT_CONFIG_TEXT, source="<built-in>")
 
 
+MAX_NESTING = 64  # a config nests 5 levels deep; libyaml's composer recurses without a limit
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse deep nesting before composing: libyaml's C composer recurses once per level and a
+    few tens of thousands of `[` crash the process. Its event parser does not recurse."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise ConfigError(
+                    source, f"invalid YAML: nested more than {MAX_NESTING} levels deep", line=line
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def compose_yaml(text: str, source: str) -> yaml.Node | None:
     """The node tree of a one-document YAML text, or None when it is empty."""
     try:
+        _check_nesting(text, source)
         node: yaml.Node | None = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

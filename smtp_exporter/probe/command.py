@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from smtp_exporter.config.durations import parse_duration
-from smtp_exporter.config.loader import ConfigError, default_config, load_config
+from smtp_exporter.config.loader import MAX_TIMEOUT, ConfigError, default_config, load_config
 from smtp_exporter.model import ProbeResult
 from smtp_exporter.probe import Prober
 from smtp_exporter.targets import TargetError, parse_target
@@ -54,10 +54,17 @@ def main(argv: list[str]) -> int:
         return 2
     if args.timeout is not None:
         try:
-            module = replace(module, timeout=parse_duration(args.timeout))
+            timeout = parse_duration(args.timeout)
         except ValueError as exc:
             print(f"smtp-exporter probe: --timeout: {exc}", file=sys.stderr)
             return 2
+        if not 0 < timeout <= MAX_TIMEOUT:
+            print(
+                f"smtp-exporter probe: --timeout: must be more than 0s and at most {MAX_TIMEOUT:g}s",
+                file=sys.stderr,
+            )
+            return 2
+        module = replace(module, timeout=timeout)
     try:
         parse_target(args.target, module.port)
     except TargetError as exc:

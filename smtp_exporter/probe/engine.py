@@ -46,7 +46,14 @@ from smtp_exporter.targets import Target
 QUIT_GRACE_SECONDS = 1.0  # how long a failed probe still waits for QUIT's reply
 MAX_TRANSCRIPT_EVENTS = 200
 REDACTED = "<redacted>"
-_UNREACHABLE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+# How a failed connect reads to an operator; any other error means the address cannot be reached.
+_CONNECT_ERRORS = {
+    errno.ECONNREFUSED: FailureReason.CONNECT_REFUSED,  # nothing listens, or a firewall rejects
+    errno.ECONNRESET: FailureReason.CONNECTION_CLOSED,  # it accepted, then dropped us at once
+    errno.ECONNABORTED: FailureReason.CONNECTION_CLOSED,
+    errno.EPIPE: FailureReason.CONNECTION_CLOSED,
+    errno.ETIMEDOUT: FailureReason.TIMEOUT,
+}
 
 _OK_CODES = {
     Phase.BANNER: (220,),
@@ -132,14 +139,23 @@ class Conversation:
     # Commands
 
     async def _exchange(
-        self, phase: Phase, line: bytes, *, shown: str | None = None, record: bool = True
+        self,
+        phase: Phase,
+        line: bytes,
+        *,
+        shown: str | None = None,
+        record: bool = True,
+        secrets: tuple[str, ...] = (),
     ) -> tuple[Reply, float, float]:
-        """Send one command line and read its reply; returns reply, start and end times."""
+        """Send one command line and read its reply; returns reply, start and end times.
+        `secrets` are removed from the reply before anything keeps it (a server may quote us)."""
         assert self.conn is not None
         self.phase = phase
         started = self.conn.send(phase, line)
         self._note("C", line if shown is None else shown, started)
         reply, ended = await self.conn.read_reply(phase)
+        if secrets:
+            reply = _redacted(reply, secrets)
         self._note("S", reply, ended)
         if record:
             self._record(phase, started, ended, reply)
@@ -281,11 +297,7 @@ class Conversation:
             try:
                 await loop.create_connection(lambda p=protocol: p, address.ip, port)  # type: ignore[misc]
             except OSError as exc:
-                reason = (
-                    FailureReason.NETWORK_UNREACHABLE
-                    if exc.errno in _UNREACHABLE
-                    else FailureReason.CONNECT_REFUSED
-                )
+                reason = _CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
                 detail = os.strerror(exc.errno) if exc.errno else str(exc)
                 last_error = ProbeError(Phase.CONNECT, reason, f"{address.ip} port {port}{via}: {detail}")
                 self._note("*", last_error.message)
@@ -354,11 +366,14 @@ class Conversation:
         if reply.code == 250:
             ehlo = parse_ehlo(reply)
             self.ehlo_hostname = ehlo.hostname
-            self.extensions = ehlo.extensions
-            return dict(ehlo.extensions)
+            # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
+            # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
+            offered = dict(self.extensions)
+            offered.update(ehlo.extensions)
+            self.extensions = tuple(offered.items())
+            return offered
         if phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
             await self._command(Phase.HELO, "HELO", self.ehlo_name)
-            self.extensions = ()
             return {}
         raise ReplyError(phase, reply)
 
@@ -377,16 +392,18 @@ class Conversation:
         else:
             mechanism = auth.mechanism.value
         password = auth.password.reveal()
+        plain = auth_plain_initial(auth.username, password)
+        secrets = tuple(s for s in (password, plain, auth_login_step(password)) if s)
         assert self.conn is not None
         started = perf_counter()
         if mechanism == "PLAIN":
-            line = encode_command("AUTH", "PLAIN " + auth_plain_initial(auth.username, password))
+            line = encode_command("AUTH", "PLAIN " + plain)
             reply, _, ended = await self._exchange(
-                Phase.AUTH, line, shown=f"AUTH PLAIN {REDACTED}", record=False
+                Phase.AUTH, line, shown=f"AUTH PLAIN {REDACTED}", record=False, secrets=secrets
             )
         else:
             reply, _, ended = await self._exchange(
-                Phase.AUTH, encode_command("AUTH", mechanism), record=False
+                Phase.AUTH, encode_command("AUTH", mechanism), record=False, secrets=secrets
             )
             steps = [auth.username, password] if mechanism == "LOGIN" else [""]
             for step in steps:
@@ -399,14 +416,27 @@ class Conversation:
                         else auth_cram_md5_response(reply.text, auth.username, password)
                     )
                 except CommandError as exc:
+                    await self._cancel_auth(secrets)
                     raise ProbeError(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)) from exc
                 reply, _, ended = await self._exchange(
-                    Phase.AUTH, answer.encode("ascii") + b"\r\n", shown=REDACTED, record=False
+                    Phase.AUTH,
+                    answer.encode("ascii") + b"\r\n",
+                    shown=REDACTED,
+                    record=False,
+                    secrets=(*secrets, answer),
                 )
+            if reply.code == 334:
+                self._record(Phase.AUTH, started, ended, reply)
+                await self._cancel_auth(secrets)
+                raise ReplyError(Phase.AUTH, reply, reason=FailureReason.AUTH_FAILED)
         self._record(Phase.AUTH, started, ended, reply)
         if reply.code != 235:
             reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
             raise ReplyError(Phase.AUTH, reply, reason=reason)
+
+    async def _cancel_auth(self, secrets: tuple[str, ...]) -> None:
+        """End an AUTH exchange the server still expects an answer in: "*" (RFC 4954 4)."""
+        await self._exchange(Phase.AUTH, b"*\r\n", record=False, secrets=secrets)
 
     async def _transaction(self) -> None:
         module = self.module
@@ -441,12 +471,17 @@ class Conversation:
             raise ReplyError(Phase.MESSAGE, reply)
 
     async def _quit(self) -> None:
-        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`."""
-        try:
+        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`. Without it, a
+        server that does not answer QUIT costs at most QUIT_GRACE_SECONDS, not the deadline."""
+        if self.module.fail_on_quit:
             await self._exchange(Phase.QUIT, b"QUIT\r\n")
-        except ProbeError:
-            if self.module.fail_on_quit:
-                raise
+            return
+        try:
+            async with asyncio.timeout(min(QUIT_GRACE_SECONDS, max(self._deadline_left() - 0.01, 0.0))):
+                await self._exchange(Phase.QUIT, b"QUIT\r\n")
+        except (ProbeError, TimeoutError) as exc:
+            detail = exc.message if isinstance(exc, ProbeError) else "no reply"
+            self._note("*", f"QUIT: {detail} (not a failure: fail_on_quit is off)")
 
     async def _quit_after_failure(self) -> None:
         """Say goodbye after a failure, briefly and within the deadline; never raises."""
@@ -464,6 +499,17 @@ class Conversation:
             self._note("S", reply, at)
         except (ProbeError, TimeoutError, OSError):
             pass
+
+
+def _redacted(reply: Reply, secrets: tuple[str, ...]) -> Reply:
+    if not any(secret in line for line in reply.lines for secret in secrets):
+        return reply
+    lines = []
+    for line in reply.lines:
+        for secret in secrets:
+            line = line.replace(secret, REDACTED)
+        lines.append(line)
+    return Reply(reply.code, tuple(lines))
 
 
 def this_host_fqdn() -> str:

@@ -43,7 +43,12 @@ class _ChainKeepingSSLObject(ssl.SSLObject):
         try:
             super().do_handshake()
         except ssl.SSLCertVerificationError as exc:
-            exc.peer_state = HandshakeState(_unverified_leaf(self), self.version(), _cipher_name(self))  # type: ignore[attr-defined]
+            cipher = self.cipher()  # (name, protocol version, bits): known before the handshake ends
+            exc.peer_state = HandshakeState(  # type: ignore[attr-defined]
+                _unverified_leaf(self),
+                self.version() or (cipher[1] if cipher else None),
+                cipher[0] if cipher else None,
+            )
             raise
 
 

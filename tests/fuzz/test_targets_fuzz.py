@@ -172,13 +172,6 @@ def test_wildcard_rules_match_subdomains_only(domain: str, host: str) -> None:
     assert not TargetAllowlist(["127.0.0.0/8"]).allows(host, 25)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets.py parse_target: an IPv6 zone ID may contain anything ipaddress accepts (NUL, newline, "
-    "spaces, non-ASCII): '[fe80::1%a\\nb]:25' is a valid Target, the probe then fails in connect with "
-    "connect_refused and a two-line message 'fe80::1%a\\nb port 25: Unknown error -2' (a getaddrinfo error "
-    "shown as strerror(-2)); zone IDs should be limited to interface-name characters",
-)
 @pytest.mark.parametrize(
     "text", ["[fe80::1%a\nb]:25", "[fe80::1%\x00]:25", "fe80::1%eth0 extra", "[fe80::1%\u00e9]:25"]
 )

@@ -378,10 +378,6 @@ CATALOGUE: tuple[Hostile, ...] = (
         R.CONNECTION_CLOSED,
         or_phase=P.CONNECT,
         attempts=20,
-        bug="probe/engine.py Conversation._connect maps every OSError but the unreachable ones to "
-        "connect_refused: when the RST of an accepted connection arrives before the connect completes "
-        "(ECONNRESET, 'Connection reset by peer'), the alert says connect_refused (nothing listening, "
-        "firewall) instead of connection_closed (the server accepted, then dropped us)",
     ),
     Hostile(
         "rst_after_ehlo",
@@ -445,9 +441,6 @@ CATALOGUE: tuple[Hostile, ...] = (
         _steps(EHLO_REPLY),
         None,
         None,
-        bug="probe/engine.py Conversation._quit waits for QUIT's reply until the module deadline and "
-        "then fails the probe with phase=quit reason=timeout, although fail_on_quit is false "
-        "(a bad QUIT must not fail the probe) and the duration becomes the whole timeout",
     ),
     # --- STARTTLS and TLS ------------------------------------------------------------------
     Hostile(
@@ -553,10 +546,6 @@ CATALOGUE: tuple[Hostile, ...] = (
         P.AUTH,
         R.AUTH_FAILED,
         module={"auth": "PLAIN"},
-        bug="probe/engine.py Conversation._auth: a server that quotes the client's AUTH line in its reply "
-        "gets the password's base64 form stored verbatim in failure.message, the auth phase's reply and "
-        "the transcript (then in logs, /probe?debug=true, transcript pages); the engine knows the secret's "
-        "forms and should redact them from what it keeps of server replies",
     ),
     Hostile(
         "auth_login_echoed_back",
@@ -565,10 +554,6 @@ CATALOGUE: tuple[Hostile, ...] = (
         P.AUTH,
         R.AUTH_FAILED,
         module={"auth": "LOGIN"},
-        bug="probe/engine.py Conversation._auth: a server that quotes the client's AUTH line in its reply "
-        "gets the password's base64 form stored verbatim in failure.message, the auth phase's reply and "
-        "the transcript (then in logs, /probe?debug=true, transcript pages); the engine knows the secret's "
-        "forms and should redact them from what it keeps of server replies",
     ),
 )
 

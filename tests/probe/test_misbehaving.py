@@ -289,12 +289,6 @@ async def test_no_quit_reply_fails_with_fail_on_quit(scripted_server: ScriptedFa
     assert (result.failure.phase, result.failure.reason) == (Phase.QUIT, FailureReason.CONNECTION_CLOSED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: probe/engine.py Conversation._quit catches ProbeError only; a server that "
-    "never answers QUIT raises TimeoutError at the deadline, so the probe fails with "
-    "quit/timeout although fail_on_quit is false",
-)
 async def test_silence_after_quit_is_not_a_failure(scripted_server: ScriptedFactory) -> None:
     server = await scripted_server(_until_quit())  # then holds the connection, silent
     result = await Prober().probe(server.target, "m", module(port=server.port, timeout=TIMEOUT))
