@@ -271,10 +271,21 @@ def _wait_for_data(stack: Stack) -> None:
         prometheus.check_running()
         stack.exporter.check_running()
 
-    expected_scrapes = 2 + len(stack.probed) + len(stack.static_probed)
+    # Every scrape succeeds (a failed probe is still a successful /probe scrape), except the
+    # one of the address where no exporter listens.
+    expected_health = {
+        (SCHEDULED_JOB, stack.exporter.address): "up",
+        (SCHEDULED_JOB, stack.dead_exporter): "down",
+    }
+    for job, targets in ((PROBE_JOB, stack.probed), (STATIC_PROBE_JOB, stack.static_probed)):
+        expected_health.update({(job, target): "up" for target in targets.values()})
+
+    def health() -> dict[tuple[str, str], str]:
+        return {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in prometheus.targets()}
+
     wait_until(
-        lambda: sum(t["health"] != "unknown" for t in prometheus.targets()) == expected_scrapes,
-        lambda: f"{expected_scrapes} scrape targets scraped: {prometheus.targets()}",
+        lambda: health() == expected_health,
+        lambda: f"scrape health {health()}, expected {expected_health}",
         check=checks,
     )
 
