@@ -178,10 +178,11 @@ def _measure_level(procs: Processes, sink: Sink, level: Level, scale: Scale) -> 
             out.lag_readings.append(metric_value(body, "smtp_exporter_event_loop_lag_seconds"))
             _collect(body, seen, out)
         out.lag_max = metric_value(body, "smtp_exporter_event_loop_lag_max_seconds")
-        out.sink_late_p99 = float(sink.command("stats")["lateness_p99"])
-        _errors(out, scale.delay, sink.command("conversations"))
     finally:
         procs.stop(exporter.process)
+    # Asked once the exporter is gone: an overloaded sink would answer late.
+    out.sink_late_p99 = float(sink.command("stats")["lateness_p99"])
+    _errors(out, scale.delay, sink.command("conversations"))
     if level.blackbox:
         blackbox = start_blackbox(procs, name=f"blackbox-{level.targets}")
         try:

@@ -263,12 +263,17 @@ class HttpResponse:
 
 
 def http_get(
-    port: int, path: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None
+    port: int,
+    path: str,
+    *,
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
+    method: str = "GET",
 ) -> HttpResponse:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         started = time.perf_counter()
-        connection.request("GET", path, headers=headers or {})
+        connection.request(method, path, headers=headers or {})
         response = connection.getresponse()
         body = response.read()
         return HttpResponse(response.status, body, time.perf_counter() - started)

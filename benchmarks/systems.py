@@ -57,7 +57,7 @@ class Sink:
         assert stdin is not None
         stdin.write(command.encode() + b"\n")
         stdin.flush()
-        return json.loads(read_line(self.process, timeout=30.0))
+        return json.loads(read_line(self.process, timeout=60.0))
 
 
 def start_sink(
@@ -127,6 +127,7 @@ def exporter_config(
 class Exporter:
     process: Process
     port: int
+    config_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -141,6 +142,14 @@ class Exporter:
         if response.status != 200:
             raise BenchmarkError(f"/metrics answered {response.status}: {response.body[:200]!r}")
         return response.body
+
+    def reload(self, config_text: str) -> None:
+        """Replace the config file and POST /-/reload."""
+        assert self.config_path is not None
+        self.config_path.write_text(config_text)
+        response = http_get(self.port, "/-/reload", method="POST", timeout=60.0)
+        if response.status != 200:
+            raise BenchmarkError(f"/-/reload answered {response.status}: {response.body[:300]!r}")
 
 
 def start_exporter(
@@ -157,7 +166,7 @@ def start_exporter(
     process = procs.start(name, args, env=_env())
     port = wait_listening(process, timeout=60.0)
     wait_http_ok(process, port, "/-/ready", timeout=60.0)
-    return Exporter(process, port)
+    return Exporter(process, port, config_path)
 
 
 # -- blackbox_exporter -------------------------------------------------------------------------
