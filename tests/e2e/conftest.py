@@ -7,7 +7,7 @@
 Prometheus scrapes three jobs: `smtp-exporter` (the exporter's /metrics, plus an address where
 nothing listens, so that SMTPExporterDown has something to fire for), `smtp-probe` (the
 /probe job that prometheus-operator generates from deploy/overlays/multi-target/probe.yaml)
-and `smtp-probe-static` (the multi-target scrape config of docs/metrics.md).
+and `smtp-probe-static` (the multi-target scrape config of README.md).
 
 The rules are the shipped file with every `for:` divided by 60 (minutes become seconds):
 the targets are probed every second instead of every minute, so "5 failed probes in a row"
@@ -44,7 +44,7 @@ FOR_SCALE = 1 / 60  # `for: 5m` -> 5s: probes every 1 s instead of the default 6
 SCRAPE_INTERVAL = "1s"
 SCHEDULED_JOB = "smtp-exporter"  # the job name the shipped ServiceMonitor produces
 PROBE_JOB = "smtp-probe"  # the Probe's jobName
-STATIC_PROBE_JOB = "smtp-probe-static"  # docs/metrics.md's job, renamed so both can run at once
+STATIC_PROBE_JOB = "smtp-probe-static"  # README.md's job, renamed so both can run at once
 SLOW_DELAY = 6  # seconds smtp-sink waits before answering RCPT: above SMTPProbeSlowPhase's 5 s
 
 
@@ -91,7 +91,7 @@ class Stack:
     config_text: str
     scheduled: dict[str, Target]  # by name
     probed: dict[str, str]  # name -> target, probed by the two multi-target jobs
-    static_probed: dict[str, str]  # name -> target, probed by docs/metrics.md's job only
+    static_probed: dict[str, str]  # name -> target, probed by README.md's job only
     dead_exporter: str  # an address in the smtp-exporter job where nothing listens
     starttls_lost: AiosmtpdServer  # offers STARTTLS until Prometheus has seen it used
     work: Path
@@ -133,7 +133,7 @@ def _prometheus_config(
     probe["spec"]["targets"]["staticConfig"]["static"] = probed
     probe_job = probe_resource_scrape_config(probe, namespace="monitoring")
 
-    # docs/metrics.md's job: its targets, exporter address, interval and name substituted.
+    # README.md's job: its targets, exporter address, interval and name substituted.
     static_job = documented_probe_scrape_config()
     assert static_job["relabel_configs"][-1]["target_label"] == "__address__"
     static_job["relabel_configs"][-1]["replacement"] = exporter

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "grafana" / "smtp-exporter.json"
 RULES = REPO / "alerts" / "smtp-exporter.rules.yml"
 PROBE = REPO / "deploy" / "overlays" / "multi-target" / "probe.yaml"
-DOCS = sorted((REPO / "docs").glob("*.md"))
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 START_TIMEOUT = 30.0
 
 
@@ -314,11 +314,11 @@ def docs_yaml_blocks(containing: str, files: list[Path] = DOCS) -> list[tuple[Pa
 
 
 def documented_probe_scrape_config() -> dict[str, Any]:
-    """The multi-target scrape config of docs/metrics.md, as documented."""
+    """The multi-target scrape config of README.md, as documented."""
     configs: list[dict[str, Any]] = [
         job
         for path, block in docs_yaml_blocks("scrape_configs:")
-        if path.name == "metrics.md"
+        if path.name == "README.md"
         for job in yaml.safe_load(block)["scrape_configs"]
         if job.get("metrics_path") == "/probe"
     ]

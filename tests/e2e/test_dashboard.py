@@ -97,7 +97,7 @@ def test_template_variables_find_every_job_target_and_module(stack: Stack) -> No
     probe: dict[str, list[str] | None] = {"job": [PROBE_JOB], "target": None, "module": None}
     assert set(_variable_values(stack, "target", probe)) == set(stack.probed.values())
     assert _variable_values(stack, "module", probe) == ["smtp_handshake"]
-    # docs/metrics.md's plain scrape config relabels the same way.
+    # README.md's plain scrape config relabels the same way.
     static: dict[str, list[str] | None] = {"job": [STATIC_PROBE_JOB], "target": None, "module": None}
     assert set(_variable_values(stack, "target", static)) == set(stack.static_probed.values())
     assert _variable_values(stack, "module", static) == ["smtp_handshake"]

@@ -1,6 +1,6 @@
 """Multi-target mode through a real Prometheus: the /probe families arrive under each target,
 with the `target` and `module` labels the relabelling sets, from both the scrape config that
-prometheus-operator generates for the shipped Probe and the one in docs/metrics.md."""
+prometheus-operator generates for the shipped Probe and the one in README.md."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ _DEPLOY_FILES = sorted(p for p in (REPO / "deploy").rglob("*.y*ml") if "scrape_c
 
 
 def _documented_scrape_configs() -> list[tuple[str, str]]:
-    """(where, YAML) of every ```yaml block of the Markdown docs holding a `scrape_configs`,
+    """(where, YAML) of every ```yaml block of the README and docs/ holding a `scrape_configs`,
     and of every YAML file under deploy/ that is a Prometheus config."""
     found = []
     for i, (path, block) in enumerate(docs_yaml_blocks("scrape_configs:", _DOC_FILES)):
@@ -39,8 +39,8 @@ def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_docs_ship_both_scrape_configs() -> None:
-    """The scheduled and the multi-target config of docs/metrics.md are among those checked."""
-    configs = [yaml.safe_load(text) for where, text in _SCRAPE_CONFIGS if "metrics.md" in where]
+    """The scheduled and the multi-target config of README.md are among those checked."""
+    configs = [yaml.safe_load(text) for where, text in _SCRAPE_CONFIGS if "README.md" in where]
     paths = {job.get("metrics_path", "/metrics") for config in configs for job in config["scrape_configs"]}
     assert paths == {"/metrics", "/probe"}
 
