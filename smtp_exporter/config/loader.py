@@ -56,6 +56,7 @@ from smtp_exporter.targets import TargetError, parse_target
 __all__ = ["ConfigError", "default_config", "effective_config_yaml", "load_config", "load_config_text"]
 
 MAX_TARGETS = 100_000
+MAX_CONFIG_BYTES = 64 << 20  # 100,000 targets with labels fit in a fraction of it
 MAX_INTERVAL = 86400.0
 MAX_TIMEOUT = 300.0
 MAX_DNS_TIMEOUT = 60.0
@@ -141,9 +142,11 @@ def load_config(path: str) -> Config:
     """Read and validate the config file at `path`; relative paths in it are relative to its directory."""
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(path, f"cannot read config file: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, f"config file larger than {MAX_CONFIG_BYTES >> 20} MiB: shard it")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -167,26 +170,55 @@ def default_config() -> Config:
 MAX_NESTING = 64  # a config nests 5 levels deep; libyaml's composer recurses without a limit
 
 
-def _check_nesting(text: str, source: str) -> None:
-    """Refuse deep nesting before composing: libyaml's C composer recurses once per level and a
-    few tens of thousands of `[` crash the process. Its event parser does not recurse."""
+def _check_shape(text: str, source: str) -> None:
+    """Refuse, before building any node, what would be costly or fatal to build: nesting deeper
+    than MAX_NESTING (libyaml's C composer recurses once per level, and a few tens of thousands
+    of `[` crash the process; its event parser does not recurse) and more than MAX_TARGETS
+    targets (a reload runs beside the probes: stop before the tree of a huge file exists)."""
     depth = 0
+    top_key: str | None = None
+    expect_key = True
+    in_targets = False
+    targets = 0
+    targets_line: int | None = None
     for event in yaml.parse(text, Loader=_Loader):
+        node_event = isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.CollectionStartEvent))
+        if node_event and depth == 1:  # a key or a value of the top-level mapping
+            if expect_key:
+                top_key = event.value if isinstance(event, yaml.ScalarEvent) else None
+            else:
+                in_targets = top_key == "targets" and isinstance(event, yaml.SequenceStartEvent)
+                targets_line = _line(event)
+            expect_key = not expect_key
+        elif node_event and depth == 2 and in_targets:
+            targets += 1
+            if targets > MAX_TARGETS:
+                raise ConfigError(
+                    source,
+                    f"too many targets (more than {MAX_TARGETS}: shard them with shard.count)",
+                    line=targets_line,
+                    path="targets",
+                )
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_NESTING:
-                line = event.start_mark.line + 1 if event.start_mark else None
                 raise ConfigError(
-                    source, f"invalid YAML: nested more than {MAX_NESTING} levels deep", line=line
+                    source, f"invalid YAML: nested more than {MAX_NESTING} levels deep", line=_line(event)
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+            if depth == 1:
+                in_targets = False
+
+
+def _line(event: yaml.Event) -> int | None:
+    return event.start_mark.line + 1 if event.start_mark else None
 
 
 def compose_yaml(text: str, source: str) -> yaml.Node | None:
     """The node tree of a one-document YAML text, or None when it is empty."""
     try:
-        _check_nesting(text, source)
+        _check_shape(text, source)
         node: yaml.Node | None = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -730,10 +762,8 @@ def _targets(
     doc: _Doc, node: yaml.Node, path: str, modules: dict[str, ModuleConfig], defaults: DefaultsConfig
 ) -> tuple[TargetConfig, ...]:
     items = sequence(doc, node, path)
-    if len(items) > MAX_TARGETS:
-        doc.fail(
-            node, path, f"too many targets ({len(items)}; at most {MAX_TARGETS}: shard them with shard.count)"
-        )
+    if len(items) > MAX_TARGETS:  # _check_shape stops most such files sooner; an alias gets here
+        doc.fail(node, path, f"too many targets (more than {MAX_TARGETS}: shard them with shard.count)")
     seen: dict[tuple[str, str], int] = {}
     targets = []
     for item_path, item in items:

@@ -321,7 +321,7 @@ def test_too_many_targets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(str(path))
     assert str(caught.value) == (
-        f"{path}:2: targets: too many targets (100001; at most 100000: shard them with shard.count)"
+        f"{path}:2: targets: too many targets (more than 100000: shard them with shard.count)"
     )
 
 
