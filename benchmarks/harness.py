@@ -61,6 +61,7 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    stdout_buffer: bytes = b""  # read from the stdout pipe, not yet returned as a line
 
     @property
     def pid(self) -> int:
@@ -232,11 +233,9 @@ def wait_listening(process: Process, *, timeout: float = 15.0) -> int:
 def read_line(process: Process, *, timeout: float) -> bytes:
     """One line from a process' stdout pipe, or BenchmarkError at the deadline."""
     assert process.popen.stdout is not None
-    stream = process.popen.stdout
+    fd = process.popen.stdout.fileno()
     deadline = time.monotonic() + timeout
-    buffer = b""
-    fd = stream.fileno()
-    while not buffer.endswith(b"\n"):
+    while b"\n" not in process.stdout_buffer:
         left = deadline - time.monotonic()
         if left <= 0:
             raise BenchmarkError(
@@ -244,12 +243,13 @@ def read_line(process: Process, *, timeout: float) -> bytes:
             )
         ready, _, _ = select.select([fd], [], [], left)
         if ready:
-            chunk = os.read(fd, 1)
+            chunk = os.read(fd, 1 << 20)
             if not chunk:
                 process.popen.wait(timeout=1)
                 raise BenchmarkError(f"{process.name} closed its output:\n{process.log_tail()}")
-            buffer += chunk
-    return buffer
+            process.stdout_buffer += chunk
+    line, _, process.stdout_buffer = process.stdout_buffer.partition(b"\n")
+    return line + b"\n"
 
 
 # -- HTTP --------------------------------------------------------------------------------------
