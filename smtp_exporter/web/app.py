@@ -100,6 +100,28 @@ async def _payload(request: web.Request, body: bytes, content_type: str) -> web.
     )
 
 
+def _gzip_chunks(chunks: list[bytes]) -> list[bytes]:
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return [*(compressor.compress(chunk) for chunk in chunks), compressor.flush()]
+
+
+async def _stream(request: web.Request, chunks: list[bytes], content_type: str) -> web.StreamResponse:
+    """A /metrics body written chunk by chunk (one per metric family): at 10,000 targets it is
+    tens of megabytes, and joining it first would copy all of it once more on the probe loop."""
+    headers = {"Content-Type": content_type}
+    if _accepts_gzip(request):
+        chunks = await asyncio.get_running_loop().run_in_executor(None, _gzip_chunks, chunks)
+        headers.update({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    response = web.StreamResponse(headers=headers)
+    response.content_length = sum(len(chunk) for chunk in chunks)
+    await response.prepare(request)
+    for chunk in chunks:
+        if chunk:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 def _text(text: str, status: int = 200) -> web.Response:
     return web.Response(
         text=text if text.endswith("\n") else text + "\n", status=status, content_type="text/plain"
@@ -118,7 +140,7 @@ class _Handlers:
 
     @web.middleware
     async def security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Basic auth on every path but /-/healthy, and the web config's headers on every answer."""
+        """Basic auth on every path but /-/healthy."""
         web_config = self.exporter.web_config
         response: web.StreamResponse
         if (
@@ -133,9 +155,12 @@ class _Handlers:
                 response = await handler(request)
             except web.HTTPException as exc:  # 404, 405 ... get the configured headers too
                 response = web.Response(status=exc.status, text=exc.text, headers=exc.headers)
-        for name, value in web_config.headers:
-            response.headers[name] = value
         return response
+
+    async def add_configured_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """The web config's headers on every answer, streamed ones included (on_response_prepare)."""
+        for name, value in self.exporter.web_config.headers:
+            response.headers[name] = value
 
     async def _authorized(self, web_config: WebConfig, header: str) -> bool:
         scheme, _, credentials = header.partition(" ")
@@ -161,7 +186,7 @@ class _Handlers:
 
     # -- endpoints ------------------------------------------------------------------------------
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
         exporter = self.exporter
         openmetrics = wants_openmetrics(request.headers.get("Accept"))
         chunks = [
@@ -171,7 +196,7 @@ class _Handlers:
         if openmetrics:
             chunks.append(OPENMETRICS_EOF)
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-        return await _payload(request, b"".join(chunks), content_type)
+        return await _stream(request, chunks, content_type)
 
     async def probe(self, request: web.Request) -> web.Response:
         exporter = self.exporter
@@ -259,6 +284,7 @@ class _Handlers:
 def create_app(exporter: Exporter) -> web.Application:
     handlers = _Handlers(exporter)
     app = web.Application(middlewares=[handlers.security], client_max_size=MAX_REQUEST_BODY)
+    app.on_response_prepare.append(handlers.add_configured_headers)
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/probe", handlers.probe)
