@@ -25,6 +25,8 @@ from smtp_exporter.targets import Target, TargetError, parse_target
 
 __all__ = ["Prober", "TargetError"]
 
+MAX_REMEMBERED_TARGETS = 200_000
+
 
 class Prober:
     """Runs probes; holds what probes share: SSL contexts per `TLSConfig`, DNS clients per
@@ -35,6 +37,17 @@ class Prober:
         self._dns: dict[DNSConfig, DNSClient] = {}
         self._certificates = CertificateReader()
         self._fqdn: str | None = None
+        self._targets: dict[tuple[str, int], Target] = {}
+
+    def _target(self, text: str, port: int) -> Target:
+        """parse_target, remembered: a scheduled target is parsed once, not at every probe."""
+        key = (text, port)
+        target = self._targets.get(key)
+        if target is None:
+            if len(self._targets) >= MAX_REMEMBERED_TARGETS:  # /probe may name anything
+                self._targets.clear()
+            target = self._targets[key] = parse_target(text, port)
+        return target
 
     async def _ehlo_name(self, module: ModuleConfig) -> str:
         if module.ehlo:
@@ -68,7 +81,7 @@ class Prober:
     ) -> ProbeResult:
         """One probe. Probe failures are in the result; raises TargetError for a target that
         cannot be parsed (callers validate targets before they schedule them)."""
-        parsed = parse_target(target, module.port)
+        parsed = self._target(target, module.port)
         return await self._run(parsed, target, module_name, module, timeout=timeout, lookup_mx=module.mx)
 
     async def probe_each_mx(
@@ -76,7 +89,7 @@ class Prober:
     ) -> list[ProbeResult]:
         """`mx_mode: each`: one result per MX host of the domain `target`, probed concurrently.
         When the MX lookup itself fails, one failed result without `mx`."""
-        parsed = parse_target(target, module.port)
+        parsed = self._target(target, module.port)
         deadline = module.timeout if timeout is None else min(timeout, module.timeout)
         dns = self._dns_client(module.dns)
         start_timestamp = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 
@@ -175,3 +176,18 @@ def test_shard_of_is_a_stable_documented_function() -> None:
     assert schedule_phase("mx1.example.org:25", "smtp_handshake") == schedule_phase(
         "mx1.example.org:25", "smtp_handshake"
     )
+
+
+def test_histogram_lines_are_exact_and_cumulative() -> None:
+    state = SeriesState((("target", "t"), ("module", "m")), buckets=(0.01, 1.0), phase_histograms=False)
+    for duration in (0.0078125, 0.5, 0.5, 7.0):  # exact in binary: an exact sum
+        state.observe(dataclasses.replace(_result(success=True), duration_seconds=duration))
+    name = "smtp_probe_duration_distribution_seconds"
+    lines = [line for line in b"".join(state.fragments).decode().splitlines() if line.startswith(name)]
+    assert lines == [
+        f'{name}_bucket{{target="t",module="m",le="0.01"}} 1',
+        f'{name}_bucket{{target="t",module="m",le="1.0"}} 3',
+        f'{name}_bucket{{target="t",module="m",le="+Inf"}} 4',
+        f'{name}_count{{target="t",module="m"}} 4',
+        f'{name}_sum{{target="t",module="m"}} 8.0078125',
+    ]
