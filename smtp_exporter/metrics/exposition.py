@@ -99,7 +99,7 @@ def _le_text(buckets: tuple[float, ...]) -> tuple[str, ...]:
 class Histogram:
     """A classic cumulative histogram with fixed buckets (upper bounds, +Inf implied)."""
 
-    __slots__ = ("_counts", "_heads", "_le", "buckets", "count", "sum")
+    __slots__ = ("_counts", "_le", "buckets", "count", "sum")
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
@@ -107,8 +107,6 @@ class Histogram:
         self._counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; last is +Inf
         self.count = 0
         self.sum = 0.0
-        # (name, prefix) and the text before each bucket's value: the same at every render.
-        self._heads: tuple[str, str, list[str]] | None = None
 
     def observe(self, value: float) -> None:
         self._counts[bisect_left(self.buckets, value)] += 1
@@ -116,26 +114,16 @@ class Histogram:
         self.sum += value
 
     def render(self, name: str, prefix: str) -> list[str]:
-        heads = self._heads
-        if heads is None or heads[0] != name or heads[1] != prefix:
-            sep = "," if prefix else ""
-            braces = f"{{{prefix}}}" if prefix else ""
-            texts = [f'{name}_bucket{{{prefix}{sep}le="{le}"}} ' for le in self._le]
-            texts += [
-                f'{name}_bucket{{{prefix}{sep}le="+Inf"}} ',
-                f"{name}_count{braces} ",
-                f"{name}_sum{braces} ",
-            ]
-            heads = self._heads = (name, prefix, texts)
-        texts = heads[2]
+        sep = "," if prefix else ""
         lines = []
         cumulative = 0
-        for head, count in zip(texts[:-3], self._counts, strict=False):
+        for le, count in zip(self._le, self._counts, strict=False):
             cumulative += count
-            lines.append(f"{head}{cumulative}\n")
-        lines.append(f"{texts[-3]}{self.count}\n")
-        lines.append(f"{texts[-2]}{self.count}\n")
-        lines.append(f"{texts[-1]}{format_value(self.sum)}\n")
+            lines.append(f'{name}_bucket{{{prefix}{sep}le="{le}"}} {cumulative}\n')
+        lines.append(f'{name}_bucket{{{prefix}{sep}le="+Inf"}} {self.count}\n')
+        braces = f"{{{prefix}}}" if prefix else ""
+        lines.append(f"{name}_count{braces} {self.count}\n")
+        lines.append(f"{name}_sum{braces} {format_value(self.sum)}\n")
         return lines
 
 

@@ -130,7 +130,7 @@ class Conversation:
             self.phases.append(PhaseResult(phase, ended - started))
         else:
             self.phases.append(
-                PhaseResult(phase, ended - started, reply.code, reply.enhanced_status, reply.summary()[4:])
+                PhaseResult(phase, ended - started, reply.code, reply.enhanced_status, reply.summary_text)
             )
 
     def _deadline_left(self) -> float:
@@ -350,7 +350,7 @@ class Conversation:
         reply, ended = await self.conn.read_reply(Phase.BANNER)
         self._note("S", reply, ended)
         self._record(Phase.BANNER, started, ended, reply)
-        self.banner = reply.summary()[4:]
+        self.banner = reply.summary_text
         if reply.code != 220:
             raise ReplyError(Phase.BANNER, reply)
         pattern = self.module.expect.banner

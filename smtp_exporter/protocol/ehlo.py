@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 from smtp_exporter.protocol.reply import Reply
@@ -34,7 +35,7 @@ def parse_ehlo(reply: Reply) -> EhloResponse:
         if "=" in keyword:
             keyword, _, extra = keyword.partition("=")
             params = ([extra] if extra else []) + params
-        keyword = keyword.upper()
+        keyword = sys.intern(keyword.upper())
         # RFC 5321 ehlo-keyword: (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
         if (
             len(keyword) > MAX_KEYWORD_CHARS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from typing import NamedTuple
 
 # Bounds on what a server may make us buffer. RFC 5321 allows 512 octets per reply line;
@@ -11,6 +12,7 @@ MAX_LINE_BYTES = 4096
 MAX_REPLY_LINES = 64
 MAX_REPLY_BYTES = 32 * 1024
 MAX_TEXT_CHARS = 512  # reply text kept in results (the full text goes nowhere else)
+MAX_INTERNED_CHARS = 128
 
 
 class ReplyCode(enum.IntEnum):
@@ -69,12 +71,26 @@ class Reply(NamedTuple):
             return token
         return None
 
+    @property
+    def summary_text(self) -> str:
+        """The text on one line, capped, without the code: what a phase result keeps (for a
+        one-line reply, the line itself, not a copy)."""
+        if len(self.lines) == 1 and len(self.lines[0]) <= MAX_TEXT_CHARS:
+            return self.lines[0]
+        return self.summary()[4:]
+
     def summary(self) -> str:
         """Code and text on one line, capped: what results and messages keep."""
         text = " ".join(self.lines)
         if len(text) > MAX_TEXT_CHARS:
             text = text[:MAX_TEXT_CHARS] + "..."
         return f"{self.code} {text}".rstrip()
+
+
+def _kept(text: str) -> str:
+    """Short reply lines interned: a server says the same lines at every probe, and servers of
+    one kind the same extension lines, so thousands of kept results share them."""
+    return sys.intern(text) if len(text) <= MAX_INTERNED_CHARS else text
 
 
 def _decode(raw: bytes) -> str:
@@ -104,7 +120,7 @@ def _whole_reply(data: bytes) -> Reply | None:
             return None
         if not (last.startswith(head + b" ") or last == head + b"\r\n"):
             return None
-    return Reply(int(head), tuple(line[4:] for line in _decode(data[:-2]).split("\r\n")))
+    return Reply(int(head), tuple(_kept(line[4:]) for line in _decode(data[:-2]).split("\r\n")))
 
 
 class ReplyParser:
@@ -192,7 +208,7 @@ class ReplyParser:
         code = int(head)
         if self._code != -1 and code != self._code:
             raise MalformedReplyError(f"continuation line with code {code} inside a {self._code} reply")
-        self._lines.append(_decode(line[4:]))
+        self._lines.append(_kept(_decode(line[4:])))
         if len(self._lines) > MAX_REPLY_LINES:
             raise MalformedReplyError(f"reply of more than {MAX_REPLY_LINES} lines")
         if len(line) > 3 and line[3] == 0x2D:  # "-": more lines follow
