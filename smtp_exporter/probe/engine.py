@@ -112,6 +112,7 @@ class Conversation:
         self.phases: list[PhaseResult] = []
         self.events: list[TranscriptEvent] = []
         self.t0 = 0.0
+        self.ready_at = 0.0  # when the connection, or implicit TLS on it, was up
         self.conn: SMTPClientProtocol | None = None
         self.address: AddressInfo | None = None
         self.tls: TLSInfo | None = None
@@ -306,6 +307,7 @@ class Conversation:
             self.address = AddressInfo(address.ip, port, address.family)
             self.mx = mx
             self.server_name = self.module.tls_config.server_name or (mx.host if mx else self.target.host)
+            self.ready_at = protocol.connected_at
             self._record(Phase.CONNECT, started, protocol.connected_at)
             return
         assert last_error is not None
@@ -336,7 +338,7 @@ class Conversation:
             raise ProbeError(Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED, message) from exc
         except TimeoutError:
             raise ProbeTimeoutError(Phase.TLS, "TLS handshake did not complete in time") from None
-        ended = perf_counter()
+        ended = self.ready_at = perf_counter()
         sslobj = self.conn.ssl_object
         assert sslobj is not None
         self.tls = session_info(self.certificates, sslobj, verified=verifying)
@@ -346,10 +348,12 @@ class Conversation:
     async def _banner(self) -> None:
         assert self.conn is not None
         self.phase = Phase.BANNER
-        started = perf_counter()
+        # The greeting is waited for from the moment the connection (or implicit TLS) was up,
+        # not from when this coroutine resumed: the 220 may already have arrived by then.
+        started = self.ready_at
         reply, ended = await self.conn.read_reply(Phase.BANNER)
         self._note("S", reply, ended)
-        self._record(Phase.BANNER, started, ended, reply)
+        self._record(Phase.BANNER, min(started, ended), ended, reply)
         self.banner = reply.summary_text
         if reply.code != 220:
             raise ReplyError(Phase.BANNER, reply)

@@ -8,8 +8,10 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from smtp_exporter.config.schema import StartTLS
-from smtp_exporter.model import FailureReason
+from smtp_exporter.model import FailureReason, ProbeResult
 from smtp_exporter.probe import Prober
 from tests.probe.common import describe, module, trusting
 from tests.servers import scripted
@@ -56,6 +58,10 @@ async def test_200_concurrent_probes_against_smtp_sink(smtp_sink_factory: Callab
     failed = [describe(r) for r in results if not r.success]
     assert not failed, failed[0]
     assert all(len(r.phases) == 8 for r in results)
+    # Under load a reply can arrive before the probe's coroutine runs again: no phase may then
+    # come out negative (the greeting is timed from when the connection was up).
+    negative = [(p.phase, p.duration_seconds) for r in results for p in r.phases if p.duration_seconds < 0]
+    assert not negative, negative[:5]
     assert await settled_fds(before) == before
 
 
@@ -109,3 +115,20 @@ async def test_failing_probes_leak_no_socket(
             assert await server.wait_closed(2.0)
         assert expired.wait_closed_blocking(2.0) and faulty.wait_closed_blocking(2.0)
         assert await settled_fds(before) == before
+
+
+def test_no_phase_is_negative_under_uvloop(smtp_sink_factory: Callable[..., SmtpSink]) -> None:
+    """The exporter runs on uvloop, where the 220 greeting can be delivered before the probe's
+    coroutine resumes after connect: the banner phase must still be timed from the connect."""
+    uvloop = pytest.importorskip("uvloop")  # installed by the test command ([uvloop] extra)
+    sink = smtp_sink_factory()
+    settings = module(port=sink.port)
+
+    async def probes() -> list[ProbeResult]:
+        prober = Prober()
+        return list(await asyncio.gather(*(prober.probe(sink.target, "m", settings) for _ in range(300))))
+
+    results = uvloop.run(probes())
+    assert all(r.success for r in results), describe(next(r for r in results if not r.success))
+    negative = [(p.phase, p.duration_seconds) for r in results for p in r.phases if p.duration_seconds < 0]
+    assert not negative, negative[:5]
