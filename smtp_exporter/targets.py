@@ -26,7 +26,10 @@ def _check_zone(ip: ipaddress.IPv6Address, target: str) -> None:
     """An IPv6 zone (fe80::1%eth0) must look like an interface name: it ends up in messages."""
     zone = ip.scope_id
     if zone is not None and not (
-        0 < len(zone) <= 15 and zone.isascii() and all(c.isalnum() or c in "_.-" for c in zone)
+        0 < len(zone) <= 15
+        and zone.isascii()
+        and all(c.isalnum() or c in "_.-" for c in zone)
+        and not zone.endswith(".")
     ):
         raise TargetError(f"invalid IPv6 zone in target {target[:80]!r}")
 
