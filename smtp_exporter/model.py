@@ -114,7 +114,7 @@ class ServerInfo:
     @property
     def max_message_size(self) -> int | None:
         params = self.extension_map.get("SIZE")
-        if params and params[0].isdigit():
+        if params and params[0].isascii() and params[0].isdigit():
             return int(params[0])
         return None
 

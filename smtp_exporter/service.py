@@ -49,7 +49,7 @@ def settle_heap() -> None:
 def parse_listen_address(text: str) -> tuple[str | None, int]:
     """`host:port`, `[ipv6]:port` or `:port` (all interfaces) -> (host or None, port)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    if not sep or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError(f"invalid listen address {text!r} (expected host:port, [ipv6]:port or :port)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

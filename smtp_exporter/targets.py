@@ -35,7 +35,7 @@ def _check_zone(ip: ipaddress.IPv6Address, target: str) -> None:
 
 
 def _port(text: str, target: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
         raise TargetError(f"invalid port {text!r} in target {target!r}")
     return int(text)
 
@@ -49,6 +49,8 @@ def _hostname(host: str, target: str) -> str:
             raise TargetError(f"invalid host name in target {target!r}")
         if not all(c.isascii() and (c.isalnum() or c in "-_") for c in label):
             raise TargetError(f"invalid host name in target {target!r}")
+    if name.rpartition(".")[2].isdigit():  # no top-level domain is all digits: a mistyped address
+        raise TargetError(f"invalid host in target {target!r}: neither an IP address nor a host name")
     return name
 
 

@@ -62,6 +62,7 @@ class Reply(NamedTuple):
         parts = token.split(".")
         if (
             len(parts) == 3
+            and token.isascii()
             and parts[0] in ("2", "4", "5")
             and 1 <= len(parts[1]) <= 3
             and 1 <= len(parts[2]) <= 3

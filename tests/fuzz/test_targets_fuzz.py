@@ -181,3 +181,13 @@ def test_ipv6_zone_id_cannot_carry_control_characters(text: str) -> None:
     except TargetError:
         return
     assert target.host.isascii() and target.host.isprintable() and " " not in target.host
+
+
+@pytest.mark.parametrize(
+    "text", [":\u00b2", "mx.example.org:\u0662\u0665", "fe80::1%eth0.", "127.0.0.1.", "1.2.3"]
+)
+def test_inputs_fuzzing_found_are_target_errors(text: str) -> None:
+    """Non-ASCII digits as a port (int() would raise ValueError), a zone ending in a dot, and
+    a name whose last label is all digits (a mistyped address, not a host name)."""
+    with pytest.raises(TargetError):
+        parse_target(text, 25)

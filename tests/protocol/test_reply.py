@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smtp_exporter.model import ServerInfo
 from smtp_exporter.protocol.reply import (
     MAX_LINE_BYTES,
     MAX_REPLY_BYTES,
@@ -106,7 +107,8 @@ def test_continuation_with_a_different_code_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/1.1 400 Bad Request\r\n", b"2x0 hi\r\n", b"25\r\n", b"2500\r\n"]
+    "data",
+    [b"SSH-2.0-OpenSSH_9.2\r\n", b"HTTP/1.1 400 Bad Request\r\n", b"2x0 hi\r\n", b"25\r\n", b"2500\r\n"],
 )
 def test_not_a_reply(data: bytes) -> None:
     with pytest.raises(NotAReplyError):
@@ -232,7 +234,9 @@ def _bounded(parser: ReplyParser) -> None:
 _noise = st.one_of(
     st.binary(max_size=300),
     st.lists(
-        st.sampled_from([b"250", b"-", b" ", b"\r", b"\n", b"\r\n", b"x", b"\x00", b"\xff", b"251", b"2.0.0"]),
+        st.sampled_from(
+            [b"250", b"-", b" ", b"\r", b"\n", b"\r\n", b"x", b"\x00", b"\xff", b"251", b"2.0.0"]
+        ),
         max_size=80,
     ).map(b"".join),
 )
@@ -322,3 +326,9 @@ def test_chunking_never_changes_the_outcome(data: st.DataObject, raw: bytes) -> 
         assert pieces == whole
     else:
         assert pieces[: len(whole)] == whole
+
+
+def test_non_ascii_digits_are_not_an_enhanced_status_or_a_size() -> None:
+    reply = ReplyParser().feed("550 5.1.\u00b2 no\r\n".encode())[0]
+    assert reply.enhanced_status is None
+    assert ServerInfo(extensions=(("SIZE", ("\u00b2",)),)).max_message_size is None
