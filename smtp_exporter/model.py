@@ -113,9 +113,11 @@ class ServerInfo:
 
     @property
     def max_message_size(self) -> int | None:
-        params = self.extension_map.get("SIZE")
-        if params and params[0].isascii() and params[0].isdigit():
-            return int(params[0])
+        for keyword, params in self.extensions:  # rendered at every probe: no dict built
+            if keyword == "SIZE":
+                if params and params[0].isascii() and params[0].isdigit():
+                    return int(params[0])
+                return None
         return None
 
 

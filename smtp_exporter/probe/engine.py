@@ -34,6 +34,7 @@ from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_i
 from smtp_exporter.protocol import (
     CommandError,
     Reply,
+    ReplyCode,
     auth_cram_md5_response,
     auth_login_step,
     auth_plain_initial,
@@ -56,17 +57,17 @@ _CONNECT_ERRORS = {
 }
 
 _OK_CODES = {
-    Phase.BANNER: (220,),
-    Phase.EHLO: (250,),
-    Phase.HELO: (250,),
-    Phase.EHLO_TLS: (250,),
-    Phase.STARTTLS: (220,),
-    Phase.MAIL: (250,),
-    Phase.RCPT: (250, 251),
-    Phase.DATA: (354,),
-    Phase.MESSAGE: (250,),
-    Phase.RSET: (250,),
-    Phase.QUIT: (221,),
+    Phase.BANNER: (ReplyCode.SERVICE_READY,),
+    Phase.EHLO: (ReplyCode.OK,),
+    Phase.HELO: (ReplyCode.OK,),
+    Phase.EHLO_TLS: (ReplyCode.OK,),
+    Phase.STARTTLS: (ReplyCode.SERVICE_READY,),
+    Phase.MAIL: (ReplyCode.OK,),
+    Phase.RCPT: (ReplyCode.OK, ReplyCode.USER_NOT_LOCAL),
+    Phase.DATA: (ReplyCode.START_MAIL_INPUT,),
+    Phase.MESSAGE: (ReplyCode.OK,),
+    Phase.RSET: (ReplyCode.OK,),
+    Phase.QUIT: (ReplyCode.CLOSING,),
 }
 
 
@@ -193,7 +194,7 @@ class Conversation:
                 self.conn.close(abort=failure is not None or self.tls is not None)
         if failure is None and self.module.fail_on_quit:
             quit_phase = self.phases[-1] if self.phases and self.phases[-1].phase is Phase.QUIT else None
-            if quit_phase is None or quit_phase.reply_code != 221:
+            if quit_phase is None or quit_phase.reply_code != ReplyCode.CLOSING:
                 failure = self._quit_failure(quit_phase)
         if failure is not None:
             self._note(
@@ -355,7 +356,7 @@ class Conversation:
         self._note("S", reply, ended)
         self._record(Phase.BANNER, min(started, ended), ended, reply)
         self.banner = reply.summary_text
-        if reply.code != 220:
+        if reply.code != ReplyCode.SERVICE_READY:
             raise ReplyError(Phase.BANNER, reply)
         pattern = self.module.expect.banner
         if pattern is not None and re.search(pattern, reply.text) is None:
@@ -367,7 +368,7 @@ class Conversation:
 
     async def _ehlo(self, phase: Phase) -> dict[str, tuple[str, ...]]:
         reply, _, _ = await self._exchange(phase, encode_command("EHLO", self.ehlo_name))
-        if reply.code == 250:
+        if reply.code == ReplyCode.OK:
             ehlo = parse_ehlo(reply)
             self.ehlo_hostname = ehlo.hostname
             # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
@@ -411,7 +412,7 @@ class Conversation:
             )
             steps = [auth.username, password] if mechanism == "LOGIN" else [""]
             for step in steps:
-                if reply.code != 334:
+                if reply.code != ReplyCode.AUTH_CONTINUE:
                     break
                 try:
                     answer = (
@@ -429,12 +430,12 @@ class Conversation:
                     record=False,
                     secrets=(*secrets, answer),
                 )
-            if reply.code == 334:
+            if reply.code == ReplyCode.AUTH_CONTINUE:
                 self._record(Phase.AUTH, started, ended, reply)
                 await self._cancel_auth(secrets)
                 raise ReplyError(Phase.AUTH, reply, reason=FailureReason.AUTH_FAILED)
         self._record(Phase.AUTH, started, ended, reply)
-        if reply.code != 235:
+        if reply.code != ReplyCode.AUTH_SUCCESSFUL:
             reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
             raise ReplyError(Phase.AUTH, reply, reason=reason)
 

@@ -16,6 +16,8 @@ MAX_INTERNED_CHARS = 128
 
 
 class ReplyCode(enum.IntEnum):
+    """The reply codes the probe expects (RFC 5321 4.2.2, RFC 4954)."""
+
     SERVICE_READY = 220
     CLOSING = 221
     AUTH_SUCCESSFUL = 235
@@ -23,10 +25,6 @@ class ReplyCode(enum.IntEnum):
     USER_NOT_LOCAL = 251
     AUTH_CONTINUE = 334
     START_MAIL_INPUT = 354
-    SERVICE_NOT_AVAILABLE = 421
-    TLS_NOT_AVAILABLE = 454
-    COMMAND_UNRECOGNIZED = 500
-    COMMAND_NOT_IMPLEMENTED = 502
 
 
 class ProtocolError(Exception):

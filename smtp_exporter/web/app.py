@@ -45,7 +45,6 @@ GZIP_IN_THREAD_BYTES = 256 * 1024
 MAX_CONCURRENT_PASSWORD_CHECKS = 4
 _AUTH_CACHE_SIZE = 64
 
-TEXT_PLAIN = "text/plain; charset=utf-8"
 _PUBLIC_PATHS = frozenset({"/-/healthy"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
