@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.servers.lifecycle import StartStop
 from tests.servers.tls import ServerCert
 
 # Where a fault can be injected; names match smtp_exporter.model.Phase.
@@ -233,7 +233,7 @@ class _RecordingSMTP(SMTP):
         super().connection_lost(error)
 
 
-class AiosmtpdServer:
+class AiosmtpdServer(StartStop):
     """An aiosmtpd server on 127.0.0.1 (or `host`), port 0, in a thread of its own.
 
     Keyword options:
@@ -356,20 +356,6 @@ class AiosmtpdServer:
         self._thread.join(timeout=10)
         self._thread = None
 
-    def __enter__(self) -> AiosmtpdServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> AiosmtpdServer:
-        return self.start()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     # -- what the client did ----------------------------------------------------------
 
     @property
@@ -427,9 +413,7 @@ class AiosmtpdServer:
                 self._changed.wait(remaining)
             return list(self._messages)
 
-    async def wait_messages(
-        self, count: int = 1, timeout: float = 5.0
-    ) -> list[ReceivedMessage]:
+    async def wait_messages(self, count: int = 1, timeout: float = 5.0) -> list[ReceivedMessage]:
         return await asyncio.to_thread(self.wait_messages_blocking, count, timeout)
 
     # -- called from the server thread ------------------------------------------------
@@ -468,4 +452,3 @@ class AiosmtpdServer:
         ok = login in self.auth_users and hmac.compare_digest(self.auth_users[login], password)
         self._record_auth(AuthAttempt(mechanism, login, password, ok))
         return AuthResult(success=ok, handled=False, auth_data=data)
-

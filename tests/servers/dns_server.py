@@ -35,7 +35,6 @@ import struct
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import dns.asyncresolver
@@ -47,6 +46,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+
+from tests.servers.lifecycle import StartStop
 
 BIND_ATTEMPTS = 20
 Records = Mapping[str, Mapping[str, str | Sequence[str]]]
@@ -63,7 +64,7 @@ def _absolute(name: str) -> dns.name.Name:
     return dns.name.from_text(name.lower(), origin=dns.name.root)
 
 
-class DnsServer:
+class DnsServer(StartStop):
     """See the module docstring. `port` is the same for UDP and TCP."""
 
     def __init__(
@@ -307,17 +308,3 @@ class DnsServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
-
-    def __enter__(self) -> DnsServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> DnsServer:
-        return self.start()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -38,9 +38,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from tests.helpers import require_binary
+from tests.servers.lifecycle import StartStop
 
 STARTUP_TIMEOUT = 5.0
 
@@ -65,7 +65,7 @@ def _commands(flag: str, commands: Iterable[str]) -> list[str]:
     return [flag, ",".join(names)] if names else []
 
 
-class SmtpSink:
+class SmtpSink(StartStop):
     """A running /usr/sbin/smtp-sink on 127.0.0.1 (or `host`, e.g. "::1"), port 0."""
 
     def __init__(
@@ -246,20 +246,6 @@ class SmtpSink:
             if len(found) >= count or time.monotonic() >= deadline:
                 return found
             time.sleep(0.01)
-
-    def __enter__(self) -> SmtpSink:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> SmtpSink:
-        return self.start()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _listening_port(pid: int, table: str) -> int | None:

@@ -106,7 +106,9 @@ def test_open_connection_is_seen_as_open(smtp_server: AiosmtpdServer) -> None:
     assert smtp_server.wait_closed_blocking(5)
 
 
-def test_starttls_certificate_verifies_against_the_ca(starttls_server: AiosmtpdServer, tls_ca: TestCA) -> None:
+def test_starttls_certificate_verifies_against_the_ca(
+    starttls_server: AiosmtpdServer, tls_ca: TestCA
+) -> None:
     with smtplib.SMTP(*starttls_server.address, timeout=5) as client:
         assert b"STARTTLS" in client.ehlo()[1]
         client.starttls(context=tls_ca.client_context())
@@ -226,9 +228,7 @@ def test_fault_injected_at_each_phase(
     assert last.enhanced_status == enhanced
 
 
-def test_fault_at_starttls_and_ehlo_tls(
-    fault_server: Callable[..., AiosmtpdServer], tls_ca: TestCA
-) -> None:
+def test_fault_at_starttls_and_ehlo_tls(fault_server: Callable[..., AiosmtpdServer], tls_ca: TestCA) -> None:
     server = fault_server("starttls", 454, "4.7.0", "TLS not available", starttls=tls_ca.server_cert)
     with smtplib.SMTP(*server.address, timeout=5) as client:
         client.ehlo()
@@ -621,7 +621,9 @@ async def test_dns_nxdomain_nodata_servfail_refused(dns_server: Callable[..., Dn
 
 
 async def test_dns_delay_and_drop_make_resolvers_time_out(dns_server: Callable[..., DnsServer]) -> None:
-    server = dns_server(ZONE | {"slow.test": {"A": "127.0.0.9"}}, delays={"slow.test": 0.8}, drop=["drop.test"])
+    server = dns_server(
+        ZONE | {"slow.test": {"A": "127.0.0.9"}}, delays={"slow.test": 0.8}, drop=["drop.test"]
+    )
     resolver = server.resolver(lifetime=0.2)
     for name in ("slow.test", "drop.test"):
         with pytest.raises(dns.resolver.LifetimeTimeout):
