@@ -12,7 +12,7 @@ from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
 from smtp_exporter.probe import Prober
 from smtp_exporter.probe.command import format_text
-from tests.probe.common import auth, describe, module, names, trusting
+from tests.probe.common import FULL_PHASES, auth, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
 from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ExpectLine, ScriptedServer, Send, Step
 from tests.servers.tls import TestCA
@@ -60,20 +60,7 @@ def _auth_module(
 async def test_auth_succeeds(auth_server: AiosmtpdServer, tls_ca: TestCA, mechanism: AuthMechanism) -> None:
     result = await Prober().probe(auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism))
     assert result.success, describe(result)
-    assert names(result) == [
-        "connect",
-        "banner",
-        "ehlo",
-        "starttls",
-        "tls",
-        "ehlo_tls",
-        "auth",
-        "mail",
-        "rcpt",
-        "data",
-        "message",
-        "quit",
-    ]
+    assert names(result) == list(FULL_PHASES)
     auth_phase = result.phase(Phase.AUTH)
     assert auth_phase is not None and auth_phase.reply_code == 235
     (attempt,) = auth_server.auth_attempts
