@@ -6,9 +6,12 @@ later races with every other test. Servers bind port 0 themselves and report the
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -46,7 +49,19 @@ def require_binary(name: str) -> str:
         return found
     package = DEBIAN_PACKAGES.get(name)
     hint = f" (Debian package {package!r}: apt-get install {package})" if package else ""
-    message = f"required binary {name!r} not found on PATH, /usr/sbin or /usr/lib/postfix/sbin{hint}"
+    skip_or_fail(f"required binary {name!r} not found on PATH, /usr/sbin or /usr/lib/postfix/sbin{hint}")
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip the test, or fail it under SMTP_EXPORTER_REQUIRE_ALL=1 (CI): no silent skips there."""
     if os.environ.get(REQUIRE_ALL_ENV) == "1":
         pytest.fail(f"{message}; {REQUIRE_ALL_ENV}=1 forbids skipping", pytrace=False)
     pytest.skip(message)
+
+
+def require_module(name: str) -> ModuleType:
+    """An optional Python module the tests need (e.g. uvloop, from the [uvloop] extra)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        skip_or_fail(f"Python module {name!r} is not installed (pip install -e '.[test,uvloop]')")

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import trustme
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.loader import ConfigError, default_config, load_config, load_config_text
@@ -185,7 +186,6 @@ def test_empty_password_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_tls_client_certificate_and_key(tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("probe.example.org")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "client.pem"))

@@ -6,7 +6,6 @@ one skips its tests, or fails them when SMTP_EXPORTER_REQUIRE_ALL=1 (as in CI).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import REQUIRE_ALL_ENV
+from tests.helpers import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,10 +37,7 @@ def require_tool(name: str) -> str:
     found = shutil.which(name)
     if found is not None:
         return found
-    message = f"{name!r} not found on PATH (pip install -r requirements-ci.txt)"
-    if os.environ.get(REQUIRE_ALL_ENV) == "1":
-        pytest.fail(f"{message}; {REQUIRE_ALL_ENV}=1 forbids skipping", pytrace=False)
-    pytest.skip(message)
+    skip_or_fail(f"{name!r} not found on PATH (pip install -r requirements-ci.txt)")
 
 
 def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.CompletedProcess[str]:

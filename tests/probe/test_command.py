@@ -291,9 +291,6 @@ def test_config_file_yaml_syntax_error(tmp_path: Path) -> None:
     assert_one_line_error(run_probe("--config.file", path, "--module", "m", "127.0.0.1"), path)
 
 
-@pytest.mark.skipif(
-    not (REPO / "smtp_exporter" / "cli.py").exists(), reason="smtp_exporter/cli.py not written yet"
-)
 def test_python_dash_m_probe(smtp_server: AiosmtpdServer, config: str) -> None:
     done = run_probe(
         "probe",

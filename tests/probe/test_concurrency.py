@@ -8,11 +8,10 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-import pytest
-
 from smtp_exporter.config.schema import StartTLS
 from smtp_exporter.model import FailureReason, ProbeResult
 from smtp_exporter.probe import Prober
+from tests.helpers import require_module
 from tests.probe.common import describe, module, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer, Fault
@@ -120,7 +119,7 @@ async def test_failing_probes_leak_no_socket(
 def test_no_phase_is_negative_under_uvloop(smtp_sink_factory: Callable[..., SmtpSink]) -> None:
     """The exporter runs on uvloop, where the 220 greeting can be delivered before the probe's
     coroutine resumes after connect: the banner phase must still be timed from the connect."""
-    uvloop = pytest.importorskip("uvloop")  # installed by the test command ([uvloop] extra)
+    uvloop = require_module("uvloop")  # installed by the test command ([uvloop] extra)
     sink = smtp_sink_factory()
     settings = module(port=sink.port)
 

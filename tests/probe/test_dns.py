@@ -11,6 +11,7 @@ import pytest
 from smtp_exporter.config.schema import DNSConfig, IPProtocol, ModuleConfig
 from smtp_exporter.model import FailureReason, MXInfo, Phase
 from smtp_exporter.probe import Prober
+from tests.helpers import skip_or_fail
 from tests.probe.common import Stopwatch, describe, module, names
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dns_server import DnsServer, Records
@@ -43,7 +44,10 @@ def ipv6_usable() -> bool:
         return False
 
 
-needs_ipv6 = pytest.mark.skipif(not ipv6_usable(), reason="::1 is not usable on this host")
+@pytest.fixture
+def needs_ipv6() -> None:
+    if not ipv6_usable():
+        skip_or_fail("::1 is not usable on this host")
 
 
 @pytest.fixture
@@ -199,7 +203,7 @@ async def test_probe_each_mx_lookup_failure(
     assert result.mx is None
 
 
-@needs_ipv6
+@pytest.mark.usefixtures("needs_ipv6")
 async def test_ipv6_literal_target(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(host="::1")
     result = await Prober().probe(f"[::1]:{server.port}", "m", module(ip_protocol=IPProtocol.IP6))
@@ -209,7 +213,7 @@ async def test_ipv6_literal_target(smtp_server_factory: Callable[..., AiosmtpdSe
     assert names(result)[0] == "connect"
 
 
-@needs_ipv6
+@pytest.mark.usefixtures("needs_ipv6")
 async def test_ip6_name(dns: DnsServer, smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(host="::1")
     result = await Prober().probe(
@@ -229,7 +233,7 @@ async def test_ip4_with_aaaa_only_name(dns: DnsServer, smtp_server: AiosmtpdServ
     assert {q.rdtype for q in dns.queries} == {"A"}
 
 
-@needs_ipv6
+@pytest.mark.usefixtures("needs_ipv6")
 async def test_auto_falls_back_to_the_other_family(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
     """auto: the IPv6 address first; nothing listens there, so IPv4 answers."""
     result = await Prober().probe("dual.example.test", "m", _module(dns, smtp_server.port))

@@ -14,7 +14,7 @@ import pytest
 from smtp_exporter.config.schema import ExpectConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase
 from smtp_exporter.probe import Prober, TargetError
-from tests.helpers import require_binary
+from tests.helpers import require_binary, skip_or_fail
 from tests.probe.common import Stopwatch, describe, module, names, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer
@@ -51,7 +51,7 @@ def test_network_unreachable(target: str) -> None:
     probe = [sys.executable, "-m", "smtp_exporter", "probe", "--output", "json", "--timeout", "2s", target]
     done = subprocess.run([*command, *probe], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode not in (0, 1) and "Operation not permitted" in done.stderr:
-        pytest.skip(f"cannot make a network namespace here: {done.stderr.strip()}")
+        skip_or_fail(f"cannot make a network namespace here: {done.stderr.strip()}")
     assert done.returncode == 1, done.stderr
     failure = json.loads(done.stdout)["failure"]
     assert (failure["phase"], failure["reason"]) == ("connect", "network_unreachable"), failure

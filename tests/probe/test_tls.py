@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from smtp_exporter.config.schema import ModuleConfig, StartTLS, TLSConfig
 from smtp_exporter.model import FailureReason, Phase, ProbeResult, TLSInfo
 from smtp_exporter.probe import Prober
+from tests.helpers import require_module
 from tests.probe.common import Stopwatch, describe, module, names, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer
@@ -338,7 +339,7 @@ def test_certificate_facts_under_uvloop(
     smtp_server_factory: ServerFactory, tls_ca: TestCA, implicit: bool
 ) -> None:
     """The exporter runs on uvloop when installed: its own TLS layer must keep the facts too."""
-    uvloop = pytest.importorskip("uvloop")
+    uvloop = require_module("uvloop")
     cert = tls_ca.expired()
     if implicit:
         server = smtp_server_factory(implicit_tls=cert)
