@@ -25,7 +25,9 @@ from smtp_exporter.targets import Target, TargetError, parse_target
 
 __all__ = ["Prober", "TargetError"]
 
-MAX_REMEMBERED_TARGETS = 200_000
+MAX_REMEMBERED_TARGETS = (
+    100_000  # a config holds at most as many; /probe traffic can only evict (~35 MB at most)
+)
 
 
 class Prober:
