@@ -260,22 +260,38 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
     Every request renders afresh and keeps nothing (the blackbox_exporter model), with
     `probe_success` and `probe_duration_seconds` first so generic blackbox rules keep working.
     """
-    columns: dict[Family, list[str]] = {
-        PROBE_SUCCESS: [_line(PROBE_SUCCESS.name, "", "", 1 if result.success else 0)],
-        PROBE_DURATION: [_line(PROBE_DURATION.name, "", "", result.duration_seconds)],
-    }
-    for family in RESULT_FAMILIES:
-        columns[family] = []
+    headers = _OPENMETRICS_HEADERS if openmetrics else _TEXT_HEADERS
+    columns: dict[Family, list[str]] = {}
     for family, labels, value in result_samples(result):
-        columns[family].append(_line(family.name, "", labels, value))
-    parts: list[bytes] = []
-    for family, lines in columns.items():
-        if lines:
-            parts.append(family.openmetrics_header if openmetrics else family.text_header)
-            parts.append("".join(lines).encode())
+        text = str(value) if value.__class__ is int else format_value(value)
+        line = f"{family.name}{{{labels}}} {text}\n" if labels else f"{family.name} {text}\n"
+        lines = columns.get(family)
+        if lines is None:
+            columns[family] = [headers[family], line]
+        else:
+            lines.append(line)
+    parts = [
+        headers[PROBE_SUCCESS],
+        f"{PROBE_SUCCESS.name} {1 if result.success else 0}\n",
+        headers[PROBE_DURATION],
+        f"{PROBE_DURATION.name} {format_value(result.duration_seconds)}\n",
+    ]
+    for family in RESULT_FAMILIES:
+        lines = columns.get(family)
+        if lines is not None:
+            parts += lines
     if openmetrics:
-        parts.append(OPENMETRICS_EOF)
-    return b"".join(parts)
+        parts.append("# EOF\n")
+    return "".join(parts).encode()
+
+
+# Family headers as text, for renderers that build a whole body as one string.
+_TEXT_HEADERS = {
+    family: family.text_header.decode() for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES)
+}
+_OPENMETRICS_HEADERS = {
+    family: family.openmetrics_header.decode() for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES)
+}
 
 
 __all__ = [

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import Phase, ProbeResult
 
 # Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
 # to this many characters, and at most this many EHLO keywords are exported, so a hostile
@@ -162,33 +162,50 @@ def bound(value: str) -> str:
     return value
 
 
+# Label texts that recur in every result, rendered once.
+_PHASE_LABELS: dict[str, str] = {phase: f'phase="{phase.value}"' for phase in Phase}
+_EXTENSION_LABELS: dict[str, str] = {}  # EHLO keyword -> its bounded, escaped label text
+_MAX_CACHED_EXTENSION_LABELS = 4096  # servers are few kinds; a hostile one only evicts
+
+
+def _extension_label(keyword: str) -> str:
+    label = _EXTENSION_LABELS.get(keyword)
+    if label is None:
+        if len(_EXTENSION_LABELS) >= _MAX_CACHED_EXTENSION_LABELS:
+            _EXTENSION_LABELS.clear()
+        label = _EXTENSION_LABELS[keyword] = f'extension="{bound(keyword)}"'
+    return label
+
+
 def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
     """Every sample of one probe result as (family, rendered extra labels, value).
 
     The series' own labels (target, module, ...) are not included. Label values that come from
     the server are bounded and escaped here; phase and reason names are safe by construction.
     `mx_host_label`: the series already carries `mx_host` (mx_mode each), so
-    `smtp_probe_mx_info` must not repeat it.
+    `smtp_probe_mx_info` must not repeat it. Samples of one family come out in order, but the
+    families of a phase's samples are interleaved: renderers group them by family.
     """
     yield SUCCESS, "", 1 if result.success else 0
     yield DURATION, "", result.duration_seconds
     yield LAST_RUN, "", result.start_timestamp
+    phase_labels = _PHASE_LABELS
     seen: set[str] = set()  # a phase is exported once even if a result repeats it
+    replied: set[str] = set()
     for phase in result.phases:
-        if phase.phase not in seen:
-            seen.add(phase.phase)
-            yield PHASE_DURATION, f'phase="{phase.phase}"', phase.duration_seconds
-    seen.clear()
-    for phase in result.phases:
-        if phase.reply_code is None or phase.phase in seen:
-            continue
-        seen.add(phase.phase)
-        yield REPLY_CODE, f'phase="{phase.phase}"', phase.reply_code
-        if phase.enhanced_status:
-            yield ENHANCED_STATUS, f'phase="{phase.phase}",status="{bound(phase.enhanced_status)}"', 1
+        name = phase.phase
+        label = phase_labels[name]
+        if name not in seen:
+            seen.add(name)
+            yield PHASE_DURATION, label, phase.duration_seconds
+        if phase.reply_code is not None and name not in replied:
+            replied.add(name)
+            yield REPLY_CODE, label, phase.reply_code
+            if phase.enhanced_status:
+                yield ENHANCED_STATUS, f'{label},status="{bound(phase.enhanced_status)}"', 1
     if result.failure is not None:
         failure = result.failure
-        yield LAST_FAILURE, f'phase="{failure.phase}",reason="{failure.reason}"', 1
+        yield LAST_FAILURE, f'{phase_labels[failure.phase]},reason="{failure.reason.value}"', 1
     tls = result.tls
     if tls is not None:
         yield TLS_VERSION, f'version="{bound(tls.version)}"', 1
@@ -199,19 +216,19 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
             yield CERT_NOT_BEFORE, "", tls.cert_not_before_timestamp
         yield CERT_VERIFIED, "", 1 if tls.verified else 0
         if tls.subject is not None or tls.fingerprint_sha256 is not None:
-            labels = (
+            cert = (
                 f'subject="{bound(tls.subject or "")}",issuer="{bound(tls.issuer or "")}",'
                 f'fingerprint_sha256="{bound(tls.fingerprint_sha256 or "")}"'
             )
-            yield CERT_INFO, labels, 1
+            yield CERT_INFO, cert, 1
     seen.clear()
     for keyword, _params in result.server.extensions:
         if len(seen) >= MAX_EXTENSIONS:
             break
-        keyword = bound(keyword)
-        if keyword not in seen:
-            seen.add(keyword)
-            yield EXTENSION, f'extension="{keyword}"', 1
+        label = _extension_label(keyword)
+        if label not in seen:
+            seen.add(label)
+            yield EXTENSION, label, 1
     size = result.server.max_message_size
     if size is not None:
         yield MAX_SIZE, "", size

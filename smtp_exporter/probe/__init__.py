@@ -41,8 +41,9 @@ class Prober:
         self._fqdn: str | None = None
         self._targets: dict[tuple[str, int], Target] = {}
 
-    def _target(self, text: str, port: int) -> Target:
-        """parse_target, remembered: a scheduled target is parsed once, not at every probe."""
+    def target(self, text: str, port: int) -> Target:
+        """parse_target, remembered: a scheduled target is parsed once, not at every probe (and
+        a /probe target once per request, not by the handler and again by the probe)."""
         key = (text, port)
         target = self._targets.get(key)
         if target is None:
@@ -83,7 +84,7 @@ class Prober:
     ) -> ProbeResult:
         """One probe. Probe failures are in the result; raises TargetError for a target that
         cannot be parsed (callers validate targets before they schedule them)."""
-        parsed = self._target(target, module.port)
+        parsed = self.target(target, module.port)
         return await self._run(parsed, target, module_name, module, timeout=timeout, lookup_mx=module.mx)
 
     async def probe_each_mx(
@@ -91,7 +92,7 @@ class Prober:
     ) -> list[ProbeResult]:
         """`mx_mode: each`: one result per MX host of the domain `target`, probed concurrently.
         When the MX lookup itself fails, one failed result without `mx`."""
-        parsed = self._target(target, module.port)
+        parsed = self.target(target, module.port)
         deadline = module.timeout if timeout is None else min(timeout, module.timeout)
         dns = self._dns_client(module.dns)
         start_timestamp = time.time()

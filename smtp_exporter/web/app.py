@@ -27,7 +27,7 @@ from smtp_exporter.metrics import (
     render_probe_result,
     wants_openmetrics,
 )
-from smtp_exporter.targets import TargetError, parse_target
+from smtp_exporter.targets import TargetError
 from smtp_exporter.web.pages import landing_page, probe_debug_text, transcript_text
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class _Handlers:
             stats.count_probe_request("", 400)
             return _text(f"unknown module {module_name[:100]!r}", 400)
         try:
-            parsed = parse_target(target, module.port)
+            parsed = exporter.prober.target(target, module.port)
         except TargetError as exc:
             stats.count_probe_request(module_name, 400)
             return _text(str(exc), 400)
@@ -282,7 +282,10 @@ class _Handlers:
 
 def create_app(exporter: Exporter) -> web.Application:
     handlers = _Handlers(exporter)
-    app = web.Application(middlewares=[handlers.security], client_max_size=MAX_REQUEST_BODY)
+    # The web config is read once, at start: without users there is nothing for the middleware
+    # to check, and leaving it out saves a layer of aiohttp's handler chain on every /probe.
+    middlewares = [handlers.security] if exporter.web_config.auth_required else []
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BODY)
     app.on_response_prepare.append(handlers.add_configured_headers)
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)

@@ -101,3 +101,24 @@ async def test_tls_and_basic_auth(
             with pytest.raises(aiohttp.ClientError):
                 async with plain.get(running.url + "/-/healthy") as response:
                     await response.read()
+
+
+async def test_configured_headers_without_users(
+    write_config: Callable[[str], Path], tmp_path: Path, smtp_sink: SmtpSink
+) -> None:
+    """Without basic-auth users there is no auth middleware: the headers still reach every answer,
+    errors aiohttp makes itself (404, 405) included."""
+    web_config_file = tmp_path / "web.yml"
+    web_config_file.write_text("http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    config = write_config(
+        "modules:\n  quick: {timeout: 500ms}\n"
+        f"targets:\n  - {{target: '{smtp_sink.target}', module: quick, interval: 1s}}\n"
+    )
+    async with (
+        running_exporter(config, web_config=load_web_config(str(web_config_file))) as running,
+        aiohttp.ClientSession() as session,
+    ):
+        for path, status in (("/nope", 404), ("/-/reload", 405), ("/-/healthy", 200), ("/metrics", 200)):
+            async with session.get(running.url + path) as response:
+                assert response.status == status, path
+                assert response.headers.get("X-Frame-Options") == "deny", path
