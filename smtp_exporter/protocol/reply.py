@@ -56,19 +56,16 @@ class Reply(NamedTuple):
     def enhanced_status(self) -> str | None:
         """The RFC 3463 enhanced status code at the start of the first line, if any."""
         first = self.lines[0] if self.lines else ""
-        token = first.split(" ", 1)[0]
-        parts = token.split(".")
-        if (
-            len(parts) == 3
-            and token.isascii()
-            and parts[0] in ("2", "4", "5")
-            and 1 <= len(parts[1]) <= 3
-            and 1 <= len(parts[2]) <= 3
-            and parts[1].isdigit()
-            and parts[2].isdigit()
-        ):
-            return token
-        return None
+        try:
+            return _ENHANCED_STATUS[first]
+        except KeyError:
+            pass
+        status = _parse_enhanced_status(first)
+        if len(first) <= MAX_INTERNED_CHARS:  # the lines a server repeats; long ones are rare
+            if len(_ENHANCED_STATUS) >= MAX_REMEMBERED_STATUS_LINES:
+                _ENHANCED_STATUS.clear()
+            _ENHANCED_STATUS[first] = status
+        return status
 
     @property
     def summary_text(self) -> str:
@@ -84,6 +81,27 @@ class Reply(NamedTuple):
         if len(text) > MAX_TEXT_CHARS:
             text = text[:MAX_TEXT_CHARS] + "..."
         return f"{self.code} {text}".rstrip()
+
+
+# Short first reply lines -> their enhanced status: a server says the same lines at every probe.
+_ENHANCED_STATUS: dict[str, str | None] = {}
+MAX_REMEMBERED_STATUS_LINES = 4096
+
+
+def _parse_enhanced_status(first: str) -> str | None:
+    token = first.split(" ", 1)[0]
+    parts = token.split(".")
+    if (
+        len(parts) == 3
+        and token.isascii()
+        and parts[0] in ("2", "4", "5")
+        and 1 <= len(parts[1]) <= 3
+        and 1 <= len(parts[2]) <= 3
+        and parts[1].isdigit()
+        and parts[2].isdigit()
+    ):
+        return token
+    return None
 
 
 def _kept(text: str) -> str:
@@ -113,13 +131,13 @@ def _whole_reply(data: bytes) -> Reply | None:
     if lines == 1:
         if len(data) > 5 and data[3] != 0x20:
             return None
-    else:
-        last = data[data.rfind(b"\n", 0, -2) + 1 :]
-        if not data.startswith(head + b"-") or data.count(b"\n" + head + b"-") != lines - 2:
-            return None
-        if not (last.startswith(head + b" ") or last == head + b"\r\n"):
-            return None
-    return Reply(int(head), tuple(_kept(line[4:]) for line in _decode(data[:-2]).split("\r\n")))
+        return Reply(int(head), (_kept(_decode(data[4:-2])),))
+    last = data[data.rfind(b"\n", 0, -2) + 1 :]
+    if not data.startswith(head + b"-") or data.count(b"\n" + head + b"-") != lines - 2:
+        return None
+    if not (last.startswith(head + b" ") or last == head + b"\r\n"):
+        return None
+    return Reply(int(head), tuple([_kept(line[4:]) for line in _decode(data[:-2]).split("\r\n")]))
 
 
 class ReplyParser:
