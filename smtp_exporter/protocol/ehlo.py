@@ -17,16 +17,35 @@ class EhloResponse(NamedTuple):
     extensions: tuple[tuple[str, tuple[str, ...]], ...]
 
 
+# EHLO replies already read, by their lines: a server answers the same at every probe, so
+# its results share one parsed (immutable) response instead of parsing and keeping their own.
+_PARSED: dict[tuple[str, ...], EhloResponse] = {}
+MAX_REMEMBERED_REPLIES = 1024
+MAX_REMEMBERED_REPLY_CHARS = 2048  # so a hostile server can pin at most ~2 MB here
+
+
 def parse_ehlo(reply: Reply) -> EhloResponse:
     """Read the hostname and the extensions from a 250 EHLO reply.
 
     Lenient on purpose: a keyword that is not valid is skipped rather than failing the
     probe, and the old `AUTH=LOGIN PLAIN` form is read as `AUTH LOGIN PLAIN`.
     """
-    first = reply.lines[0] if reply.lines else ""
+    lines = reply.lines
+    parsed = _PARSED.get(lines)
+    if parsed is None:
+        parsed = _parse(lines)
+        if sum(map(len, lines)) <= MAX_REMEMBERED_REPLY_CHARS:
+            if len(_PARSED) >= MAX_REMEMBERED_REPLIES:
+                _PARSED.clear()
+            _PARSED[lines] = parsed
+    return parsed
+
+
+def _parse(lines: tuple[str, ...]) -> EhloResponse:
+    first = lines[0] if lines else ""
     hostname = first.split(" ", 1)[0][:255]
     merged: dict[str, list[str]] = {}
-    for line in reply.lines[1:]:
+    for line in lines[1:]:
         words = line.split()
         if not words:
             continue
