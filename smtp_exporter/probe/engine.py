@@ -373,6 +373,9 @@ class Conversation:
             self.ehlo_hostname = ehlo.hostname
             # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
             # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
+            if not self.extensions:  # the first EHLO: share the parsed reply's tuple
+                self.extensions = ehlo.extensions
+                return dict(ehlo.extensions)
             offered = dict(self.extensions)
             offered.update(ehlo.extensions)
             self.extensions = tuple(offered.items())
