@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import re
 import secrets
@@ -69,6 +70,12 @@ _OK_CODES = {
     Phase.RSET: (ReplyCode.OK,),
     Phase.QUIT: (ReplyCode.CLOSING,),
 }
+
+
+# A module's command lines and a server's EHLO reply are the same at every probe: encoded and
+# parsed once, and then shared by the results the scheduled targets keep.
+_command_line = functools.lru_cache(maxsize=1024)(encode_command)
+_parsed_ehlo = functools.lru_cache(maxsize=1024)(parse_ehlo)
 
 
 class Candidate(NamedTuple):
@@ -164,7 +171,7 @@ class Conversation:
         return reply, started, ended
 
     async def _command(self, phase: Phase, verb: str, argument: str | None = None) -> Reply:
-        reply, _, _ = await self._exchange(phase, encode_command(verb, argument))
+        reply, _, _ = await self._exchange(phase, _command_line(verb, argument))
         if reply.code not in _OK_CODES[phase]:
             raise ReplyError(phase, reply)
         return reply
@@ -367,15 +374,15 @@ class Conversation:
             )
 
     async def _ehlo(self, phase: Phase) -> dict[str, tuple[str, ...]]:
-        reply, _, _ = await self._exchange(phase, encode_command("EHLO", self.ehlo_name))
+        reply, _, _ = await self._exchange(phase, _command_line("EHLO", self.ehlo_name))
         if reply.code == ReplyCode.OK:
-            ehlo = parse_ehlo(reply)
+            ehlo = _parsed_ehlo(reply)
             self.ehlo_hostname = ehlo.hostname
             # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
             # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
             offered = dict(self.extensions)
             offered.update(ehlo.extensions)
-            self.extensions = tuple(offered.items())
+            self.extensions = tuple(offered.items()) if self.extensions else ehlo.extensions
             return offered
         if phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
             await self._command(Phase.HELO, "HELO", self.ehlo_name)
@@ -449,7 +456,7 @@ class Conversation:
         started = perf_counter()
         for recipient in module.rcpt_to:
             reply, _, ended = await self._exchange(
-                Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), record=False
+                Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>"), record=False
             )
             if reply.code not in _OK_CODES[Phase.RCPT]:
                 break
