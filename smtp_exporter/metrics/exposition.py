@@ -10,6 +10,7 @@ in both, `_created` is not exposed); only the family headers and the `# EOF` tra
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
@@ -105,7 +106,9 @@ class Histogram:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
         self._le = _le_text(buckets)
-        self._counts = [0] * (len(buckets) + 1)  # per bucket, not cumulative; last is +Inf
+        # Per bucket, not cumulative; last is +Inf. Machine integers: in a list, every count
+        # above 256 would be an int object of its own, per bucket and series.
+        self._counts = array("Q", bytes(8 * (len(buckets) + 1)))
         self.count = 0
         self.sum = 0.0
 
