@@ -10,6 +10,7 @@ import re
 import secrets
 import socket
 import ssl
+import sys
 import time
 from typing import NamedTuple
 
@@ -478,7 +479,9 @@ class Conversation:
             timestamp=time.time(),
             unique=f"smtp-exporter.{secrets.token_hex(8)}",
         )
-        reply, _, _ = await self._exchange(Phase.MESSAGE, payload, shown=f"<message: {len(payload)} bytes>")
+        reply, _, _ = await self._exchange(
+            Phase.MESSAGE, payload, shown=sys.intern(f"<message: {len(payload)} bytes>")
+        )
         if reply.code not in _OK_CODES[Phase.MESSAGE]:
             raise ReplyError(Phase.MESSAGE, reply)
 
