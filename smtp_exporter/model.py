@@ -7,6 +7,7 @@ Phase and failure-reason names are part of the public contract: they become labe
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,20 +150,29 @@ TranscriptEvent = tuple[float, str, "str | bytes | tuple[int, tuple[str, ...]]"]
 
 
 class Transcript:
-    """Who said what, kept raw while the probe runs and expanded into lines only when read:
-    most results are rendered as metrics and never shown as text."""
+    """Who said what, kept compact and expanded into lines only when read: most results are
+    rendered as metrics and never shown as text, but every scheduled target keeps its last one.
 
-    __slots__ = ("_events", "_lines", "_t0")
+    The events are kept as three flat, untracked containers rather than a list of tuples (one
+    packed `bytes` of times, one `str` of directions, a tuple of what was said), and what was
+    said is mostly shared: command lines and replies are the same objects at every probe.
+    """
+
+    __slots__ = ("_directions", "_lines", "_said", "_t0", "_times")
 
     def __init__(self, events: list[TranscriptEvent] | None = None, t0: float = 0.0) -> None:
-        self._events = events if events is not None else []
+        times, directions, said = zip(*events, strict=True) if events else ((), (), ())
+        self._times = array("d", times).tobytes()
+        self._directions = "".join(directions)
+        self._said: tuple[str | bytes | tuple[int, tuple[str, ...]], ...] = said
         self._t0 = t0
         self._lines: tuple[TranscriptLine, ...] | None = None
 
     def lines(self) -> tuple[TranscriptLine, ...]:
         if self._lines is None:
             out: list[TranscriptLine] = []
-            for at, direction, what in self._events:
+            times = array("d", self._times)
+            for at, direction, what in zip(times, self._directions, self._said, strict=True):
                 offset = at - self._t0
                 if isinstance(what, str):
                     out.append(TranscriptLine(offset, direction, what))
@@ -185,7 +195,7 @@ class Transcript:
         return len(self.lines())
 
     def __repr__(self) -> str:
-        return f"Transcript({len(self._events)} events)"
+        return f"Transcript({len(self._said)} events)"
 
 
 @dataclass(frozen=True, slots=True)

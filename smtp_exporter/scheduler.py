@@ -1,12 +1,13 @@
 """The scheduler: probes every configured target of this shard on its own interval.
 
-Timing is driven by one `loop.call_at` timer per target, not one sleeping task per target, so
-an idle target costs a timer handle; a task exists only while its probe runs.
+Timing is driven by one `loop.call_at` timer per step of a START_GRID grid that has targets due,
+not by a timer or a sleeping task per target, so an idle target costs a place in one list; a
+task exists only while its probe runs.
 
 - A target's probes happen at `phase + k * interval` on the wall clock, where `phase` is a
   stable hash of (target, module) spread over the interval: restarts, reloads and a thousand
   targets never fire in one burst, and the schedule is the same after a restart. Start times
-  are rounded to START_GRID so that neighbours share loop iterations.
+  are rounded to START_GRID so that neighbours share loop iterations (and a timer).
 - A target never has two probes in flight: when its time comes while the previous probe still
   runs (or still waits for a concurrency slot), the new one is skipped and counted.
 - At most `scheduler.max_concurrency` probes run at once; the others wait (and are counted).
@@ -76,17 +77,16 @@ class TargetStatus:
 
 
 class _Job:
-    """One scheduled target: its config, timer, running probe and series."""
+    """One scheduled target: its config, next start, running probe and series."""
 
-    __slots__ = ("config", "handle", "key", "module", "next_at", "phase", "removed", "series", "task")
+    __slots__ = ("config", "key", "module", "next_at", "phase", "removed", "series", "task")
 
-    def __init__(self, config: TargetConfig, module: ModuleConfig) -> None:
-        self.key: JobKey = (config.target, config.module, config.labels, config.mx_mode)
+    def __init__(self, key: JobKey, config: TargetConfig, module: ModuleConfig) -> None:
+        self.key = key
         self.config = config
         self.module = module
         self.phase = schedule_phase(config.target, config.module)
-        self.handle: asyncio.TimerHandle | None = None
-        self.next_at = 0.0
+        self.next_at = 0.0  # in the loop's clock, unrounded: the grid step it is due at is rounded
         self.task: asyncio.Task[None] | None = None
         self.removed = False
         # mx_host ("" when the MX lookup failed) -> series in mx_mode each; key None otherwise.
@@ -107,6 +107,11 @@ class Scheduler:
         self._store = store
         self._stats = stats
         self._jobs: dict[JobKey, _Job] = {}
+        # Grid step (next_at / START_GRID, rounded) -> the jobs due at it, and the step's timer.
+        # A job rescheduled by a reload, or removed, stays in its old step's list: `_fire`
+        # skips it there (its next_at no longer rounds to that step).
+        self._due: dict[int, list[_Job]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
         self._semaphore = asyncio.Semaphore(1)
         self._max_concurrency = 0
         self._buckets: tuple[float, ...] = ()
@@ -142,7 +147,7 @@ class Scheduler:
             module = config.modules[target.module]
             existing = self._jobs.get(key)
             if existing is None:
-                job = self._jobs[key] = _Job(target, module)
+                job = self._jobs[key] = _Job(key, target, module)
                 self._schedule_first(job, loop)
                 continue
             job = existing
@@ -154,19 +159,24 @@ class Scheduler:
         self._stats.targets = len(self._jobs)
 
     def _schedule_first(self, job: _Job, loop: asyncio.AbstractEventLoop) -> None:
-        if job.handle is not None:
-            job.handle.cancel()
         if self._stopping:
             return
         interval = job.config.interval
         delay = (job.phase * interval - time.time()) % interval
-        job.next_at = round((loop.time() + delay) / START_GRID) * START_GRID
-        job.handle = loop.call_at(job.next_at, self._fire, job)
+        self._schedule(job, loop.time() + delay, loop)
+
+    def _schedule(self, job: _Job, at: float, loop: asyncio.AbstractEventLoop) -> None:
+        job.next_at = at
+        step = round(at / START_GRID)
+        due = self._due.get(step)
+        if due is None:
+            self._due[step] = [job]
+            self._timers[step] = loop.call_at(step * START_GRID, self._fire, step)
+        else:
+            due.append(job)
 
     def _remove(self, job: _Job) -> None:
         job.removed = True
-        if job.handle is not None:
-            job.handle.cancel()
         if job.task is not None:
             job.task.cancel()
         for mx_host in job.series:
@@ -174,25 +184,28 @@ class Scheduler:
 
     # -- running probes -----------------------------------------------------------------------
 
-    def _fire(self, job: _Job) -> None:
+    def _fire(self, step: int) -> None:
+        del self._timers[step]
         loop = asyncio.get_running_loop()
-        interval = job.config.interval
-        next_at = job.next_at + interval
         now = loop.time()
-        if next_at <= now:  # the loop fell more than an interval behind: keep the phase
-            next_at += math.ceil((now - next_at) / interval) * interval
-            if next_at <= now:
-                next_at += interval
-        job.next_at = next_at
-        job.handle = loop.call_at(next_at, self._fire, job)
-        if job.task is not None:
-            self._stats.probes_skipped_total += 1
-            log.debug(
-                "probe skipped: the previous one is still running",
-                extra={"fields": {"target": job.config.target, "module": job.config.module}},
-            )
-            return
-        job.task = loop.create_task(self._run(job))
+        for job in self._due.pop(step):
+            if job.removed or round(job.next_at / START_GRID) != step:
+                continue
+            interval = job.config.interval
+            next_at = job.next_at + interval
+            if next_at <= now:  # the loop fell more than an interval behind: keep the phase
+                next_at += math.ceil((now - next_at) / interval) * interval
+                if next_at <= now:
+                    next_at += interval
+            self._schedule(job, next_at, loop)
+            if job.task is not None:
+                self._stats.probes_skipped_total += 1
+                log.debug(
+                    "probe skipped: the previous one is still running",
+                    extra={"fields": {"target": job.config.target, "module": job.config.module}},
+                )
+                continue
+            job.task = loop.create_task(self._run(job))
 
     async def _run(self, job: _Job) -> None:
         stats = self._stats
@@ -264,10 +277,10 @@ class Scheduler:
     async def stop(self, grace_period: float) -> None:
         """Stop scheduling; let running probes finish for up to `grace_period` seconds, then cancel them."""
         self._stopping = True
-        for job in self._jobs.values():
-            if job.handle is not None:
-                job.handle.cancel()
-                job.handle = None
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._due.clear()
         running = [job.task for job in self._jobs.values() if job.task is not None]
         if not running:
             return

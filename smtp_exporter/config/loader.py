@@ -21,6 +21,7 @@ import os
 import re
 import ssl
 import stat
+import sys
 from collections.abc import Callable, Collection
 from typing import Any, NoReturn, TypeVar
 
@@ -751,7 +752,8 @@ def _labels(doc: _Doc, node: yaml.Node, path: str) -> tuple[tuple[str, str], ...
         text = string(doc, value, _join(path, name))
         if not text:
             doc.fail(value, _join(path, name), "must not be empty (an empty label is no label in Prometheus)")
-        labels.append((name, text))
+        # Label names and values repeat across targets: one shared copy of each, outside the tree.
+        labels.append((sys.intern(_fresh(name)), sys.intern(_fresh(text))))
     return tuple(labels)
 
 
@@ -824,8 +826,8 @@ def _targets(
         labels = _labels(doc, entry["labels"][1], _join(item_path, "labels")) if "labels" in entry else ()
         targets.append(
             TargetConfig(
-                target=text,
-                module=module_name,
+                target=_fresh(text),
+                module=sys.intern(module_name),
                 interval=interval,
                 labels=labels,
                 mx_mode=mx_mode,
@@ -833,6 +835,14 @@ def _targets(
             )
         )
     return tuple(targets)
+
+
+def _fresh(text: str) -> str:
+    """A copy of a string the YAML tree holds, for the config to keep. Left among the tree's
+    nodes and marks, which are freed after loading, kept strings pin the allocator's memory
+    they share: 10,000 targets left 3.0 KB per target resident (29 MB of arenas, 15 MB of it
+    free), their copies 0.5 KB."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
 
 
 def _buckets(doc: _Doc, node: yaml.Node, path: str) -> tuple[float, ...]:

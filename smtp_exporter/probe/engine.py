@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import re
 import secrets
 import socket
 import ssl
+import sys
 import time
 from typing import NamedTuple
 
@@ -69,6 +71,11 @@ _OK_CODES = {
     Phase.RSET: (ReplyCode.OK,),
     Phase.QUIT: (ReplyCode.CLOSING,),
 }
+
+
+# A module's command lines are the same at every probe: encoded once, and then shared by the
+# transcripts the scheduled targets keep. (parse_ehlo remembers the replies it read itself.)
+_command_line = functools.lru_cache(maxsize=1024)(encode_command)
 
 
 class Candidate(NamedTuple):
@@ -164,7 +171,7 @@ class Conversation:
         return reply, started, ended
 
     async def _command(self, phase: Phase, verb: str, argument: str | None = None) -> Reply:
-        reply, _, _ = await self._exchange(phase, encode_command(verb, argument))
+        reply, _, _ = await self._exchange(phase, _command_line(verb, argument))
         if reply.code not in _OK_CODES[phase]:
             raise ReplyError(phase, reply)
         return reply
@@ -367,7 +374,7 @@ class Conversation:
             )
 
     async def _ehlo(self, phase: Phase) -> dict[str, tuple[str, ...]]:
-        reply, _, _ = await self._exchange(phase, encode_command("EHLO", self.ehlo_name))
+        reply, _, _ = await self._exchange(phase, _command_line("EHLO", self.ehlo_name))
         if reply.code == ReplyCode.OK:
             ehlo = parse_ehlo(reply)
             self.ehlo_hostname = ehlo.hostname
@@ -452,7 +459,7 @@ class Conversation:
         started = perf_counter()
         for recipient in module.rcpt_to:
             reply, _, ended = await self._exchange(
-                Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), record=False
+                Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>"), record=False
             )
             if reply.code not in _OK_CODES[Phase.RCPT]:
                 break
@@ -474,7 +481,9 @@ class Conversation:
             timestamp=time.time(),
             unique=f"smtp-exporter.{secrets.token_hex(8)}",
         )
-        reply, _, _ = await self._exchange(Phase.MESSAGE, payload, shown=f"<message: {len(payload)} bytes>")
+        reply, _, _ = await self._exchange(
+            Phase.MESSAGE, payload, shown=sys.intern(f"<message: {len(payload)} bytes>")
+        )
         if reply.code not in _OK_CODES[Phase.MESSAGE]:
             raise ReplyError(Phase.MESSAGE, reply)
 

@@ -13,6 +13,10 @@ MAX_REPLY_LINES = 64
 MAX_REPLY_BYTES = 32 * 1024
 MAX_TEXT_CHARS = 512  # reply text kept in results (the full text goes nowhere else)
 MAX_INTERNED_CHARS = 128
+# Whole replies remembered by their bytes (see `_whole_reply`), up to this many and this long:
+# cleared when full, so servers whose replies always differ (queue IDs) cost ~2 MB at most.
+MAX_SHARED_REPLIES = 1024
+MAX_SHARED_REPLY_BYTES = 1024
 
 
 class ReplyCode(enum.IntEnum):
@@ -73,7 +77,7 @@ class Reply(NamedTuple):
         one-line reply, the line itself, not a copy)."""
         if len(self.lines) == 1 and len(self.lines[0]) <= MAX_TEXT_CHARS:
             return self.lines[0]
-        return self.summary()[4:]
+        return _kept(self.summary()[4:])
 
     def summary(self) -> str:
         """Code and text on one line, capped: what results and messages keep."""
@@ -100,7 +104,7 @@ def _parse_enhanced_status(first: str) -> str | None:
         and parts[1].isdigit()
         and parts[2].isdigit()
     ):
-        return token
+        return sys.intern(token)
     return None
 
 
@@ -117,7 +121,24 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
+_shared_replies: dict[bytes, Reply] = {}
+
+
 def _whole_reply(data: bytes) -> Reply | None:
+    """`_read_whole_reply`, remembered: a server answers the same bytes at every probe, so the
+    results that scheduled targets keep share one `Reply` (and reading it again is skipped)."""
+    reply = _shared_replies.get(data)
+    if reply is not None:
+        return reply
+    reply = _read_whole_reply(data)
+    if reply is not None and len(data) <= MAX_SHARED_REPLY_BYTES:
+        if len(_shared_replies) >= MAX_SHARED_REPLIES:
+            _shared_replies.clear()
+        _shared_replies[data] = reply
+    return reply
+
+
+def _read_whole_reply(data: bytes) -> Reply | None:
     """The common case in a few C-level scans: `data` is exactly one well-formed reply with
     CRLF line ends. Returns None for anything else, which the line-by-line path then reads."""
     if len(data) > MAX_LINE_BYTES or not data.endswith(b"\r\n") or b"\x00" in data:

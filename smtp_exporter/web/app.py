@@ -11,9 +11,10 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import itertools
 import math
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -99,20 +100,25 @@ async def _payload(request: web.Request, body: bytes, content_type: str) -> web.
     )
 
 
-def _gzip_chunks(chunks: list[bytes]) -> list[bytes]:
+def _gzip_chunks(chunks: Iterable[bytes]) -> list[bytes]:
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
     return [*(compressor.compress(chunk) for chunk in chunks), compressor.flush()]
 
 
-async def _stream(request: web.Request, chunks: list[bytes], content_type: str) -> web.StreamResponse:
-    """A /metrics body written chunk by chunk (one per metric family): at 10,000 targets it is
-    tens of megabytes, and joining it first would copy all of it once more on the probe loop."""
+async def _stream(request: web.Request, chunks: Iterable[bytes], content_type: str) -> web.StreamResponse:
+    """A /metrics body written chunk by chunk, each dropped once written: at 10,000 targets it
+    is tens of megabytes, and holding or joining all of it would leave that memory resident.
+    Compressed, it is made whole first (in a thread) and sent with its length; plain, with
+    chunked transfer encoding (HTTP/1.1) as its pieces are made."""
     headers = {"Content-Type": content_type}
+    compressed: list[bytes] | None = None
     if _accepts_gzip(request):
-        chunks = await asyncio.get_running_loop().run_in_executor(None, _gzip_chunks, chunks)
+        compressed = await asyncio.get_running_loop().run_in_executor(None, _gzip_chunks, chunks)
         headers.update({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
     response = web.StreamResponse(headers=headers)
-    response.content_length = sum(len(chunk) for chunk in chunks)
+    if compressed is not None:
+        response.content_length = sum(len(chunk) for chunk in compressed)
+        chunks = compressed
     await response.prepare(request)
     for chunk in chunks:
         if chunk:
@@ -188,12 +194,11 @@ class _Handlers:
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         exporter = self.exporter
         openmetrics = wants_openmetrics(request.headers.get("Accept"))
-        chunks = [
-            exporter.health.render(openmetrics=openmetrics),
-            *exporter.store.render(openmetrics=openmetrics),
-        ]
-        if openmetrics:
-            chunks.append(OPENMETRICS_EOF)
+        chunks = itertools.chain(
+            (exporter.health.render(openmetrics=openmetrics),),
+            exporter.store.render(openmetrics=openmetrics),
+            (OPENMETRICS_EOF,) if openmetrics else (),
+        )
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         return await _stream(request, chunks, content_type)
 

@@ -148,7 +148,7 @@ def test_probe_body_has_blackbox_names_and_no_target_labels() -> None:
 
 
 def test_empty_store_renders_nothing() -> None:
-    assert MetricsStore().render(openmetrics=False) == []
+    assert list(MetricsStore().render(openmetrics=False)) == []
 
 
 def test_scrape_deadline() -> None:
