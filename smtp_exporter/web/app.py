@@ -288,10 +288,12 @@ class _Handlers:
 def create_app(exporter: Exporter) -> web.Application:
     handlers = _Handlers(exporter)
     # The web config is read once, at start: without users there is nothing for the middleware
-    # to check, and leaving it out saves a layer of aiohttp's handler chain on every /probe.
+    # to check, and without headers nothing to add; leaving them out saves a layer of aiohttp's
+    # handler chain and a signal on every /probe.
     middlewares = [handlers.security] if exporter.web_config.auth_required else []
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BODY)
-    app.on_response_prepare.append(handlers.add_configured_headers)
+    if exporter.web_config.headers:
+        app.on_response_prepare.append(handlers.add_configured_headers)
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/probe", handlers.probe)
