@@ -54,12 +54,15 @@ def shard_of(target: str, count: int) -> int:
     return _hash64(target) % count
 
 
-# Probe start times fall on a grid of this step (in the loop's clock). Targets whose phases
-# round to the same step start in the same loop iteration and then go through their
-# conversations together, so the loop handles their network events in batches: at 1,000
-# probes/s this saves about a quarter of the CPU per probe against a timer of its own each.
-# A start is at most half a step (50 ms) from its hash phase, far below any probe interval.
-START_GRID = 0.1
+# Probe start times fall on a grid of this step (in the loop's clock), and each step with
+# targets due has one timer. Targets whose phases round to the same step start in the same
+# loop iteration and go through their conversations together, so the loop serves their network
+# events in batches, which saves CPU; but a reply that arrives while the loop works through a
+# batch waits, and that wait is counted in its phase's duration. Measured at 1,000 probes/s
+# against an instant server (benchmarks/RESULTS.md): a 10 ms step costs ~0.1-0.25 ms of
+# median error on the connect and EHLO phases and saves ~13% CPU; 100 ms saved ~25% but added
+# 1.4-3 ms. The step is kept where timing stays honest.
+START_GRID = 0.01
 
 
 def schedule_phase(target: str, module: str) -> float:
