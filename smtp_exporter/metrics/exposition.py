@@ -18,6 +18,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.utils import floatToGoString
 
+from smtp_exporter.memo import remember
 from smtp_exporter.metrics.families import (
     DURATION_HISTOGRAM,
     FAILURES_TOTAL,
@@ -73,28 +74,13 @@ def format_value(value: float) -> str:
     return _go_float(value)
 
 
-def _line(name: str, prefix: str, extra: str, value: float) -> str:
-    """One sample line; `prefix` (series labels) and `extra` (sample labels) are rendered label text."""
-    if extra:
-        return (
-            f"{name}{{{prefix},{extra}}} {format_value(value)}\n"
-            if prefix
-            else (f"{name}{{{extra}}} {format_value(value)}\n")
-        )
-    if prefix:
-        return f"{name}{{{prefix}}} {format_value(value)}\n"
-    return f"{name} {format_value(value)}\n"
-
-
 _LE_TEXT: dict[tuple[float, ...], tuple[str, ...]] = {}  # one entry per bucket layout in use
 
 
 def _le_text(buckets: tuple[float, ...]) -> tuple[str, ...]:
     text = _LE_TEXT.get(buckets)
     if text is None:
-        if len(_LE_TEXT) > 16:
-            _LE_TEXT.clear()
-        text = _LE_TEXT[buckets] = tuple(_go_float(bound) for bound in buckets)
+        text = remember(_LE_TEXT, buckets, tuple(_go_float(bound) for bound in buckets), limit=16)
     return text
 
 

@@ -11,6 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from smtp_exporter.memo import remember
 from smtp_exporter.model import Phase, ProbeResult
 
 # Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
@@ -171,9 +172,9 @@ _MAX_CACHED_EXTENSION_LABELS = 4096  # servers are few kinds; a hostile one only
 def _extension_label(keyword: str) -> str:
     label = _EXTENSION_LABELS.get(keyword)
     if label is None:
-        if len(_EXTENSION_LABELS) >= _MAX_CACHED_EXTENSION_LABELS:
-            _EXTENSION_LABELS.clear()
-        label = _EXTENSION_LABELS[keyword] = f'extension="{bound(keyword)}"'
+        label = remember(
+            _EXTENSION_LABELS, keyword, f'extension="{bound(keyword)}"', limit=_MAX_CACHED_EXTENSION_LABELS
+        )
     return label
 
 

@@ -7,6 +7,7 @@ import ssl
 import time
 
 from smtp_exporter.config.schema import DNSConfig, ModuleConfig, StartTLS, TLSConfig
+from smtp_exporter.memo import remember
 from smtp_exporter.model import (
     Failure,
     FailureReason,
@@ -46,10 +47,8 @@ class Prober:
         a /probe target once per request, not by the handler and again by the probe)."""
         key = (text, port)
         target = self._targets.get(key)
-        if target is None:
-            if len(self._targets) >= MAX_REMEMBERED_TARGETS:  # /probe may name anything
-                self._targets.clear()
-            target = self._targets[key] = parse_target(text, port)
+        if target is None:  # /probe may name anything: bounded
+            target = remember(self._targets, key, parse_target(text, port), limit=MAX_REMEMBERED_TARGETS)
         return target
 
     async def _ehlo_name(self, module: ModuleConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import NamedTuple
 
+from smtp_exporter.memo import remember
 from smtp_exporter.protocol.reply import Reply
 
 MAX_EXTENSION_PARAMS = 32
@@ -35,9 +36,7 @@ def parse_ehlo(reply: Reply) -> EhloResponse:
     if parsed is None:
         parsed = _parse(lines)
         if sum(map(len, lines)) <= MAX_REMEMBERED_REPLY_CHARS:
-            if len(_PARSED) >= MAX_REMEMBERED_REPLIES:
-                _PARSED.clear()
-            _PARSED[lines] = parsed
+            remember(_PARSED, lines, parsed, limit=MAX_REMEMBERED_REPLIES)
     return parsed
 
 

@@ -6,6 +6,8 @@ import enum
 import sys
 from typing import NamedTuple
 
+from smtp_exporter.memo import remember
+
 # Bounds on what a server may make us buffer. RFC 5321 allows 512 octets per reply line;
 # real servers stay far below these. Anything larger is a protocol error, and reading stops.
 MAX_LINE_BYTES = 4096
@@ -66,9 +68,7 @@ class Reply(NamedTuple):
             pass
         status = _parse_enhanced_status(first)
         if len(first) <= MAX_INTERNED_CHARS:  # the lines a server repeats; long ones are rare
-            if len(_ENHANCED_STATUS) >= MAX_REMEMBERED_STATUS_LINES:
-                _ENHANCED_STATUS.clear()
-            _ENHANCED_STATUS[first] = status
+            remember(_ENHANCED_STATUS, first, status, limit=MAX_REMEMBERED_STATUS_LINES)
         return status
 
     @property
@@ -132,9 +132,7 @@ def _whole_reply(data: bytes) -> Reply | None:
         return reply
     reply = _read_whole_reply(data)
     if reply is not None and len(data) <= MAX_SHARED_REPLY_BYTES:
-        if len(_shared_replies) >= MAX_SHARED_REPLIES:
-            _shared_replies.clear()
-        _shared_replies[data] = reply
+        remember(_shared_replies, data, reply, limit=MAX_SHARED_REPLIES)
     return reply
 
 

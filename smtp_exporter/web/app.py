@@ -21,6 +21,7 @@ from aiohttp import web
 
 from smtp_exporter.config.loader import ConfigError, effective_config_yaml
 from smtp_exporter.config.web import WebConfig, check_basic_auth
+from smtp_exporter.memo import remember
 from smtp_exporter.metrics import (
     OPENMETRICS_CONTENT_TYPE,
     OPENMETRICS_EOF,
@@ -184,9 +185,7 @@ class _Handlers:
         async with self._password_checks:
             ok = await asyncio.to_thread(check_basic_auth, web_config, username, password)
         if ok:
-            if len(self._good_auth) >= _AUTH_CACHE_SIZE:
-                self._good_auth.clear()
-            self._good_auth[digest] = web_config
+            remember(self._good_auth, digest, web_config, limit=_AUTH_CACHE_SIZE)
         return ok
 
     # -- endpoints ------------------------------------------------------------------------------
