@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,31 +348,34 @@ def label_value(labels: bytes, name: str) -> str | None:
 
 def wait_probes(exporter: Exporter, minimum: float, *, timeout: float) -> bytes:
     """Scrape until smtp_probes_total summed over targets reaches `minimum`; the last body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = exporter.scrape()
-        done = metric_sum(body, "smtp_probes_total")
-        if done >= minimum:
-            return body
-        if time.monotonic() > deadline:
-            raise BenchmarkError(
-                f"{exporter.process.name}: only {done:.0f} of {minimum:.0f} probes done in {timeout:.0f}s"
-            )
-        exporter.process.check_alive()
-        time.sleep(0.25)
+    return _scrape_until(
+        exporter, lambda body: metric_sum(body, "smtp_probes_total"), minimum, "probes done", timeout
+    )
 
 
 def wait_targets_probed(exporter: Exporter, count: int, *, timeout: float) -> bytes:
     """Scrape until `count` targets each have at least one result."""
+    return _scrape_until(
+        exporter,
+        lambda body: sum(1 for _ in samples(body, "smtp_probes_total")),
+        count,
+        "targets probed",
+        timeout,
+    )
+
+
+def _scrape_until(
+    exporter: Exporter, measure: Callable[[bytes], float], minimum: float, what: str, timeout: float
+) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
         body = exporter.scrape()
-        done = sum(1 for _ in samples(body, "smtp_probes_total"))
-        if done >= count:
+        done = measure(body)
+        if done >= minimum:
             return body
         if time.monotonic() > deadline:
             raise BenchmarkError(
-                f"{exporter.process.name}: only {done} of {count} targets probed in {timeout:.0f}s"
+                f"{exporter.process.name}: only {done:.0f} of {minimum:.0f} {what} in {timeout:.0f}s"
             )
         exporter.process.check_alive()
         time.sleep(0.25)

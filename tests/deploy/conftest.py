@@ -48,6 +48,24 @@ def run(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Complete
     return result
 
 
+def checkov_passes(path: Path, framework: str) -> None:
+    """Assert that checkov finds no failed check in one file."""
+    checkov = require_tool("checkov")
+    result = run(
+        checkov,
+        "-f",
+        str(path),
+        "--framework",
+        framework,
+        "--compact",
+        "--quiet",
+        "--skip-download",
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Failed checks: 0" in result.stdout
+
+
 _rendered: dict[str, str] = {}
 
 

@@ -106,17 +106,15 @@ def check_one_line(stderr: str, path: Path, key: str, line: int | None) -> None:
     assert key in lines[0], (key, lines[0])
 
 
-@pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_config_at_start_exits_2_with_one_line(bad_config: Callable[[str], Path], name: str) -> None:
-    path = bad_config(name)
-    _, key, line = BAD[name]
-    done = subprocess.run(
+def _start_with(config: Path) -> subprocess.CompletedProcess[str]:
+    """Start the exporter with `config`, as a user would; it must exit on its own."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "smtp_exporter",
             "--config.file",
-            str(path),
+            str(config),
             "--web.listen-address",
             "127.0.0.1:0",
         ],
@@ -125,27 +123,20 @@ def test_bad_config_at_start_exits_2_with_one_line(bad_config: Callable[[str], P
         timeout=30,
         cwd=REPO,
     )
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_config_at_start_exits_2_with_one_line(bad_config: Callable[[str], Path], name: str) -> None:
+    path = bad_config(name)
+    _, key, line = BAD[name]
+    done = _start_with(path)
     assert done.returncode == 2, done.stderr
     check_one_line(done.stderr, path, key, line)
 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "absent.yml"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smtp_exporter",
-            "--config.file",
-            str(path),
-            "--web.listen-address",
-            "127.0.0.1:0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-    )
+    done = _start_with(path)
     assert done.returncode == 2
     check_one_line(done.stderr, path, "", None)
 
