@@ -1,13 +1,14 @@
 """The scheduler: probes every configured target of this shard on its own interval.
 
-Timing is driven by one `loop.call_at` timer per step of a START_GRID grid that has targets due,
+Timing is driven by one `loop.call_at` timer per step of a start grid that has targets due,
 not by a timer or a sleeping task per target, so an idle target costs a place in one list; a
 task exists only while its probe runs.
 
 - A target's probes happen at `phase + k * interval` on the wall clock, where `phase` is a
   stable hash of (target, module) spread over the interval: restarts, reloads and a thousand
   targets never fire in one burst, and the schedule is the same after a restart. Start times
-  are rounded to START_GRID so that neighbours share loop iterations (and a timer).
+  are rounded to the grid, whose step is sized from the probe rate (`start_grid`), so that
+  neighbours share loop iterations (and a timer).
 - A target never has two probes in flight: when its time comes while the previous probe still
   runs (or still waits for a concurrency slot), the new one is skipped and counted.
 - At most `scheduler.max_concurrency` probes run at once; the others wait (and are counted).
@@ -54,15 +55,29 @@ def shard_of(target: str, count: int) -> int:
     return _hash64(target) % count
 
 
-# Probe start times fall on a grid of this step (in the loop's clock), and each step with
-# targets due has one timer. Targets whose phases round to the same step start in the same
-# loop iteration and go through their conversations together, so the loop serves their network
-# events in batches, which saves CPU; but a reply that arrives while the loop works through a
-# batch waits, and that wait is counted in its phase's duration. Measured at 1,000 probes/s
-# against an instant server (benchmarks/RESULTS.md): a 10 ms step costs ~0.1-0.25 ms of
-# median error on the connect and EHLO phases and saves ~13% CPU; 100 ms saved ~25% but added
-# 1.4-3 ms. The step is kept where timing stays honest.
-START_GRID = 0.01
+# Probe start times fall on a grid (in the loop's clock), and each step with targets due has one
+# timer. Targets whose phases round to the same step start in the same loop iteration and go
+# through their conversations together, so the loop serves their network events in batches,
+# which saves CPU; but a reply that arrives while the loop works through a batch waits, and
+# that wait is counted in its phase's duration. What costs timing is the batch, not the step:
+# measured against an instant server (benchmarks/RESULTS.md), ~10 probes a step add ~0.1-0.25 ms
+# of median error on the connect and EHLO phases and save ~13% CPU; ~25 a step added 0.7 ms,
+# ~100 a step 1.4-3 ms. So the step is sized from the shard's probe rate to hold about
+# PROBES_PER_STEP probes (10 ms at 1,000 probes/s, 60 ms at 10,000 targets every minute),
+# within [MIN_START_GRID, MAX_START_GRID]: the batching's saving holds at any rate, and the
+# error it costs stays where it was measured.
+PROBES_PER_STEP = 10
+MIN_START_GRID = 0.01
+MAX_START_GRID = 0.1
+
+
+def start_grid(probes_per_second: float) -> float:
+    """The start step for a shard that starts `probes_per_second` probes a second on average, in
+    whole milliseconds (the loop's clock moves in them), so that a reload adding or removing a
+    few targets rarely moves every job to another grid."""
+    if probes_per_second <= 0:
+        return MAX_START_GRID
+    return round(min(MAX_START_GRID, max(MIN_START_GRID, PROBES_PER_STEP / probes_per_second)), 3)
 
 
 def schedule_phase(target: str, module: str) -> float:
@@ -110,16 +125,22 @@ class Scheduler:
         self._store = store
         self._stats = stats
         self._jobs: dict[JobKey, _Job] = {}
-        # Grid step (next_at / START_GRID, rounded) -> the jobs due at it, and the step's timer.
+        # Grid step (next_at / self._grid, rounded) -> the jobs due at it, and the step's timer.
         # A job rescheduled by a reload, or removed, stays in its old step's list: `_fire`
         # skips it there (its next_at no longer rounds to that step).
         self._due: dict[int, list[_Job]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._grid = MAX_START_GRID
         self._semaphore = asyncio.Semaphore(1)
         self._max_concurrency = 0
         self._buckets: tuple[float, ...] = ()
         self._phase_histograms = False
         self._stopping = False
+
+    @property
+    def grid_step(self) -> float:
+        """The step of the start grid now in use, in seconds (see `start_grid`)."""
+        return self._grid
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -146,6 +167,9 @@ class Scheduler:
 
         for key in [key for key in self._jobs if key not in wanted]:
             self._remove(self._jobs.pop(key))
+        grid = start_grid(sum(1 / target.interval for target in wanted.values()))
+        if grid != self._grid:
+            self._regrid(grid, loop)
         for key, target in wanted.items():
             module = config.modules[target.module]
             existing = self._jobs.get(key)
@@ -168,13 +192,25 @@ class Scheduler:
         delay = (job.phase * interval - time.time()) % interval
         self._schedule(job, loop.time() + delay, loop)
 
+    def _regrid(self, grid: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Move every job to a grid of another step, each keeping its next start."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._due.clear()
+        self._grid = grid
+        if not self._stopping:
+            for job in self._jobs.values():
+                self._schedule(job, job.next_at, loop)
+
     def _schedule(self, job: _Job, at: float, loop: asyncio.AbstractEventLoop) -> None:
         job.next_at = at
-        step = round(at / START_GRID)
+        grid = self._grid
+        step = round(at / grid)
         due = self._due.get(step)
         if due is None:
             self._due[step] = [job]
-            self._timers[step] = loop.call_at(step * START_GRID, self._fire, step)
+            self._timers[step] = loop.call_at(step * grid, self._fire, step)
         else:
             due.append(job)
 
@@ -191,8 +227,9 @@ class Scheduler:
         del self._timers[step]
         loop = asyncio.get_running_loop()
         now = loop.time()
+        grid = self._grid
         for job in self._due.pop(step):
-            if job.removed or round(job.next_at / START_GRID) != step:
+            if job.removed or round(job.next_at / grid) != step:
                 continue
             interval = job.config.interval
             next_at = job.next_at + interval

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from smtp_exporter.scheduler import MAX_START_GRID, Scheduler, start_grid
 from tests.servers.smtp_sink import SmtpSink
-from tests.service.conftest import running_exporter, sample_value, wait_for
+from tests.service.conftest import Running, running_exporter, sample_labels, sample_value, wait_for
 
 MODULES = """
 modules:
@@ -123,3 +128,61 @@ async def test_reload_when_the_file_changes_and_on_a_kubernetes_symlink_swap(
         text = await running.metrics()
         assert sample_value(text, "smtp_exporter_config_last_reload_successful") == 0
         assert sample_value(text, "smtp_probe_success", target=third.target) is not None
+
+
+def _assert_each_job_due_once(scheduler: Scheduler) -> None:
+    """Every job waits at exactly one step of the current grid, and every step has its timer."""
+    grid = scheduler.grid_step
+    due: Counter[object] = Counter()
+    for step, jobs in scheduler._due.items():
+        assert scheduler._timers[step].when() == pytest.approx(step * grid)
+        due.update(job.key for job in jobs if not job.removed and round(job.next_at / grid) == step)
+    assert due == Counter(dict.fromkeys(scheduler._jobs, 1))
+
+
+async def test_a_reload_that_changes_the_probe_rate_moves_every_target_to_the_new_grid(
+    write_config: Callable[[str], Path], smtp_sink: SmtpSink
+) -> None:
+    # One server, so 150 more targets are 150 more modules (a target and module pair is unique).
+    bulk_modules = "".join(f"  bulk{n}: {{timeout: 900ms, ehlo: probe.test}}\n" for n in range(150))
+    kept = f"{{target: '{smtp_sink.target}', module: quick, interval: 1s}}"
+    bulk = [f"{{target: '{smtp_sink.target}', module: bulk{n}, interval: 1s}}" for n in range(150)]
+
+    def targets(*entries: str) -> str:
+        return MODULES + bulk_modules + "targets:\n" + "".join(f"  - {entry}\n" for entry in entries)
+
+    path = write_config(targets(kept))
+    async with running_exporter(path, watch_interval=3600) as running:
+        scheduler = running.exporter.scheduler
+        keep = {"target": smtp_sink.target, "module": "quick"}
+        await running.wait_metric("smtp_probe_success", **keep)
+        assert scheduler.grid_step == MAX_START_GRID  # one probe a second
+        _assert_each_job_due_once(scheduler)
+
+        for entries in ([kept, *bulk], [kept]):
+            before = await _probes(running, keep)
+            path.write_text(targets(*entries))
+            async with running.session.post(running.url + "/-/reload") as response:
+                assert response.status == 200, await response.text()
+            assert scheduler.grid_step == start_grid(len(entries))  # each target once a second
+            _assert_each_job_due_once(scheduler)
+            # Nothing lost in the move: every target is probed, the kept one keeps its counters.
+            bulk_count = len(entries) - 1
+            await wait_for(
+                functools.partial(_bulk_series_are, running, bulk_count), f"{bulk_count} bulk targets"
+            )
+            await wait_for(functools.partial(_probed_after, running, keep, before), "the kept target again")
+            _assert_each_job_due_once(scheduler)
+
+
+async def _probes(running: Running, labels: dict[str, str]) -> float:
+    return sample_value(await running.metrics(), "smtp_probes_total", **labels) or 0.0
+
+
+async def _probed_after(running: Running, labels: dict[str, str], count: float) -> bool:
+    return await _probes(running, labels) > count
+
+
+async def _bulk_series_are(running: Running, count: int) -> bool:
+    series = sample_labels(await running.metrics(), "smtp_probes_total")
+    return sum(1 for labels in series if labels["module"].startswith("bulk")) == count

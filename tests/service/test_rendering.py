@@ -22,7 +22,7 @@ from smtp_exporter.model import (
     ServerInfo,
     TLSInfo,
 )
-from smtp_exporter.scheduler import schedule_phase, shard_of
+from smtp_exporter.scheduler import MAX_START_GRID, MIN_START_GRID, schedule_phase, shard_of, start_grid
 from smtp_exporter.web.app import scrape_deadline
 from tests.helpers import require_binary
 
@@ -176,6 +176,14 @@ def test_shard_of_is_a_stable_documented_function() -> None:
     assert schedule_phase("mx1.example.org:25", "smtp_handshake") == schedule_phase(
         "mx1.example.org:25", "smtp_handshake"
     )
+
+
+def test_the_start_step_holds_about_ten_probes_within_its_bounds() -> None:
+    # 10,000 targets every minute, a shard of a quarter of 1,000 probes/s, 1,000 probes/s.
+    assert [start_grid(rate) for rate in (10_000 / 60, 250, 1000)] == [0.06, 0.04, 0.01]
+    assert start_grid(5000) == MIN_START_GRID  # never finer: the loop's clock is in milliseconds
+    assert start_grid(10) == start_grid(0) == MAX_START_GRID  # never coarser: starts stay near their phase
+    assert start_grid(151) == start_grid(151.4) == 0.066  # whole milliseconds: small changes keep the grid
 
 
 def test_histogram_lines_are_exact_and_cumulative() -> None:
