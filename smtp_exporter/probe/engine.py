@@ -29,7 +29,7 @@ from smtp_exporter.model import (
     Transcript,
     TranscriptEvent,
 )
-from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
+from smtp_exporter.probe.connection import Script, SMTPClientProtocol, Step, perf_counter
 from smtp_exporter.probe.errors import ProbeError, ProbeTimeoutError, ReplyError
 from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
@@ -454,38 +454,71 @@ class Conversation:
         await self._exchange(Phase.AUTH, b"*\r\n", record=False, secrets=secrets)
 
     async def _transaction(self) -> None:
+        """MAIL, each RCPT, then DATA and the message, or RSET: one script (probe/connection.py).
+        Several RCPT are one phase, from the first sent to the last reply (or the first refusal)."""
         module = self.module
-        await self._command(Phase.MAIL, "MAIL", f"FROM:<{module.mail_from}>")
-        started = perf_counter()
-        for recipient in module.rcpt_to:
-            reply, _, ended = await self._exchange(
-                Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>"), record=False
-            )
-            if reply.code not in _OK_CODES[Phase.RCPT]:
-                break
-        self._record(Phase.RCPT, started, ended, reply)
-        if reply.code not in _OK_CODES[Phase.RCPT]:
-            raise ReplyError(Phase.RCPT, reply)
+        steps = [Step(Phase.MAIL, _command_line("MAIL", f"FROM:<{module.mail_from}>"), _OK_CODES[Phase.MAIL])]
+        steps += [
+            Step(Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>"), _OK_CODES[Phase.RCPT])
+            for recipient in module.rcpt_to
+        ]
+        shown: str | None = None
         if module.transaction is Transaction.ENVELOPE:
-            await self._command(Phase.RSET, "RSET")
-            return
-        await self._command(Phase.DATA, "DATA")
-        domain = self.ehlo_name
-        payload = build_message(
-            mail_from=module.mail_from,
-            rcpt_to=module.rcpt_to,
-            subject=module.message.subject,
-            body=module.message.body,
-            headers=module.message.headers,
-            domain=domain,
-            timestamp=time.time(),
-            unique=f"smtp-exporter.{secrets.token_hex(8)}",
-        )
-        reply, _, _ = await self._exchange(
-            Phase.MESSAGE, payload, shown=sys.intern(f"<message: {len(payload)} bytes>")
-        )
-        if reply.code not in _OK_CODES[Phase.MESSAGE]:
-            raise ReplyError(Phase.MESSAGE, reply)
+            steps.append(Step(Phase.RSET, _command_line("RSET", None), _OK_CODES[Phase.RSET]))
+        else:
+            payload = build_message(
+                mail_from=module.mail_from,
+                rcpt_to=module.rcpt_to,
+                subject=module.message.subject,
+                body=module.message.body,
+                headers=module.message.headers,
+                domain=self.ehlo_name,
+                timestamp=time.time(),
+                unique=f"smtp-exporter.{secrets.token_hex(8)}",
+            )
+            shown = sys.intern(f"<message: {len(payload)} bytes>")
+            steps.append(Step(Phase.DATA, _command_line("DATA", None), _OK_CODES[Phase.DATA]))
+            steps.append(Step(Phase.MESSAGE, payload, _OK_CODES[Phase.MESSAGE]))
+        await self._script(steps, shown_last=shown)
+
+    async def _script(self, steps: list[Step], *, shown_last: str | None) -> None:
+        """Run `steps` as one script, then keep what happened as `_exchange` would have, step by
+        step: the transcript, and a phase for each run of steps of one phase that completed,
+        also when the deadline cut the script short. Raises for a refusal or a broken script."""
+        assert self.conn is not None
+        conn = self.conn
+        self.phase = steps[0].phase
+        script = conn.start_script(steps)
+        try:
+            await script.done
+        finally:
+            conn.stop_script()
+            error = self._keep(script, shown_last)
+        if error is not None:
+            raise error
+
+    def _keep(self, script: Script, shown_last: str | None) -> ProbeError | None:
+        steps, sent, replies = script.steps, script.sent, script.replies
+        last = len(steps) - 1
+        for index, started in enumerate(sent):
+            step = steps[index]
+            self.phase = step.phase  # where a deadline found the script, if it did
+            self._note("C", shown_last if index == last and shown_last is not None else step.line, started)
+            if index == len(replies):
+                break
+            reply, ended = replies[index]
+            self._note("S", reply, ended)
+            refused = reply.code not in step.expected
+            if refused or index == last or steps[index + 1].phase is not step.phase:
+                first = index
+                while first > 0 and steps[first - 1].phase is step.phase:
+                    first -= 1
+                self._record(step.phase, sent[first], ended, reply)
+            if refused:
+                return ReplyError(step.phase, reply)
+        if script.error is not None:
+            self.phase = script.error.phase
+        return script.error
 
     async def _quit(self) -> None:
         """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`. Without it, a

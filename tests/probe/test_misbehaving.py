@@ -121,6 +121,24 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
         Phase.MAIL,
         FailureReason.PROTOCOL_ERROR,
     ),
+    "unsolicited_reply_in_transaction": (  # between two commands of one script (MAIL, RCPT)
+        scripted.minimal_conversation(MAIL=b"250 2.1.0 Ok\r\n250 2.0.0 one more, never asked for\r\n"),
+        Transaction.MESSAGE,
+        Phase.RCPT,
+        FailureReason.PROTOCOL_ERROR,
+    ),
+    "tarpit_at_message": (
+        [
+            *_until_rcpt(),
+            Send(b"250 2.1.5 Ok\r\n"),
+            ExpectLine(),
+            Send(b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+            Sleep(30),
+        ],
+        Transaction.MESSAGE,
+        Phase.MESSAGE,
+        FailureReason.TIMEOUT,
+    ),
     "continuation_code_changes": (
         scripted.minimal_conversation(EHLO=b"250-mail.test\r\n251 SIZE 10\r\n"),
         Transaction.NONE,
