@@ -312,6 +312,22 @@ def run_loadgen(
     return json.loads(line)  # type: ignore[no-any-return]
 
 
+def run_bare(procs: Processes, targets: Sequence[str], *, rate: float, seconds: float) -> dict[str, object]:
+    """Benchmark 1's conversation on a bare loop (benchmarks/bare.py), at `rate` over `targets`."""
+    ports_file = procs.path("bare-ports.txt")
+    ports_file.write_text("\n".join(target.rsplit(":", 1)[1] for target in targets) + "\n")
+    message_file = procs.path("bare-message.txt")
+    message_file.write_bytes((_MESSAGE + "\n").encode())
+    args = [python(), "-m", "benchmarks.bare", f"--ports-file={ports_file}", f"--rate={rate}"]
+    args += [f"--duration={seconds}", f"--ehlo={EHLO_NAME}", f"--message-file={message_file}"]
+    process = procs.start("bare", args, stdout_pipe=True, env=_env())
+    try:
+        line = read_line(process, timeout=seconds + 60)
+    finally:
+        procs.stop(process)
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
 # -- reading /metrics --------------------------------------------------------------------------
 
 
