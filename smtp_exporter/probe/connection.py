@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from smtp_exporter.model import FailureReason, Phase
+from smtp_exporter.model import Failure, FailureReason, Phase
 from smtp_exporter.probe.errors import ProbeError
 from smtp_exporter.protocol import NotAReplyError, ProtocolError, Reply, ReplyParser
 
@@ -39,7 +39,9 @@ class Script:
 
     `sent[i]` and `replies[i]` are when step i was written and its reply with the time it
     arrived. It ends (`done`) after the last reply, after a reply with a code its step did not
-    expect, or with `error` when the connection broke or the server spoke out of turn.
+    expect, or with `error` when the connection broke or the server spoke out of turn. `error`
+    is data, never a raised exception: one kept here would hold its traceback's frames, and
+    through them this script, in a cycle only the cyclic collector frees.
     """
 
     __slots__ = ("done", "error", "replies", "sent", "steps")
@@ -49,7 +51,7 @@ class Script:
         self.done = done
         self.sent: list[float] = []
         self.replies: list[tuple[Reply, float]] = []
-        self.error: ProbeError | None = None
+        self.error: Failure | None = None
 
 
 class SMTPClientProtocol(asyncio.Protocol):
@@ -116,7 +118,7 @@ class SMTPClientProtocol(asyncio.Protocol):
             try:
                 self._raise_if_broken(script.steps[len(script.sent) - 1].phase)
             except ProbeError as exc:
-                script.error = exc
+                script.error = Failure(exc.phase, exc.reason, exc.message)
             self._end_script(script)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -146,10 +148,10 @@ class SMTPClientProtocol(asyncio.Protocol):
         try:
             script.sent.append(self.send(step.phase, step.line))
         except ProbeError as exc:
-            script.error = exc
+            script.error = Failure(exc.phase, exc.reason, exc.message)
             self._end_script(script)
         except OSError as exc:  # a write to a socket the peer has reset
-            script.error = ProbeError(step.phase, FailureReason.CONNECTION_CLOSED, f"connection lost: {exc}")
+            script.error = Failure(step.phase, FailureReason.CONNECTION_CLOSED, f"connection lost: {exc}")
             self._end_script(script)
 
     def _end_script(self, script: Script) -> None:

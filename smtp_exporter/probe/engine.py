@@ -78,6 +78,13 @@ _OK_CODES = {
 _command_line = functools.lru_cache(maxsize=1024)(encode_command)
 
 
+class _Refusal(NamedTuple):
+    """A reply with a code its script step did not expect."""
+
+    phase: Phase
+    reply: Reply
+
+
 class Candidate(NamedTuple):
     address: Address
     mx: MXInfo | None
@@ -493,11 +500,14 @@ class Conversation:
             await script.done
         finally:
             conn.stop_script()
-            error = self._keep(script, shown_last)
-        if error is not None:
-            raise error
+            refused = self._keep(script, shown_last)
+        if refused is not None:
+            raise ReplyError(refused.phase, refused.reply)
+        if script.error is not None:
+            self.phase = script.error.phase
+            raise ProbeError(script.error.phase, script.error.reason, script.error.message)
 
-    def _keep(self, script: Script, shown_last: str | None) -> ProbeError | None:
+    def _keep(self, script: Script, shown_last: str | None) -> _Refusal | None:
         steps, sent, replies = script.steps, script.sent, script.replies
         last = len(steps) - 1
         for index, started in enumerate(sent):
@@ -515,10 +525,8 @@ class Conversation:
                     first -= 1
                 self._record(step.phase, sent[first], ended, reply)
             if refused:
-                return ReplyError(step.phase, reply)
-        if script.error is not None:
-            self.phase = script.error.phase
-        return script.error
+                return _Refusal(step.phase, reply)
+        return None
 
     async def _quit(self) -> None:
         """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`. Without it, a
