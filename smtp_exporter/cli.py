@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             config_file=args.config_file,
             listen_addresses=listen,
             web_config=web_config,
+            web_config_file=args.web_config_file,
             shard=ShardOverride(count=args.shard_count, index=args.shard_index),
         )
         config = load(options)

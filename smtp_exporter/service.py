@@ -1,7 +1,8 @@
 """The running exporter: config, prober, scheduler, metrics and HTTP server on one event loop.
 
 `Exporter` ties the parts together and owns the lifecycle: start, reload (SIGHUP,
-`POST /-/reload`, or the config file changing on disk), and a graceful stop.
+`POST /-/reload`, or the config file changing on disk), the web config file and the files it
+names watched like the config file, and a graceful stop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,7 +21,13 @@ from aiohttp import web
 from smtp_exporter.config.allowlist import TargetAllowlist
 from smtp_exporter.config.loader import ConfigError, default_config, load_config
 from smtp_exporter.config.schema import Config, ShardConfig
-from smtp_exporter.config.web import WebConfig, build_server_ssl_context
+from smtp_exporter.config.web import (
+    WebConfig,
+    build_server_ssl_context,
+    load_web_config,
+    restart_needed,
+    web_config_files,
+)
 from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
 from smtp_exporter.probe import Prober
 from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
@@ -85,6 +93,7 @@ class ServiceOptions:
     config_file: str | None = None  # None: the embedded default config, never reloaded from disk
     listen_addresses: tuple[str, ...] = (DEFAULT_LISTEN_ADDRESS,)
     web_config: WebConfig = field(default_factory=WebConfig)
+    web_config_file: str | None = None  # where `web_config` came from: watched, and reloaded
     shard: ShardOverride = field(default_factory=ShardOverride)
     watch_interval: float = CONFIG_WATCH_INTERVAL
 
@@ -123,6 +132,8 @@ class Exporter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
         self._signature = _file_signature(options.config_file) if options.config_file else None
+        self._tls_context: ssl.SSLContext | None = None  # the one new TLS connections get
+        self._web_signature = self._web_config_signature()
 
     async def start(self) -> None:
         """Start probing and serving; raises OSError when a listen address cannot be bound."""
@@ -138,7 +149,11 @@ class Exporter:
         )
         await runner.setup()
         self._runner = runner
-        ssl_context = build_server_ssl_context(self.web_config)
+        ssl_context = self._tls_context = build_server_ssl_context(self.web_config)
+        if ssl_context is not None and self.options.web_config_file:
+            # Called in every handshake, with or without SNI: hands it the newest context, so a
+            # renewed certificate is served without a restart.
+            ssl_context.sni_callback = self._newest_tls_context
         for address in self.options.listen_addresses:
             host, port = parse_listen_address(address)
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
@@ -147,6 +162,8 @@ class Exporter:
             self.addresses.append((str(sockname[0]), int(sockname[1])))
         if self.options.config_file:
             self._spawn(self._watch_config_file(self.options.config_file))
+        if self.options.web_config_file:
+            self._spawn(self._watch_web_config(self.options.web_config_file))
         self.ready = True
         log.info(
             "exporter started",
@@ -205,6 +222,51 @@ class Exporter:
             log.info("config file changed on disk, reloading", extra={"fields": {"config": path}})
             await self._reload_quietly()
 
+    def _web_config_signature(self) -> tuple[object, ...] | None:
+        path = self.options.web_config_file
+        if path is None:
+            return None
+        return tuple(_file_signature(name) for name in (path, *web_config_files(self.web_config)))
+
+    def _newest_tls_context(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, context: ssl.SSLContext
+    ) -> None:
+        newest = self._tls_context
+        if newest is not None and newest is not context:
+            connection.context = newest
+
+    async def _watch_web_config(self, path: str) -> None:
+        """The exporter-toolkit's promise, checked every watch interval rather than on every
+        request: a changed web config file, certificate, key or client CA file applies to the
+        connections and requests that follow. A file that fails to load changes nothing."""
+        while True:
+            await asyncio.sleep(self.options.watch_interval)
+            signature = self._web_config_signature()
+            if signature == self._web_signature or signature is None or None in signature:
+                continue  # unchanged, or a file missing: a swap in progress
+            self._web_signature = signature
+            try:
+                web_config, context = await asyncio.to_thread(_load_web_config, path, self.web_config)
+            except (ConfigError, OSError, ValueError) as exc:
+                log.error(
+                    "web config reload failed, keeping the running one",
+                    extra={"fields": {"web_config": path, "error": str(exc)}},
+                )
+                continue
+            self.web_config = web_config
+            self._tls_context = context
+            self._web_signature = self._web_config_signature()
+            log.info(
+                "web config reloaded",
+                extra={
+                    "fields": {
+                        "web_config": path,
+                        "tls": context is not None,
+                        "basic_auth": web_config.auth_required,
+                    }
+                },
+            )
+
     async def stop(self) -> None:
         """Stop scheduling, let running probes finish within the grace period, close the server."""
         self.ready = False
@@ -217,3 +279,12 @@ class Exporter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _load_web_config(path: str, running: WebConfig) -> tuple[WebConfig, ssl.SSLContext | None]:
+    """The web config at `path` and its TLS context, if a running server can take them."""
+    web_config = load_web_config(path)
+    reason = restart_needed(running, web_config)
+    if reason is not None:
+        raise ConfigError(path, f"{reason}: restart smtp-exporter to apply it")
+    return web_config, build_server_ssl_context(web_config)

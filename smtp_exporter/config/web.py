@@ -319,6 +319,27 @@ def _users(doc: _Doc, node: yaml.Node) -> dict[str, str]:
     return users
 
 
+def web_config_files(web: WebConfig) -> tuple[str, ...]:
+    """The files a web config names: a change to any of them is picked up like a change to it."""
+    tls = web.tls
+    if tls is None:
+        return ()
+    return tuple(name for name in (tls.cert_file, tls.key_file, tls.client_ca_file) if name is not None)
+
+
+def restart_needed(running: WebConfig, new: WebConfig) -> str | None:
+    """What of `new` a running server cannot take (None: all of it can). The certificate, key
+    and client CAs apply to new connections; TLS itself, the client-auth mode, the versions and
+    the ciphers are fixed when the listener starts."""
+    if (running.tls is None) != (new.tls is None):
+        return "tls_server_config was added or removed"
+    if running.tls is not None and new.tls is not None:
+        for key in ("client_auth_type", "min_version", "max_version", "cipher_suites"):
+            if getattr(running.tls, key) != getattr(new.tls, key):
+                return f"tls_server_config.{key} changed"
+    return None
+
+
 def build_server_ssl_context(web: WebConfig) -> ssl.SSLContext | None:
     """The server-side SSL context for the web config, or None for plain HTTP."""
     tls = web.tls

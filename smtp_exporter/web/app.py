@@ -286,12 +286,13 @@ class _Handlers:
 
 def create_app(exporter: Exporter) -> web.Application:
     handlers = _Handlers(exporter)
-    # The web config is read once, at start: without users there is nothing for the middleware
-    # to check, and without headers nothing to add; leaving them out saves a layer of aiohttp's
-    # handler chain and a signal on every /probe.
-    middlewares = [handlers.security] if exporter.web_config.auth_required else []
+    # Without a web config file there are no users to check and no headers to add, and never
+    # will be: leaving the middleware and the signal out saves a layer of aiohttp's handler chain
+    # and a signal on every /probe. With one, they read the web config in force at each request.
+    watched = exporter.options.web_config_file is not None
+    middlewares = [handlers.security] if watched or exporter.web_config.auth_required else []
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BODY)
-    if exporter.web_config.headers:
+    if watched or exporter.web_config.headers:
         app.on_response_prepare.append(handlers.add_configured_headers)
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from smtp_exporter.config.web import WebConfig
+from smtp_exporter.config.web import WebConfig, load_web_config
 from smtp_exporter.service import Exporter, ServiceOptions, load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +90,20 @@ class Running:
 
 @asynccontextmanager
 async def running_exporter(
-    config_path: Path, *, web_config: WebConfig | None = None, watch_interval: float = 0.2
+    config_path: Path,
+    *,
+    web_config: WebConfig | None = None,
+    web_config_file: Path | None = None,
+    watch_interval: float = 0.2,
 ) -> AsyncIterator[Running]:
+    """`web_config_file`: loaded, and watched as the command line's --web.config.file is."""
+    if web_config_file is not None:
+        web_config = load_web_config(str(web_config_file))
     options = ServiceOptions(
         config_file=str(config_path),
         listen_addresses=("127.0.0.1:0",),
         web_config=web_config or WebConfig(),
+        web_config_file=None if web_config_file is None else str(web_config_file),
         watch_interval=watch_interval,
     )
     exporter = Exporter(load(options), options)
