@@ -304,12 +304,7 @@ def run_loadgen(
     args = [python(), "-m", "benchmarks.loadgen", f"--base={exporter.base}", f"--module={MODULE}"]
     args += [f"--targets-file={targets_file}", f"--rate={rate}", f"--concurrency={concurrency}"]
     args += [f"--duration={seconds}"] + (["--durations"] if durations else [])
-    process = procs.start("loadgen", args, stdout_pipe=True, env=_env())
-    try:
-        line = read_line(process, timeout=seconds + 60)
-    finally:
-        procs.stop(process)
-    return json.loads(line)  # type: ignore[no-any-return]
+    return _run_for_json(procs, "loadgen", args, seconds)
 
 
 def run_bare(procs: Processes, targets: Sequence[str], *, rate: float, seconds: float) -> dict[str, object]:
@@ -320,7 +315,12 @@ def run_bare(procs: Processes, targets: Sequence[str], *, rate: float, seconds: 
     message_file.write_bytes((_MESSAGE + "\n").encode())
     args = [python(), "-m", "benchmarks.bare", f"--ports-file={ports_file}", f"--rate={rate}"]
     args += [f"--duration={seconds}", f"--ehlo={EHLO_NAME}", f"--message-file={message_file}"]
-    process = procs.start("bare", args, stdout_pipe=True, env=_env())
+    return _run_for_json(procs, "bare", args, seconds)
+
+
+def _run_for_json(procs: Processes, name: str, args: list[str], seconds: float) -> dict[str, object]:
+    """Run one of the suite's Python tools for about `seconds` and return the JSON line it prints."""
+    process = procs.start(name, args, stdout_pipe=True, env=_env())
     try:
         line = read_line(process, timeout=seconds + 60)
     finally:

@@ -12,13 +12,12 @@ from smtp_exporter.probe import Prober
 from tests.probe.common import ENVELOPE_PHASES, FULL_PHASES, auth, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer, Fault
 from tests.servers.scripted import (
-    BANNER,
     DEFAULT_REPLIES,
-    EHLO_REPLY,
     Answer,
     ExpectLine,
     ScriptedServer,
     Send,
+    until_rcpt,
 )
 from tests.servers.tls import TestCA
 
@@ -221,12 +220,7 @@ async def test_rcpt_refused_at_second_recipient(
     """Several recipients: the RCPT phase covers them all and reports the first refusal."""
     server = await scripted_server(
         [
-            Send(BANNER),
-            ExpectLine(),
-            Send(EHLO_REPLY),
-            ExpectLine(),
-            Send(b"250 2.1.0 Ok\r\n"),
-            ExpectLine(),
+            *until_rcpt(),
             Send(b"250 2.1.5 Ok\r\n"),
             ExpectLine(),
             Send(b"550 5.1.1 <b@mail.test>: Recipient address rejected\r\n"),

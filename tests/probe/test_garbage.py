@@ -21,7 +21,7 @@ from smtp_exporter.model import Transaction
 from smtp_exporter.probe import Prober
 from tests.probe.common import describe, module
 from tests.servers import scripted
-from tests.servers.scripted import BANNER, EHLO_REPLY, Close, ExpectLine, ScriptedServer, Send, Sleep
+from tests.servers.scripted import Close, ScriptedServer, Send, Sleep
 
 ScriptedFactory = Callable[..., Awaitable[ScriptedServer]]
 
@@ -32,24 +32,8 @@ CASES = {
     "unsolicited_reply_in_transaction": scripted.minimal_conversation(
         MAIL=b"250 2.1.0 Ok\r\n250 2.0.0 one more, never asked for\r\n"
     ),
-    "closed_in_transaction": [
-        Send(BANNER),
-        ExpectLine(),
-        Send(EHLO_REPLY),
-        ExpectLine(),
-        Send(b"250 2.1.0 Ok\r\n"),
-        ExpectLine(),
-        Close(),
-    ],
-    "deadline_in_transaction": [
-        Send(BANNER),
-        ExpectLine(),
-        Send(EHLO_REPLY),
-        ExpectLine(),
-        Send(b"250 2.1.0 Ok\r\n"),
-        ExpectLine(),
-        Sleep(30),
-    ],
+    "closed_in_transaction": [*scripted.until_rcpt(), Close()],
+    "deadline_in_transaction": [*scripted.until_rcpt(), Sleep(30)],
 }
 
 

@@ -31,18 +31,6 @@ ScriptedFactory = Callable[..., Awaitable[ScriptedServer]]
 TIMEOUT = 1.0
 
 
-def _until_rcpt() -> list[scripted.Step]:
-    """A normal server up to (and reading) the RCPT command."""
-    return [
-        Send(BANNER),
-        ExpectLine(),
-        Send(EHLO_REPLY),
-        ExpectLine(),
-        Send(b"250 2.1.0 Ok\r\n"),
-        ExpectLine(),
-    ]
-
-
 CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
     "garbage_greeting": (
         scripted.garbage_greeting(),
@@ -78,7 +66,7 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
         FailureReason.CONNECTION_CLOSED,
     ),
     "close_at_rcpt": (
-        [*_until_rcpt(), Close()],
+        [*scripted.until_rcpt(), Close()],
         Transaction.MESSAGE,
         Phase.RCPT,
         FailureReason.CONNECTION_CLOSED,
@@ -91,7 +79,7 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
         FailureReason.CONNECTION_CLOSED,
     ),
     "reset_at_rcpt": (
-        [*_until_rcpt(), Reset()],
+        [*scripted.until_rcpt(), Reset()],
         Transaction.MESSAGE,
         Phase.RCPT,
         FailureReason.CONNECTION_CLOSED,
@@ -102,7 +90,12 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
         Phase.EHLO,
         FailureReason.CONNECTION_CLOSED,
     ),
-    "tarpit_at_rcpt": ([*_until_rcpt(), Sleep(30)], Transaction.MESSAGE, Phase.RCPT, FailureReason.TIMEOUT),
+    "tarpit_at_rcpt": (
+        [*scripted.until_rcpt(), Sleep(30)],
+        Transaction.MESSAGE,
+        Phase.RCPT,
+        FailureReason.TIMEOUT,
+    ),
     "banner_wrong_class": (
         scripted.minimal_conversation(banner=b"250 mail.test hello\r\n"),
         Transaction.NONE,
@@ -129,7 +122,7 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
     ),
     "tarpit_at_message": (
         [
-            *_until_rcpt(),
+            *scripted.until_rcpt(),
             Send(b"250 2.1.5 Ok\r\n"),
             ExpectLine(),
             Send(b"354 End data with <CR><LF>.<CR><LF>\r\n"),
@@ -248,7 +241,9 @@ async def test_many_misbehaving_servers_at_once(scripted_server: ScriptedFactory
 
 async def test_quit_after_failure_stays_inside_the_deadline(scripted_server: ScriptedFactory) -> None:
     """A late 4xx, then silence to QUIT: the goodbye is cut short at the probe's deadline."""
-    server = await scripted_server([*_until_rcpt(), Sleep(0.8), Send(b"451 4.3.0 Try again later\r\n")])
+    server = await scripted_server(
+        [*scripted.until_rcpt(), Sleep(0.8), Send(b"451 4.3.0 Try again later\r\n")]
+    )
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
             server.target,

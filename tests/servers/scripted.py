@@ -131,6 +131,18 @@ DEFAULT_REPLIES: Mapping[str, bytes] = {
 }
 
 
+def until_rcpt() -> list[Step]:
+    """A normal server up to (and reading) the RCPT command: the script goes on from there."""
+    return [
+        Send(BANNER),
+        ExpectLine(),
+        Send(EHLO_REPLY),
+        ExpectLine(),
+        Send(b"250 2.1.0 Ok\r\n"),
+        ExpectLine(),
+    ]
+
+
 def minimal_conversation(*, banner: bytes = BANNER, **overrides: bytes) -> list[Step]:
     """A normal server: banner, then `DEFAULT_REPLIES` (override per verb, e.g. RCPT=b"550 ...")."""
     return [Send(banner), Answer({**DEFAULT_REPLIES, **overrides})]

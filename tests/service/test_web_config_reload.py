@@ -80,17 +80,25 @@ async def _status(running: Running, ca_file: str, auth: str) -> int:
         return response.status
 
 
+def _setup(
+    write_config: Callable[[str], Path], directory: Path, tls_ca: TestCA
+) -> tuple[ServerCert, ServerCert, Path, Path]:
+    """Two certificates (the first installed), a web config with TLS and one user, a config
+    without targets."""
+    first, renewed = tls_ca.issue(), tls_ca.issue()
+    _install(first, directory)
+    web = directory / "web.yml"
+    web.write_text(_web_config(directory, {"prometheus": PASSWORD}))
+    return first, renewed, web, write_config("targets: []\n")
+
+
 async def test_a_renewed_certificate_and_changed_users_apply_without_a_restart(
     write_config: Callable[[str], Path],
     tmp_path: Path,
     tls_ca: TestCA,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    first, renewed = tls_ca.issue(), tls_ca.issue()
-    _install(first, tmp_path)
-    web = tmp_path / "web.yml"
-    web.write_text(_web_config(tmp_path, {"prometheus": PASSWORD}))
-    config = write_config("targets: []\n")
+    first, renewed, web, config = _setup(write_config, tmp_path, tls_ca)
     caplog.set_level(logging.INFO, logger="smtp_exporter")
     async with running_exporter(config, web_config_file=web, watch_interval=0.1) as running:
         port = running.exporter.addresses[0][1]
@@ -137,11 +145,7 @@ def test_the_exporter_process_serves_a_renewed_certificate(
     write_config: Callable[[str], Path], tmp_path: Path, tls_ca: TestCA
 ) -> None:
     """The same through the command line, on the event loop the exporter runs on (uvloop)."""
-    first, renewed = tls_ca.issue(), tls_ca.issue()
-    _install(first, tmp_path)
-    web = tmp_path / "web.yml"
-    web.write_text(_web_config(tmp_path, {"prometheus": PASSWORD}))
-    config = write_config("targets: []\n")
+    first, renewed, web, config = _setup(write_config, tmp_path, tls_ca)
     exporter = ExporterProcess("--config.file", str(config), "--web.config.file", str(web)).start()
     try:
         assert _served_certificate(exporter.port, tls_ca.ca_file) == _der(first)
