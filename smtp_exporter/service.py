@@ -248,6 +248,7 @@ class Exporter:
             try:
                 web_config, context = await asyncio.to_thread(_load_web_config, path, self.web_config)
             except (ConfigError, OSError, ValueError) as exc:
+                self.stats.web_config_reload_successful = False
                 log.error(
                     "web config reload failed, keeping the running one",
                     extra={"fields": {"web_config": path, "error": str(exc)}},
@@ -255,6 +256,7 @@ class Exporter:
                 continue
             self.web_config = web_config
             self._tls_context = context
+            self.stats.web_config_reload_successful = True
             self._web_signature = self._web_config_signature()
             log.info(
                 "web config reloaded",

@@ -32,6 +32,8 @@ class ExporterStats:
     def __init__(self) -> None:
         self.config_reload_successful = False
         self.config_reload_success_timestamp = 0.0
+        # The web config in force was loaded at start (or the exporter would not have started).
+        self.web_config_reload_successful = True
         self.targets = 0
         self.probes_in_flight = 0
         self.probes_waiting = 0
@@ -89,6 +91,12 @@ class _StatsCollector(Collector):
             "smtp_exporter_config_last_reload_success_timestamp_seconds",
             "Unix time of the latest successful config load or reload.",
             stats.config_reload_success_timestamp,
+        )
+        yield gauge(
+            "smtp_exporter_web_config_last_reload_successful",
+            "Whether the latest reload of the web config file, or of a certificate, key or client CA "
+            "file it names, succeeded (1) or failed (0).",
+            1.0 if stats.web_config_reload_successful else 0.0,
         )
         yield gauge(
             "smtp_exporter_targets",

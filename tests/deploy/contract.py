@@ -39,6 +39,7 @@ METRICS = frozenset(
         "smtp_exporter_build_info",
         "smtp_exporter_config_last_reload_successful",
         "smtp_exporter_config_last_reload_success_timestamp_seconds",
+        "smtp_exporter_web_config_last_reload_successful",
         "smtp_exporter_targets",
         "smtp_exporter_probes_in_flight",
         "smtp_exporter_probes_skipped_total",

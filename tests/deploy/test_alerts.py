@@ -93,6 +93,7 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         "SMTPProbeSTARTTLSNotOffered",
         "SMTPProbeTargetNotProbed",
         "SMTPExporterConfigReloadFailed",
+        "SMTPExporterWebConfigReloadFailed",
         "SMTPExporterOverloaded",
     } <= names
 

@@ -18,7 +18,7 @@ import bcrypt
 import pytest
 
 from tests.servers.tls import ServerCert, TestCA
-from tests.service.conftest import ExporterProcess, Running, running_exporter, wait_for
+from tests.service.conftest import ExporterProcess, Running, running_exporter, sample_value, wait_for
 
 PASSWORD = "scrape-secret-42"
 OTHER_PASSWORD = "another-secret-17"
@@ -70,14 +70,14 @@ def _der(cert: ServerCert) -> bytes:
     )
 
 
-async def _status(running: Running, ca_file: str, auth: str) -> int:
+async def _scrape(running: Running, ca_file: str, auth: str) -> tuple[int, str]:
     url = running.url.replace("http://", "https://") + "/metrics"
     context = ssl.create_default_context(cafile=ca_file)
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
         session.get(url, headers={"Authorization": auth}) as response,
     ):
-        return response.status
+        return response.status, await response.text()
 
 
 def _setup(
@@ -107,7 +107,11 @@ async def test_a_renewed_certificate_and_changed_users_apply_without_a_restart(
             return await asyncio.to_thread(_served_certificate, port, tls_ca.ca_file) == _der(cert)
 
         async def answers(auth: str, status: int) -> bool:
-            return await _status(running, tls_ca.ca_file, auth) == status
+            return (await _scrape(running, tls_ca.ca_file, auth))[0] == status
+
+        async def reload_gauge() -> float | None:
+            _, text = await _scrape(running, tls_ca.ca_file, _basic("grafana", OTHER_PASSWORD))
+            return sample_value(text, "smtp_exporter_web_config_last_reload_successful")
 
         assert await served(first)
         assert await answers(_basic("prometheus", PASSWORD), 200)
@@ -121,6 +125,7 @@ async def test_a_renewed_certificate_and_changed_users_apply_without_a_restart(
         web.write_text(_web_config(tmp_path, {"grafana": OTHER_PASSWORD}))
         await wait_for(lambda: answers(_basic("grafana", OTHER_PASSWORD), 200), "the new user accepted")
         assert await answers(_basic("prometheus", PASSWORD), 401)
+        assert await reload_gauge() == 1
 
         # A web config that does not load, and one that a running server cannot take, change
         # nothing: the last good one stays, and the log says why.
@@ -139,6 +144,12 @@ async def test_a_renewed_certificate_and_changed_users_apply_without_a_restart(
             assert await served(renewed)
             assert await answers(_basic("grafana", OTHER_PASSWORD), 200)
             assert await answers(_basic("other", PASSWORD), 401)
+            assert await reload_gauge() == 0
+
+        # Fixed: loaded, and the gauge says so.
+        web.write_text(_web_config(tmp_path, {"grafana": OTHER_PASSWORD, "other": PASSWORD}))
+        await wait_for(lambda: answers(_basic("other", PASSWORD), 200), "the fixed web config applied")
+        assert await reload_gauge() == 1
 
 
 def test_the_exporter_process_serves_a_renewed_certificate(
