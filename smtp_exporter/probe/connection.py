@@ -32,6 +32,7 @@ class Step(NamedTuple):
     phase: Phase
     line: bytes
     expected: tuple[int, ...]  # the codes this command's reply may have for the script to go on
+    shown: str | None = None  # what the transcript says was sent, when not the line itself
 
 
 class Script:

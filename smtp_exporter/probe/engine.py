@@ -78,6 +78,11 @@ _OK_CODES = {
 _command_line = functools.lru_cache(maxsize=1024)(encode_command)
 
 
+def _step(phase: Phase, line: bytes, *, shown: str | None = None) -> Step:
+    """A script step that goes on after the replies `_command` accepts for `phase`."""
+    return Step(phase, line, _OK_CODES[phase], shown)
+
+
 class _Refusal(NamedTuple):
     """A reply with a code its script step did not expect."""
 
@@ -464,14 +469,12 @@ class Conversation:
         """MAIL, each RCPT, then DATA and the message, or RSET: one script (probe/connection.py).
         Several RCPT are one phase, from the first sent to the last reply (or the first refusal)."""
         module = self.module
-        steps = [Step(Phase.MAIL, _command_line("MAIL", f"FROM:<{module.mail_from}>"), _OK_CODES[Phase.MAIL])]
+        steps = [_step(Phase.MAIL, _command_line("MAIL", f"FROM:<{module.mail_from}>"))]
         steps += [
-            Step(Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>"), _OK_CODES[Phase.RCPT])
-            for recipient in module.rcpt_to
+            _step(Phase.RCPT, _command_line("RCPT", f"TO:<{recipient}>")) for recipient in module.rcpt_to
         ]
-        shown: str | None = None
         if module.transaction is Transaction.ENVELOPE:
-            steps.append(Step(Phase.RSET, _command_line("RSET", None), _OK_CODES[Phase.RSET]))
+            steps.append(_step(Phase.RSET, _command_line("RSET", None)))
         else:
             payload = build_message(
                 mail_from=module.mail_from,
@@ -483,12 +486,11 @@ class Conversation:
                 timestamp=time.time(),
                 unique=f"smtp-exporter.{secrets.token_hex(8)}",
             )
-            shown = sys.intern(f"<message: {len(payload)} bytes>")
-            steps.append(Step(Phase.DATA, _command_line("DATA", None), _OK_CODES[Phase.DATA]))
-            steps.append(Step(Phase.MESSAGE, payload, _OK_CODES[Phase.MESSAGE]))
-        await self._script(steps, shown_last=shown)
+            steps.append(_step(Phase.DATA, _command_line("DATA", None)))
+            steps.append(_step(Phase.MESSAGE, payload, shown=sys.intern(f"<message: {len(payload)} bytes>")))
+        await self._script(steps)
 
-    async def _script(self, steps: list[Step], *, shown_last: str | None) -> None:
+    async def _script(self, steps: list[Step]) -> None:
         """Run `steps` as one script, then keep what happened as `_exchange` would have, step by
         step: the transcript, and a phase for each run of steps of one phase that completed,
         also when the deadline cut the script short. Raises for a refusal or a broken script."""
@@ -500,30 +502,30 @@ class Conversation:
             await script.done
         finally:
             conn.stop_script()
-            refused = self._keep(script, shown_last)
+            refused = self._keep(script)
         if refused is not None:
             raise ReplyError(refused.phase, refused.reply)
         if script.error is not None:
             self.phase = script.error.phase
             raise ProbeError(script.error.phase, script.error.reason, script.error.message)
 
-    def _keep(self, script: Script, shown_last: str | None) -> _Refusal | None:
+    def _keep(self, script: Script) -> _Refusal | None:
         steps, sent, replies = script.steps, script.sent, script.replies
         last = len(steps) - 1
+        phase_started = 0.0  # when the run of steps of this step's phase began
         for index, started in enumerate(sent):
             step = steps[index]
+            if index == 0 or steps[index - 1].phase is not step.phase:
+                phase_started = started
             self.phase = step.phase  # where a deadline found the script, if it did
-            self._note("C", shown_last if index == last and shown_last is not None else step.line, started)
+            self._note("C", step.line if step.shown is None else step.shown, started)
             if index == len(replies):
                 break
             reply, ended = replies[index]
             self._note("S", reply, ended)
             refused = reply.code not in step.expected
             if refused or index == last or steps[index + 1].phase is not step.phase:
-                first = index
-                while first > 0 and steps[first - 1].phase is step.phase:
-                    first -= 1
-                self._record(step.phase, sent[first], ended, reply)
+                self._record(step.phase, phase_started, ended, reply)
             if refused:
                 return _Refusal(step.phase, reply)
         return None

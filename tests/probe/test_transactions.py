@@ -52,6 +52,12 @@ async def test_phases_of_each_transaction(smtp_server: AiosmtpdServer, transacti
         commands = [c for c in commands if c in VERBS[transaction]]  # drop header lines
     assert commands == VERBS[transaction]
     assert len(smtp_server.messages) == (1 if transaction is Transaction.MESSAGE else 0)
+    # The transcript says what was sent, command by command; the message only by its size.
+    sent = [line.text for line in result.transcript if line.direction == "C"]
+    assert [text.split(" ", 1)[0].encode() for text in sent if text[:1] != "<"] == VERBS[transaction]
+    if transaction is Transaction.MESSAGE:
+        payload = received.split(b"DATA\r\n", 1)[1].split(b"QUIT\r\n", 1)[0]
+        assert [text for text in sent if text[:1] == "<"] == [f"<message: {len(payload)} bytes>"]
 
 
 async def test_server_facts_from_banner_and_ehlo(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import bcrypt
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.servers.tls import ServerCert, TestCA
 from tests.service.conftest import ExporterProcess, Running, running_exporter, sample_value, wait_for
@@ -65,9 +66,7 @@ def _served_certificate(port: int, ca_file: str) -> bytes:
 
 
 def _der(cert: ServerCert) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(
-        cert.cert_pem.decode().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
-    )
+    return cert.certificate.public_bytes(Encoding.DER)
 
 
 async def _scrape(running: Running, ca_file: str, auth: str) -> tuple[int, str]:
