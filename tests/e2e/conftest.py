@@ -45,6 +45,8 @@ SCRAPE_INTERVAL = "1s"
 SCHEDULED_JOB = "smtp-exporter"  # the job name the shipped ServiceMonitor produces
 PROBE_JOB = "smtp-probe"  # the Probe's jobName
 STATIC_PROBE_JOB = "smtp-probe-static"  # README.md's job, renamed so both can run at once
+# The /metrics job of a multi-target-only install: an exporter without scheduled targets.
+PROBE_ONLY_EXPORTER_JOB = "smtp-exporter-probe-only"
 SLOW_DELAY = 6  # seconds smtp-sink waits before answering RCPT: above SMTPProbeSlowPhase's 5 s
 
 
@@ -93,6 +95,7 @@ class Stack:
     probed: dict[str, str]  # name -> target, probed by the two multi-target jobs
     static_probed: dict[str, str]  # name -> target, probed by README.md's job only
     dead_exporter: str  # an address in the smtp-exporter job where nothing listens
+    probe_only_exporter: Exporter  # no scheduled targets; its /metrics is PROBE_ONLY_EXPORTER_JOB
     starttls_lost: AiosmtpdServer  # offers STARTTLS until Prometheus has seen it used
     work: Path
 
@@ -124,7 +127,13 @@ def _exporter_config(ca_file: str, targets: list[Target]) -> str:
 
 
 def _prometheus_config(
-    *, exporter: str, dead_exporter: str, rule_file: Path, probed: list[str], static_probed: list[str]
+    *,
+    exporter: str,
+    dead_exporter: str,
+    probe_only_exporter: str,
+    rule_file: Path,
+    probed: list[str],
+    static_probed: list[str],
 ) -> dict[str, Any]:
     # The Probe exactly as shipped, with the addresses and the interval of this test.
     probe = shipped_probe()
@@ -151,6 +160,7 @@ def _prometheus_config(
         "rule_files": [str(rule_file)],
         "scrape_configs": [
             {"job_name": SCHEDULED_JOB, "static_configs": [{"targets": [exporter, dead_exporter]}]},
+            {"job_name": PROBE_ONLY_EXPORTER_JOB, "static_configs": [{"targets": [probe_only_exporter]}]},
             probe_job,
             static_job,
         ],
@@ -223,6 +233,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tls_ca: TestCA) -> Iterator[
         config_file.write_text(config_text)
         exporter = Exporter(config_file, work / "exporter.log")
         stoppable.append(exporter)
+        probe_only_config = work / "probe-only.yml"
+        probe_only_config.write_text("targets: []\n")
+        probe_only_exporter = Exporter(probe_only_config, work / "probe-only-exporter.log")
+        stoppable.append(probe_only_exporter)
 
         rule_file = work / "rules.yml"
         rule_file.write_text(yaml.safe_dump(rules_with_short_for(FOR_SCALE), sort_keys=False))
@@ -232,6 +246,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tls_ca: TestCA) -> Iterator[
                 _prometheus_config(
                     exporter=exporter.address,
                     dead_exporter=dead_exporter,
+                    probe_only_exporter=probe_only_exporter.address,
                     rule_file=rule_file,
                     probed=list(probed.values()),
                     static_probed=list(static_probed.values()),
@@ -251,6 +266,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tls_ca: TestCA) -> Iterator[
             probed=probed,
             static_probed=static_probed,
             dead_exporter=dead_exporter,
+            probe_only_exporter=probe_only_exporter,
             starttls_lost=starttls_lost,
             work=work,
         )
@@ -270,12 +286,14 @@ def _wait_for_data(stack: Stack) -> None:
     def checks() -> None:
         prometheus.check_running()
         stack.exporter.check_running()
+        stack.probe_only_exporter.check_running()
 
     # Every scrape succeeds (a failed probe is still a successful /probe scrape), except the
     # one of the address where no exporter listens.
     expected_health = {
         (SCHEDULED_JOB, stack.exporter.address): "up",
         (SCHEDULED_JOB, stack.dead_exporter): "down",
+        (PROBE_ONLY_EXPORTER_JOB, stack.probe_only_exporter.address): "up",
     }
     for job, targets in ((PROBE_JOB, stack.probed), (STATIC_PROBE_JOB, stack.static_probed)):
         expected_health.update({(job, target): "up" for target in targets.values()})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import PROBE_JOB, SCHEDULED_JOB, STATIC_PROBE_JOB, Stack
+from tests.e2e.conftest import PROBE_JOB, PROBE_ONLY_EXPORTER_JOB, SCHEDULED_JOB, STATIC_PROBE_JOB, Stack
 from tests.e2e.stack import PanelQuery, grafana_value, interpolate, panel_queries, variables
 
 # Grafana's built-in variables for a dashboard showing the last 5 minutes of a 1 s scrape
@@ -21,6 +21,7 @@ RANGE_SECONDS = 30.0  # range queries cover the last 30 s (the stack has been up
 SCHEDULED_ONLY = re.compile(
     r"smtp_probes_total|smtp_probe_failures_total|_distribution_seconds|smtp_exporter_"
 )
+EXPORTER_OWN = re.compile(r"smtp_exporter_")
 
 
 def _run(stack: Stack, query: PanelQuery, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -89,7 +90,12 @@ def test_there_are_queries_and_a_repeated_panel() -> None:
 
 def test_template_variables_find_every_job_target_and_module(stack: Stack) -> None:
     everything: dict[str, list[str] | None] = {"job": None, "target": None, "module": None}
-    assert set(_variable_values(stack, "job", everything)) == {SCHEDULED_JOB, PROBE_JOB, STATIC_PROBE_JOB}
+    assert set(_variable_values(stack, "job", everything)) == {
+        SCHEDULED_JOB,
+        PROBE_JOB,
+        STATIC_PROBE_JOB,
+        PROBE_ONLY_EXPORTER_JOB,
+    }
     scheduled: dict[str, list[str] | None] = {"job": [SCHEDULED_JOB], "target": None, "module": None}
     assert set(_variable_values(stack, "target", scheduled)) == {t.target for t in stack.scheduled.values()}
     assert set(_variable_values(stack, "module", scheduled)) == {t.module for t in stack.scheduled.values()}
@@ -148,3 +154,14 @@ def test_overview_table_shows_each_target_and_its_failure(stack: Stack) -> None:
     assert not any(target == stack.target("healthy") for target, _, _ in failures)
     tls = {r["metric"]["target"] for r in _run(stack, queries["D"], values)}
     assert stack.target("starttls") in tls and stack.target("healthy") not in tls
+
+
+def test_a_multi_target_only_exporters_job_shows_its_health(stack: Stack) -> None:
+    """The job scraping the /metrics of an exporter without scheduled targets is listed by the
+    job variable (above), and picking it fills the exporter health row; panels on probe results
+    are empty for it, as that job has none."""
+    selected: dict[str, list[str] | None] = {"job": [PROBE_ONLY_EXPORTER_JOB], "target": None, "module": None}
+    health = [q for q in panel_queries() if EXPORTER_OWN.search(q.expr)]
+    assert health
+    empty = [f"{q.panel} {q.ref_id}" for q in health if not _run(stack, q, _selections(selected))]
+    assert not empty, f"exporter health queries without data for {PROBE_ONLY_EXPORTER_JOB}: {empty}"
