@@ -28,7 +28,7 @@ from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.servers.lifecycle import StartStop
+from tests.servers.lifecycle import LoopThread, StartStop, cancel_other_tasks
 from tests.servers.tls import ServerCert
 
 # Where a fault can be injected; names match smtp_exporter.model.Phase.
@@ -296,65 +296,36 @@ class AiosmtpdServer(StartStop):
         self._connections: list[ConnectionRecord] = []
         self._auth_attempts: list[AuthAttempt] = []
         self._protocols: set[_RecordingSMTP] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner = LoopThread("aiosmtpd", self._listen, self._close)
         self.port = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> AiosmtpdServer:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                server = loop.run_until_complete(
-                    loop.create_server(
-                        self._protocol,
-                        self.host,
-                        0,
-                        ssl=self.implicit_tls.server_context() if self.implicit_tls else None,
-                    )
-                )
-                self.port = server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # reported to start() in the test's thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                server.close()
-                for protocol in list(self._protocols):
-                    if isinstance(protocol.transport, asyncio.Transport):
-                        protocol.transport.abort()
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(server.wait_closed())
-                loop.close()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"aiosmtpd-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            raise failure[0]
+        self._runner.start()
         return self
 
     def stop(self) -> None:
         """Stop listening, abort open connections, end the thread. Idempotent."""
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
+        self._runner.stop()
+
+    async def _listen(self) -> asyncio.Server:
+        server = await asyncio.get_running_loop().create_server(
+            self._protocol,
+            self.host,
+            0,
+            ssl=self.implicit_tls.server_context() if self.implicit_tls else None,
+        )
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _close(self, server: asyncio.Server) -> None:
+        server.close()
+        for protocol in list(self._protocols):
+            if isinstance(protocol.transport, asyncio.Transport):
+                protocol.transport.abort()
+        await cancel_other_tasks()
+        await server.wait_closed()
 
     # -- what the client did ----------------------------------------------------------
 
@@ -419,7 +390,7 @@ class AiosmtpdServer(StartStop):
     # -- called from the server thread ------------------------------------------------
 
     def _protocol(self) -> _RecordingSMTP:
-        protocol = _RecordingSMTP(_Handler(self), self, loop=self._loop, **self._smtp_kwargs)
+        protocol = _RecordingSMTP(_Handler(self), self, loop=self._runner.loop, **self._smtp_kwargs)
         self._protocols.add(protocol)
         return protocol
 

@@ -47,7 +47,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from tests.servers.lifecycle import StartStop
+from tests.servers.lifecycle import LoopThread, StartStop, cancel_other_tasks
 
 BIND_ATTEMPTS = 20
 Records = Mapping[str, Mapping[str, str | Sequence[str]]]
@@ -104,8 +104,8 @@ class DnsServer(StartStop):
         self._lock = threading.Lock()
         self._queries: list[Query] = []
         self.errors: list[Exception] = []  # exceptions while answering (a bug in this server)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner = LoopThread("dns", self._listen, self._close)
         self.port = 0
 
     # -- what clients use -------------------------------------------------------------
@@ -213,14 +213,20 @@ class DnsServer(StartStop):
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> DnsServer:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        tasks: set[asyncio.Task[None]] = set()
+        self._runner.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop answering and end the thread. Idempotent."""
+        self._runner.stop()
+
+    async def _listen(self) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
+        loop = asyncio.get_running_loop()
+        tasks = self._tasks
 
         def spawn(coro: Coroutine[Any, Any, None]) -> None:
             task = loop.create_task(coro)
-            tasks.add(task)
+            tasks.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(tasks.discard)
 
         server = self
@@ -253,58 +259,26 @@ class DnsServer(StartStop):
             finally:
                 writer.close()
 
-        async def bind() -> tuple[asyncio.DatagramTransport, asyncio.Server]:
-            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            for attempt in range(BIND_ATTEMPTS):
-                udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, 0), family=family)
-                port = udp.get_extra_info("sockname")[1]
-                try:
-                    tcp = await asyncio.start_server(
-                        lambda r, w: spawn(tcp_client(r, w)), self.host, port, family=family
-                    )
-                except OSError as exc:
-                    udp.close()
-                    if exc.errno != errno.EADDRINUSE or attempt == BIND_ATTEMPTS - 1:
-                        raise
-                    continue
-                self.port = port
-                return udp, tcp
-            raise AssertionError("unreachable")
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for attempt in range(BIND_ATTEMPTS):
+            udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=(self.host, 0), family=family)
+            port = udp.get_extra_info("sockname")[1]
             try:
-                udp, tcp = loop.run_until_complete(bind())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
+                tcp = await asyncio.start_server(
+                    lambda r, w: spawn(tcp_client(r, w)), self.host, port, family=family
+                )
+            except OSError as exc:
                 udp.close()
-                tcp.close()
-                for task in list(tasks):
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(tcp.wait_closed())
-                loop.close()
+                if exc.errno != errno.EADDRINUSE or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self.port = port
+            return udp, tcp
+        raise AssertionError("unreachable")
 
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name=f"dns-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop answering and end the thread. Idempotent."""
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
+    async def _close(self, ends: tuple[asyncio.DatagramTransport, asyncio.Server]) -> None:
+        udp, tcp = ends
+        udp.close()
+        tcp.close()
+        await cancel_other_tasks()
+        await tcp.wait_closed()
