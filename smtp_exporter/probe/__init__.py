@@ -16,6 +16,7 @@ from smtp_exporter.model import (
     PhaseResult,
     ProbeResult,
     Transcript,
+    round_to_ns,
 )
 from smtp_exporter.probe.connection import perf_counter
 from smtp_exporter.probe.engine import Conversation, this_host_fqdn
@@ -137,7 +138,7 @@ class Prober:
         reason: FailureReason,
         message: str,
     ) -> ProbeResult:
-        duration = perf_counter() - started
+        duration = round_to_ns(perf_counter() - started)
         return ProbeResult(
             target=target,
             module=module_name,

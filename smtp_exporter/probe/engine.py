@@ -28,6 +28,7 @@ from smtp_exporter.model import (
     Transaction,
     Transcript,
     TranscriptEvent,
+    round_to_ns,
 )
 from smtp_exporter.probe.connection import Script, SMTPClientProtocol, Step, perf_counter
 from smtp_exporter.probe.errors import ProbeError, ProbeTimeoutError, ReplyError
@@ -148,10 +149,12 @@ class Conversation:
 
     def _record(self, phase: Phase, started: float, ended: float, reply: Reply | None = None) -> None:
         if reply is None:
-            self.phases.append(PhaseResult(phase, ended - started))
+            self.phases.append(PhaseResult(phase, round_to_ns(ended - started)))
         else:
             self.phases.append(
-                PhaseResult(phase, ended - started, reply.code, reply.enhanced_status, reply.summary_text)
+                PhaseResult(
+                    phase, round_to_ns(ended - started), reply.code, reply.enhanced_status, reply.summary_text
+                )
             )
 
     def _deadline_left(self) -> float:
@@ -224,7 +227,7 @@ class Conversation:
             module=self.module_name,
             success=failure is None,
             start_timestamp=start_timestamp,
-            duration_seconds=perf_counter() - self.t0,
+            duration_seconds=round_to_ns(perf_counter() - self.t0),
             phases=tuple(self.phases),
             failure=failure,
             tls=self.tls,

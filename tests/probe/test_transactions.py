@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from email import message_from_bytes
 from email.policy import default as default_policy
 
@@ -42,6 +43,9 @@ async def test_phases_of_each_transaction(smtp_server: AiosmtpdServer, transacti
     assert codes == [expected_codes.get(name, 250) for name in PHASES[transaction]]
     assert all(p.duration_seconds >= 0 for p in result.phases)
     assert sum(p.duration_seconds for p in result.phases) <= result.duration_seconds
+    # Durations are whole nanoseconds, so their shortest decimal form (the exposition's) is too.
+    for seconds in (result.duration_seconds, *(p.duration_seconds for p in result.phases)):
+        assert Decimal(repr(seconds)) == Decimal(round(seconds * 1e9)) / 10**9, seconds
     # What the server saw: exactly these commands, each ended by CRLF, then the client closed.
     assert await smtp_server.wait_closed()
     (connection,) = smtp_server.connections
