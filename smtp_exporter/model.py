@@ -66,8 +66,9 @@ def round_to_ns(seconds: float) -> float:
     """A measured interval in whole nanoseconds, the resolution of the clock it was read from.
 
     The float then has a short exact decimal form (0.000667196, not 0.000667195999994874): the
-    exposition prints that, and printing a float's shortest form costs a third as much when it
-    has nine digits instead of seventeen, for the dozen durations of every probe.
+    exposition prints that, and printing a float's shortest form costs less than half as much
+    with nine digits as with seventeen (0.52 against 1.22 µs), for the dozen durations of every
+    probe.
     """
     return round(seconds * 1e9) / 1e9
 
