@@ -52,6 +52,7 @@ class FailureReason(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     AUTH_FAILED = "auth_failed"
     EXPECTATION_FAILED = "expectation_failed"
+    LOCAL_ERROR = "local_error"  # the exporter's own side: no file descriptor, an unbindable source, ...
 
 
 class Transaction(enum.StrEnum):

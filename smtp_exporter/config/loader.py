@@ -64,6 +64,7 @@ MAX_DNS_TIMEOUT = 60.0
 MAX_GRACE_PERIOD = 3600.0
 MAX_CONCURRENCY = 100_000
 MAX_BUCKETS = 100
+MAX_HISTORY = 100_000
 MAX_SECRET_BYTES = 64 * 1024
 TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
 
@@ -890,7 +891,11 @@ _SCHEDULER_PARSERS: dict[str, _Parser] = {
         doc, node, path, MAX_GRACE_PERIOD, allow_zero=True
     ),
 }
-_METRICS_PARSERS: dict[str, _Parser] = {"histogram_buckets": _buckets, "phase_histograms": boolean}
+_METRICS_PARSERS: dict[str, _Parser] = {
+    "histogram_buckets": _buckets,
+    "phase_histograms": boolean,
+    "history_limit": lambda doc, node, path: integer(doc, node, path, 0, MAX_HISTORY),
+}
 _HTTP_PROBE_PARSERS: dict[str, _Parser] = {
     "allowed_targets": lambda doc, node, path: tuple(
         _allowed_target(doc, item, item_path) for item_path, item in sequence(doc, node, path, single=True)

@@ -140,6 +140,9 @@ class MetricsConfig:
     histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     # Per-phase histograms multiply series by the number of phases: off unless asked for.
     phase_histograms: bool = False
+    # Full results (with transcripts) kept for the status page, /transcript and debug output,
+    # shared by all targets: the newest this many.
+    history_limit: int = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
