@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.harness import Processes, cpu_seconds
-from benchmarks.report import NONE, Table, median, ms, percentile, ratio, us, verdict
+from benchmarks.report import BASELINE_LIMIT, NONE, Table, median, ms, percentile, ratio, us, verdict
 from benchmarks.systems import (
     exporter_config,
     label_value,
@@ -51,7 +52,7 @@ DEFAULT = Scale(targets=2000, interval=2.0, window=20.0)
 QUICK = Scale(targets=100, interval=0.5, window=1.5)
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool, tree: Path) -> Table:
     scale = QUICK if quick else DEFAULT
     table = Table(
         1, "Scheduled-mode CPU per probe", ("smtp-exporter (scheduled)", "blackbox_exporter (/probe)")
@@ -60,7 +61,7 @@ def run(quick: bool) -> Table:
         sink = start_sink(procs, ok=scale.targets)
         targets = sink.targets()
         config = exporter_config(targets, interval=scale.interval, timeout=scale.interval * 0.9)
-        exporter = start_exporter(procs, config)
+        exporter = start_exporter(procs, config, tree=tree)
         wait_targets_probed(exporter, len(targets), timeout=scale.interval * 3 + 30)
         time.sleep(scale.interval)  # a full round in steady state before measuring
         body = exporter.scrape()
@@ -100,6 +101,7 @@ def run(quick: bool) -> Table:
         ratio(ours_per, bb_per),
         f"<= {TARGET_RATIO:.2f}",
         verdict(ours_per <= TARGET_RATIO * bb_per),
+        baseline_limit=BASELINE_LIMIT,
     )
     bare_per = float(bare["cpu_seconds"]) / bare_done if bare_done else float("inf")  # type: ignore[arg-type]
     table.add(

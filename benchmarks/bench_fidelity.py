@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks.harness import Processes
 from benchmarks.report import NONE, Table, median, ms, percentile, verdict
@@ -153,11 +154,11 @@ def _errors(
         )
 
 
-def _measure_level(procs: Processes, sink: Sink, level: Level, scale: Scale) -> Measured:
+def _measure_level(procs: Processes, sink: Sink, level: Level, scale: Scale, tree: Path) -> Measured:
     out = Measured()
     targets = sink.targets()[: level.targets]
     config = exporter_config(targets, interval=level.interval, timeout=level.interval * 0.9)
-    exporter = start_exporter(procs, config, name=f"smtp-exporter-{level.targets}")
+    exporter = start_exporter(procs, config, name=f"smtp-exporter-{level.targets}", tree=tree)
     try:
         try:
             wait_targets_probed(exporter, len(targets), timeout=level.interval * 5 + 30)
@@ -213,7 +214,7 @@ def _pair(values: list[float]) -> str:
     return f"{ms(median(values), 2)} / {ms(percentile(values, 99), 2)}"
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool, tree: Path) -> Table:
     scale = QUICK if quick else DEFAULT
     table = Table(
         4,
@@ -224,7 +225,7 @@ def run(quick: bool) -> Table:
     with Processes() as procs:
         sink = start_sink(procs, ok=max(level.targets for level in scale.levels), delay_ms=scale.delay * 1000)
         for level in scale.levels:
-            results[level.name] = _measure_level(procs, sink, level, scale)
+            results[level.name] = _measure_level(procs, sink, level, scale, tree)
 
     for level in scale.levels:
         m = results[level.name]

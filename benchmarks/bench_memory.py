@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.harness import Processes, rss_bytes
-from benchmarks.report import NONE, Table, kib, mib, verdict
+from benchmarks.report import BASELINE_LIMIT, NONE, Table, kib, mib, verdict
 from benchmarks.systems import Sink, exporter_config, start_exporter, start_sink, wait_targets_probed
 
 TARGET_PER_TARGET = 8 * 1024
@@ -48,7 +49,7 @@ def _targets(sink: Sink, count: int) -> list[str]:
     )
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool, tree: Path) -> Table:
     scale = QUICK if quick else DEFAULT
     table = Table(5, "Memory per target", ("smtp-exporter", "(no reference)"))
     largest = max(size.targets for size in scale.sizes)
@@ -56,7 +57,7 @@ def run(quick: bool) -> Table:
     with Processes() as procs:
         sink = start_sink(procs, ok=largest, reject_rcpt=largest // 10, reject_banner=largest // 10)
         idle = start_exporter(
-            procs, exporter_config([], interval=60.0, timeout=5.0), name="smtp-exporter-idle"
+            procs, exporter_config([], interval=60.0, timeout=5.0), name="smtp-exporter-idle", tree=tree
         )
         time.sleep(2.0)
         idle_rss = rss_bytes(idle.pid)
@@ -64,7 +65,7 @@ def run(quick: bool) -> Table:
         for size in scale.sizes:
             targets = _targets(sink, size.targets)
             config = exporter_config(targets, interval=size.interval, timeout=min(5.0, size.interval * 0.9))
-            exporter = start_exporter(procs, config, name=f"smtp-exporter-{size.targets}")
+            exporter = start_exporter(procs, config, name=f"smtp-exporter-{size.targets}", tree=tree)
             wait_targets_probed(exporter, len(targets), timeout=size.interval * 3 + 60)
             rss = []
             for _ in range(scale.rounds):
@@ -88,6 +89,7 @@ def run(quick: bool) -> Table:
             NONE,
             f"<= {kib(TARGET_PER_TARGET)}",
             verdict(per_target <= TARGET_PER_TARGET),
+            baseline_limit=BASELINE_LIMIT,
         )
         base = rss[1] if len(rss) > 1 else rss[0]
         growth = (rss[-1] - base) / base

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.harness import BenchmarkError, Processes, cpu_seconds
 from benchmarks.report import NONE, Table, ratio, verdict
@@ -65,13 +66,14 @@ def _wait_shards(shards: list[Exporter], total: int, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _run_k(procs: Processes, config: str, k: int, scale: Scale) -> ShardRun:
+def _run_k(procs: Processes, config: str, k: int, scale: Scale, tree: Path) -> ShardRun:
     shards = [
         start_exporter(
             procs,
             config,
             name=f"smtp-exporter-shard{i}of{k}",
             extra_args=(f"--shard.count={k}", f"--shard.index={i}"),
+            tree=tree,
         )
         for i in range(k)
     ]
@@ -101,7 +103,7 @@ def metric_sum_probes(exporter: Exporter) -> float:
     return sum(v for _, v in samples(exporter.scrape(), "smtp_probes_total"))
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool, tree: Path) -> Table:
     scale = QUICK if quick else DEFAULT
     table = Table(6, "Scale-out with --shard.count K", ("measured", "ideal (K=1 / K)"))
     runs: dict[int, ShardRun] = {}
@@ -110,7 +112,7 @@ def run(quick: bool) -> Table:
         targets = sink.targets()
         config = exporter_config(targets, interval=scale.interval, timeout=scale.interval * 0.9)
         for k in scale.shard_counts:
-            runs[k] = _run_k(procs, config, k, scale)
+            runs[k] = _run_k(procs, config, k, scale, tree)
 
     single = runs[scale.shard_counts[0]].cpu_shares[0]
     expected = set(targets)

@@ -9,6 +9,7 @@ exporter at a time; the sink, wrk and the exporter share the machine's cores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlencode
 
 from benchmarks.harness import Processes, cpu_seconds
@@ -47,7 +48,7 @@ def _load(procs: Processes, exporter: Exporter, target: str, scale: Scale) -> tu
     return result, cpu_seconds(exporter.pid) - cpu0
 
 
-def run(quick: bool) -> Table:
+def run(quick: bool, tree: Path) -> Table:
     scale = QUICK if quick else DEFAULT
     table = Table(
         2, f"/probe throughput at {CONNECTIONS} connections", ("smtp-exporter", "blackbox_exporter")
@@ -55,7 +56,7 @@ def run(quick: bool) -> Table:
     with Processes() as procs:
         _sink, port = start_smtp_sink(procs)
         target = f"127.0.0.1:{port}"
-        exporter = start_exporter(procs, exporter_config([], interval=60.0, timeout=5.0))
+        exporter = start_exporter(procs, exporter_config([], interval=60.0, timeout=5.0), tree=tree)
         ours, ours_cpu = _load(procs, exporter, target, scale)
         procs.stop(exporter.process)
         blackbox = start_blackbox(procs)

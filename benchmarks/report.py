@@ -8,6 +8,10 @@ A table renders as GitHub Markdown, so a run's output pastes into RESULTS.md as 
     | CPU per probe | 95 µs | 580 µs | 0.16 | <= 0.20 | PASS |
 
 `Result` is PASS or MISS for rows with a target, `-` for context rows.
+
+With `--baseline PATH` (benchmarks/compare.py) a table also carries, for every row, the same
+measure from the baseline checkout, the ratio this tree / baseline, and for the rows that have
+one, the limit of that ratio (`Row.baseline_limit`) with its verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# With --baseline: CPU per probe, scrape time and memory per target may grow by at most 10%
+# against the baseline checkout (the limit a change must hold to cost users nothing measurable).
+BASELINE_LIMIT = 1.10
 
 PASS = "PASS"
 MISS = "MISS"
@@ -29,6 +37,16 @@ class Row:
     ratio: str = NONE
     target: str = NONE
     result: str = NONE
+    baseline_limit: float | None = None  # the largest this-tree / baseline ratio allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """A row's figures from the baseline checkout, against this tree's."""
+
+    value: str  # the baseline's figure(s)
+    ratio: str  # this tree / baseline
+    limit: str  # e.g. "<= 1.10: PASS", or "-"
 
 
 @dataclass
@@ -38,26 +56,52 @@ class Table:
     columns: tuple[str, str]  # the names of the two systems compared
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    baseline: list[Compared] | None = None  # one per row, with --baseline
 
-    def add(self, *args: str, **kwargs: str) -> None:
-        self.rows.append(Row(*args, **kwargs))
+    def add(
+        self,
+        measure: str,
+        ours: str,
+        other: str = NONE,
+        ratio: str = NONE,
+        target: str = NONE,
+        result: str = NONE,
+        *,
+        baseline_limit: float | None = None,
+    ) -> None:
+        self.rows.append(Row(measure, ours, other, ratio, target, result, baseline_limit))
 
     @property
-    def misses(self) -> list[Row]:
-        return [row for row in self.rows if row.result == MISS]
+    def misses(self) -> list[str]:
+        """The measures that missed a target (the benchmark's own, or the limit against the baseline)."""
+        found = [row.measure for row in self.rows if row.result.startswith(MISS)]
+        for row, compared in zip(self.rows, self.baseline or (), strict=False):
+            if compared.limit.endswith(MISS):
+                found.append(f"{row.measure} (against the baseline)")
+        return found
 
     def markdown(self) -> str:
         def cell(text: str) -> str:
             return text.replace("|", "\\|")
 
+        first, second = self.columns
+        if self.baseline is None:
+            header = ["Measure", first, second, "Ratio", "Target", "Result"]
+        else:
+            header = ["Measure", f"{first}, this tree", "baseline", "this / baseline", "Limit"]
+            header += [second, "Ratio", "Target", "Result"]
         lines = [
             f"## {self.number}. {self.title}",
             "",
-            f"| Measure | {self.columns[0]} | {self.columns[1]} | Ratio | Target | Result |",
-            "|---|---|---|---|---|---|",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
         ]
-        for row in self.rows:
-            cells = (row.measure, row.ours, row.other, row.ratio, row.target, row.result)
+        for i, row in enumerate(self.rows):
+            cells = [row.measure, row.ours]
+            if self.baseline is not None:
+                compared = self.baseline[i]
+                cells += [compared.value, compared.ratio, compared.limit]
+            cells += [row.other, row.ratio, row.target, row.result]
             lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
         if self.notes:
             lines.append("")
@@ -65,21 +109,26 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict[str, object]:
+        rows: list[dict[str, str]] = []
+        for i, r in enumerate(self.rows):
+            row = {
+                "measure": r.measure,
+                "ours": r.ours,
+                "other": r.other,
+                "ratio": r.ratio,
+                "target": r.target,
+                "result": r.result,
+            }
+            if self.baseline is not None:
+                compared = self.baseline[i]
+                row |= {"baseline": compared.value, "baseline_ratio": compared.ratio}
+                row["baseline_limit"] = compared.limit
+            rows.append(row)
         return {
             "number": self.number,
             "title": self.title,
             "columns": list(self.columns),
-            "rows": [
-                {
-                    "measure": r.measure,
-                    "ours": r.ours,
-                    "other": r.other,
-                    "ratio": r.ratio,
-                    "target": r.target,
-                    "result": r.result,
-                }
-                for r in self.rows
-            ],
+            "rows": rows,
             "notes": self.notes,
         }
 

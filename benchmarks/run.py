@@ -1,10 +1,13 @@
-"""The benchmark suite's entry point: `python -m benchmarks [--quick] [--only 1,3] [--output FILE]`.
+"""The benchmark suite's entry point: `python -m benchmarks [--quick] [--only 1,3] [--baseline PATH]`.
 
 Checks first that everything the selected benchmarks need is installed, and says what is
 missing (it installs nothing). Runs each benchmark in turn, every process it starts on
 127.0.0.1 and stopped when it ends, and prints one Markdown table per benchmark. Exit status:
 0 when every selected benchmark ran (whatever its PASS/MISS), 1 when one failed to run,
 2 when something it needs is missing or the arguments are wrong.
+
+`--baseline PATH` runs every selected benchmark for this tree and for the checkout at PATH too
+(`--rounds N` times each, alternating), and reports both side by side (benchmarks/compare.py).
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import bench_cpu, bench_fidelity, bench_memory, bench_scrape, bench_shards, bench_throughput
+from benchmarks.compare import Tree, merge, order
 from benchmarks.harness import BenchmarkError, find_binary, sigterm_as_interrupt
 from benchmarks.report import Table
-from benchmarks.systems import BLACKBOX, REPO_ROOT
+from benchmarks.systems import BLACKBOX, REPO_ROOT, imported_from
 
 
 @dataclass(frozen=True)
 class Benchmark:
     number: int
     name: str
-    run: Callable[[bool], Table]
+    run: Callable[[bool, Path], Table]  # (quick, the tree whose smtp_exporter runs)
     binaries: tuple[str, ...]  # system binaries it needs
 
 
@@ -68,7 +72,7 @@ def select(only: str | None) -> list[Benchmark]:
     return sorted(chosen, key=lambda b: b.number)
 
 
-def missing_requirements(benchmarks: list[Benchmark]) -> list[str]:
+def missing_requirements(benchmarks: list[Benchmark], trees: list[Tree]) -> list[str]:
     problems = []
     if not Path("/proc/self/stat").exists():
         problems.append("Linux /proc (CPU, memory and ports are read from it)")
@@ -81,6 +85,26 @@ def missing_requirements(benchmarks: list[Benchmark]) -> list[str]:
             problems.append(f"Python module {module}: pip install {distribution}")
     if importlib.util.find_spec("smtp_exporter") is None and not (REPO_ROOT / "smtp_exporter").is_dir():
         problems.append("smtp_exporter: run from a checkout of the repository, or pip install smtp-exporter")
+    elif not problems:
+        problems += _wrong_trees(trees)
+    return problems
+
+
+def _wrong_trees(trees: list[Tree]) -> list[str]:
+    """Each tree's exporter must import that tree's smtp_exporter, not an installed copy."""
+    problems = []
+    for tree in trees:
+        expected = (tree.path / "smtp_exporter").resolve()
+        if not expected.is_dir():
+            problems.append(f"{tree.label} {tree.path}: no smtp_exporter package there")
+            continue
+        try:
+            found = imported_from(tree.path).resolve()
+        except BenchmarkError as exc:
+            problems.append(f"{tree.label}: {exc}")
+            continue
+        if found != expected:
+            problems.append(f"{tree.label} {tree.path}: its exporter would import {found}, not {expected}")
     return problems
 
 
@@ -93,7 +117,7 @@ def _first_line(args: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
-def machine() -> list[str]:
+def machine(trees: list[Tree]) -> list[str]:
     """The facts that make a run's figures comparable: cores, CPU, memory, versions, load."""
     model = "unknown"
     with open("/proc/cpuinfo") as handle:
@@ -117,7 +141,7 @@ def machine() -> list[str]:
         f"Python {platform.python_version()}, uvloop {uvloop}, smtp-exporter {smtp_exporter.__version__}",
         f"blackbox_exporter: {_first_line([blackbox, '--version']) if blackbox else 'not installed'}",
         f"Load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-    ]
+    ] + [f"smtp-exporter, {tree.label}: {tree.describe()}" for tree in trees]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,10 +157,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", metavar="FILE", help="also write the Markdown report to FILE")
     parser.add_argument("--json", metavar="FILE", help="also write the tables as JSON to FILE")
+    parser.add_argument(
+        "--baseline",
+        metavar="PATH",
+        type=Path,
+        help="also run each benchmark's smtp-exporter from the checkout at PATH, and compare",
+    )
+    parser.add_argument(
+        "--rounds",
+        metavar="N",
+        type=int,
+        default=1,
+        help="run each benchmark N times per tree, alternating trees (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     sys.path.insert(0, str(REPO_ROOT))
     benchmarks = select(args.only)
-    problems = missing_requirements(benchmarks)
+    trees = [Tree("this tree", REPO_ROOT)]
+    if args.baseline is not None:
+        trees.append(Tree("baseline", args.baseline.resolve()))
+    problems = missing_requirements(benchmarks, trees)
     if problems:
         print("benchmarks: missing requirements (nothing is installed automatically):", file=sys.stderr)
         for problem in problems:
@@ -147,16 +189,16 @@ def main(argv: list[str] | None = None) -> None:
         "# smtp-exporter benchmarks" + (" (--quick: smoke run, not a measurement)" if args.quick else ""),
         "",
     ]
-    header += [f"- {fact}" for fact in machine()]
+    header += [f"- {fact}" for fact in machine(trees)]
     print("\n".join(header) + "\n", flush=True)
     tables: list[Table] = []
     failed = []
     started = time.monotonic()
     with sigterm_as_interrupt():
-        for benchmark in benchmarks:
+        for index, benchmark in enumerate(benchmarks):
             t0 = time.monotonic()
             try:
-                table = benchmark.run(args.quick)
+                table = _run_rounds(benchmark, index, trees, args.quick, args.rounds)
             except KeyboardInterrupt:
                 print(
                     f"\ninterrupted during benchmark {benchmark.number} ({benchmark.name})", file=sys.stderr
@@ -189,3 +231,21 @@ def main(argv: list[str] | None = None) -> None:
             json.dumps({"machine": header[2:], "tables": [t.to_json() for t in tables]}, indent=1)
         )
     raise SystemExit(1 if failed else 0)
+
+
+def _run_rounds(benchmark: Benchmark, index: int, trees: list[Tree], quick: bool, rounds: int) -> Table:
+    """The benchmark run `rounds` times for each tree, alternating, merged into one table."""
+    if len(trees) == 1 and rounds == 1:
+        return benchmark.run(quick, trees[0].path)
+    runs: dict[str, list[Table]] = {tree.label: [] for tree in trees}
+    for round_ in range(rounds):
+        for tree in order(index, round_, trees):
+            t0 = time.monotonic()
+            runs[tree.label].append(benchmark.run(quick, tree.path))
+            print(
+                f"benchmark {benchmark.number} ({benchmark.name}), {tree.label}, round {round_ + 1}: "
+                f"{time.monotonic() - t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return merge(runs[trees[0].label], runs.get("baseline", []))

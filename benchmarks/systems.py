@@ -1,6 +1,7 @@
 """The systems under test and their peers: how each is configured, started and measured.
 
-- smtp-exporter (this repository), scheduled or /probe, started as `python -m smtp_exporter`;
+- smtp-exporter, scheduled or /probe, started as `python -m smtp_exporter` with the checkout under
+  test first on PYTHONPATH (this repository, or the baseline of `--baseline PATH`);
 - blackbox_exporter with a tcp `query_response` module scripting the same conversation
   (connect, 220, EHLO, MAIL FROM:<>, RCPT TO:<postmaster>, DATA, a message, QUIT);
 - Postfix's smtp-sink and the suite's multi-port sink (`benchmarks/sink.py`) as SMTP servers;
@@ -92,11 +93,25 @@ def start_smtp_sink(procs: Processes, *, name: str = "smtp-sink") -> tuple[Proce
 # -- smtp-exporter -----------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    """The environment of the Python processes: this checkout first on the import path."""
+def _env(tree: Path = REPO_ROOT) -> dict[str, str]:
+    """The environment of the Python processes: `tree` first on the import path, so that an
+    exporter process imports that checkout's smtp_exporter (this one's, or a baseline's), and
+    this checkout next, for the suite's own tools (benchmarks.sink, ...)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    paths = [str(tree), str(REPO_ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(filter(None, paths)))
     return env
+
+
+def imported_from(tree: Path) -> Path:
+    """The directory of the smtp_exporter package a process started for `tree` imports."""
+    code = "import smtp_exporter, os; print(os.path.dirname(os.path.abspath(smtp_exporter.__file__)))"
+    out = subprocess.run(
+        [python(), "-c", code], env=_env(tree), capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    if out.returncode != 0:
+        raise BenchmarkError(f"cannot import smtp_exporter from {tree}:\n{out.stderr.strip()}")
+    return Path(out.stdout.strip())
 
 
 def exporter_config(
@@ -158,12 +173,14 @@ def start_exporter(
     *,
     name: str = "smtp-exporter",
     extra_args: Iterable[str] = (),
+    tree: Path = REPO_ROOT,
 ) -> Exporter:
+    """smtp-exporter as `python -m smtp_exporter`, importing the smtp_exporter of `tree`."""
     config_path = procs.path(f"{name}.yml")
     config_path.write_text(config_text)
     args = [python(), "-m", "smtp_exporter", f"--config.file={config_path}"]
     args += ["--web.listen-address=127.0.0.1:0", "--log.level=warn", *extra_args]
-    process = procs.start(name, args, env=_env())
+    process = procs.start(name, args, env=_env(tree))
     port = wait_listening(process, timeout=60.0)
     wait_http_ok(process, port, "/-/ready", timeout=60.0)
     return Exporter(process, port, config_path)

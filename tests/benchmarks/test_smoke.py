@@ -1,4 +1,5 @@
-"""A fast smoke run of the benchmark suite (`python -m benchmarks --quick`), so it does not rot.
+"""A fast smoke run of the benchmark suite (`python -m benchmarks --quick`, and with
+`--baseline` against a second checkout), so it does not rot.
 
 It checks that every benchmark runs end to end against the real peers (smtp-sink,
 blackbox_exporter, wrk) and prints a well-formed table, and that no process it started
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +113,64 @@ def test_quick_run_prints_a_well_formed_table_per_benchmark(tmp_path: Path) -> N
             cells = line.strip("|").split(" | ")
             assert len(cells) == COLUMNS, line
     assert "6 benchmarks ran" in completed.stdout
+
+
+def test_quick_run_against_a_baseline_checkout_shows_both_trees(tmp_path: Path) -> None:
+    """`--baseline PATH`: the exporter runs from each tree in turn, and each row carries both
+    figures. The baseline is a copy of this tree's package, so it really is imported from there
+    (the suite refuses to run when it would not be)."""
+    _require_peers()
+    baseline = tmp_path / "baseline"
+    shutil.copytree(
+        REPO_ROOT / "smtp_exporter", baseline / "smtp_exporter", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    marker = uuid.uuid4().hex
+    report = tmp_path / "report.json"
+    argv = ["--quick", "--only=cpu,memory", f"--baseline={baseline}", f"--json={report}"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *argv],
+        cwd=REPO_ROOT,
+        env=_env(marker),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert _wait_gone(marker) == [], "processes left behind by the benchmark run"
+    for benchmark in ("1 (cpu)", "5 (memory)"):
+        for tree in ("this tree", "baseline"):
+            assert f"benchmark {benchmark}, {tree}, round 1" in completed.stderr
+
+    data = json.loads(report.read_text())
+    assert f"- smtp-exporter, baseline: {baseline}" in data["machine"]
+    tables = data["tables"]
+    assert [t["number"] for t in tables] == [1, 5]
+    limited = []
+    for table in tables:
+        for row in table["rows"]:
+            assert row["ours"] and row["baseline"], row
+            if row["baseline_limit"] != "-":
+                limited.append(row)
+                assert row["baseline_limit"].rsplit(": ", 1)[1] in {"PASS", "MISS"}, row
+    assert {row["measure"] for row in limited} >= {"CPU per probe"}
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == sum(len(t["rows"]) + 1 for t in tables)
+    for line in rows:
+        assert len(line.strip("|").split(" | ")) == COLUMNS + 3, line  # + baseline, ratio, limit
+
+
+def test_a_baseline_without_the_package_is_refused(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--only=memory", f"--baseline={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=_env(uuid.uuid4().hex),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert f"baseline {tmp_path}: no smtp_exporter package there" in completed.stderr
+    assert completed.stdout == ""
 
 
 def test_stopped_mid_run_it_leaves_no_process_behind() -> None:
