@@ -25,7 +25,7 @@ from tests.helpers import require_binary
 
 TESTDATA = Path(__file__).parent / "testdata" / "web"
 FILES = TESTDATA.parent / "files"
-DOCS = Path(__file__).parents[2] / "README.md"
+DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
 DOCS_HASH_PASSWORD = "changeme"  # the password of the hash in the docs example
 
 EXPECTED: dict[str, tuple[int, str, str]] = {
@@ -140,7 +140,7 @@ def docs_example() -> str:
     match = re.search(
         r"<!-- web-config-example[^>]*-->\n```yaml\n(.*?)```\n<!-- end web-config-example -->", text, re.S
     )
-    assert match, "the web config example is missing from README.md"
+    assert match, "the web config example is missing from docs/configuration.md"
     return match.group(1)
 
 
