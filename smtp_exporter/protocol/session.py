@@ -1,0 +1,610 @@
+"""The SMTP client session (RFC 5321, 3207, 4954) as one state machine over bytes.
+
+The driver (probe/connection.py) tells a `ClientSession` what happened, each time with the
+moment it happened: the connection is made, bytes arrived, TLS is up, the connection is lost,
+the deadline passed. It asks the session what to do next: the bytes to send
+(`bytes_to_send`), whether to start TLS now (`status is Status.TLS`), and at the end its
+`outcome()`. The session never reads a clock and never touches a socket, so everything about
+the conversation is decided, and tested (tests/protocol/test_session.py), here: which command
+comes next, the codes each phase accepts, the STARTTLS injection guard, unsolicited replies,
+phase durations, the transcript and the failure (phase, reason, message).
+
+Commands go through a queue: `bytes_to_send` hands out every command queued since the last
+call as one chunk, and replies are matched, in order, to the commands sent and not yet
+answered. Today each command waits for the previous reply; PIPELINING (RFC 2920) would queue
+a run of commands at once, through the same path.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
+from smtp_exporter.model import (
+    Failure,
+    FailureReason,
+    Phase,
+    PhaseResult,
+    ServerInfo,
+    Transaction,
+    TranscriptEvent,
+    round_to_ns,
+)
+from smtp_exporter.protocol.commands import (
+    CommandError,
+    auth_cram_md5_response,
+    auth_login_step,
+    auth_plain_initial,
+    encode_command,
+)
+from smtp_exporter.protocol.ehlo import parse_ehlo
+from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode, ReplyParser
+
+MAX_TRANSCRIPT_EVENTS = 200
+REDACTED = "<redacted>"
+QUIT_LINE = b"QUIT\r\n"
+# Preferred first: CRAM-MD5 never sends the password, even inside TLS.
+AUTO_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
+
+Extensions = dict[str, tuple[str, ...]]
+_Handler = Callable[["ClientSession", "_Command", Reply, float], None]
+
+
+class Status(enum.Enum):
+    """What the session waits for; the driver acts on TLS, CLOSING and DONE."""
+
+    CONNECTING = "connecting"  # name resolution and connect, done by the driver
+    TLS = "tls"  # the driver is to start TLS now (implicit TLS, or STARTTLS accepted)
+    TALKING = "talking"  # commands and their replies
+    CLOSING = "closing"  # failed: a last QUIT is out, its reply only noted (the driver bounds the wait)
+    DONE = "done"
+
+
+class Outcome(NamedTuple):
+    phases: tuple[PhaseResult, ...]
+    events: list[TranscriptEvent]
+    failure: Failure | None
+    server: ServerInfo
+
+
+class _Command:
+    """A command line queued or sent, and what its reply means: `on_reply` is a function of
+    the session class, not a bound method, so that commands do not hold their session in a
+    reference cycle (a probe's objects are freed by reference counting alone)."""
+
+    __slots__ = ("expected", "line", "on_reply", "phase", "shown")
+
+    def __init__(
+        self,
+        phase: Phase,
+        line: bytes,
+        on_reply: _Handler,
+        *,
+        expected: tuple[int, ...] = (),
+        shown: str | None = None,
+    ) -> None:
+        self.phase = phase
+        self.line = line
+        self.on_reply = on_reply
+        self.expected = expected  # for a transaction step: the codes that let the next one go
+        self.shown = shown  # what the transcript says was sent, when not the line itself
+
+
+class ClientSession:
+    """One SMTP conversation of one probe, from the connection to the last reply.
+
+    Inputs: `resolved`/`connecting`, `connection_made`, `data_received`, `tls_established`,
+    `connection_lost`, `deadline_reached`, `fail` (what the driver itself found wrong) and
+    `note` (its own transcript events). Outputs: `bytes_to_send`, `status`, `outcome()`.
+    `message` is the DATA payload, built by the caller (it needs a clock and randomness).
+    """
+
+    def __init__(
+        self, module: ModuleConfig, *, ehlo_name: str, timeout: float, message: bytes | None = None
+    ) -> None:
+        self.module = module
+        self.ehlo_name = ehlo_name
+        self.timeout = timeout  # the deadline in seconds, for its failure message
+        self.message = message
+        self.status = Status.CONNECTING
+        self.phase = Phase.RESOLVE  # where the conversation is: the phase a timeout fails
+        self.failure: Failure | None = None
+        self.phases: list[PhaseResult] = []
+        self.events: list[TranscriptEvent] = []
+        self.banner: str | None = None
+        self.ehlo_hostname: str | None = None
+        self.extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._parser = ReplyParser()
+        self._outbox: list[_Command] = []  # queued, not yet handed to the driver
+        self._awaiting: deque[_Command] = deque()  # sent, reply not yet received
+        self._started = 0.0  # when the phase under way began (its first command was sent)
+        self._sent_phase: Phase | None = None
+        self._steps: deque[_Command] = deque()  # the rest of the mail transaction
+        self._now = 0.0  # the time of the input being handled
+        self._tls_up = False
+        self._lost = False
+        self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
+        self._secrets: tuple[str, ...] = ()  # removed from replies while AUTH is under way
+        self._mechanism = ""  # the AUTH mechanism under way
+        self._auth_answers: list[str] = []  # what is still to be said when asked (334)
+        self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
+
+    # Inputs
+
+    def note(self, at: float, text: str) -> None:
+        """A transcript event of the driver's own (connecting to..., TLS facts, skipped MX)."""
+        self._note(at, "*", text)
+
+    def connecting(self) -> None:
+        self.phase = Phase.CONNECT
+
+    def resolved(self, started: float, ended: float) -> None:
+        self.phases.append(PhaseResult(Phase.RESOLVE, round_to_ns(ended - started)))
+        self.phase = Phase.CONNECT
+
+    def connection_made(self, started: float, ended: float) -> None:
+        self.phases.append(PhaseResult(Phase.CONNECT, round_to_ns(ended - started)))
+        if self.module.implicit_tls:
+            self.status = Status.TLS
+            self.phase = Phase.TLS
+        else:
+            self._await_banner(ended)
+
+    def tls_established(self, started: float, ended: float) -> None:
+        if self.status is not Status.TLS:
+            return
+        self.phases.append(PhaseResult(Phase.TLS, round_to_ns(ended - started)))
+        self._tls_up = True
+        if self.module.implicit_tls:
+            self._await_banner(ended)
+        else:
+            self.status = Status.TALKING
+            self._send_ehlo(Phase.EHLO_TLS)
+
+    def data_received(self, data: bytes, at: float) -> None:
+        self._now = at
+        status = self.status
+        if status is Status.TLS:
+            if self.module.implicit_tls:
+                return  # bytes before the handshake are not SMTP over TLS: the handshake judges them
+            self._injected()
+            return
+        if (status is not Status.TALKING and status is not Status.CLOSING) or self._parser.broken:
+            return
+        try:
+            replies = self._parser.feed(data)
+        except NotAReplyError as exc:
+            self._fail(self._current_phase(), FailureReason.UNEXPECTED_REPLY, str(exc))
+            return
+        except ProtocolError as exc:
+            self._fail(self._current_phase(), FailureReason.PROTOCOL_ERROR, str(exc))
+            return
+        for reply in replies:
+            self._reply(reply, at)
+        if self.status is Status.TLS and self._parser.pending:
+            self._injected()
+
+    def connection_lost(self, at: float, detail: str | None = None) -> None:
+        """End of stream or a broken connection (`detail` is what broke it, if anything)."""
+        self._now = at
+        self._lost = True
+        status = self.status
+        if status is Status.CLOSING:
+            self.status = Status.DONE
+        elif status is Status.TALKING:
+            suffix = f": {detail}" if detail else ""
+            self._fail(
+                self._current_phase(),
+                FailureReason.CONNECTION_CLOSED,
+                f"connection closed by the server{suffix}",
+            )
+        # CONNECTING and TLS: the driver's connect or handshake reports what went wrong.
+
+    def deadline_reached(self, at: float) -> None:
+        self._now = at
+        status = self.status
+        if status is Status.DONE:
+            return
+        if status is Status.CLOSING:
+            self.status = Status.DONE
+        elif self._quitting:
+            self._not_a_failure("no reply")
+        else:
+            phase = self._current_phase()
+            self._note(at, "*", f"timeout in {phase.value}")
+            self._fail(phase, FailureReason.TIMEOUT, f"no answer within the {self.timeout:g}s deadline")
+
+    def fail(self, at: float, reason: FailureReason, message: str, phase: Phase | None = None) -> None:
+        """A failure the driver found (connect, TLS, DNS, the exporter's own side): no QUIT follows."""
+        self._now = at
+        if self.status is Status.DONE:
+            return
+        self._outbox.clear()
+        self._awaiting.clear()
+        self._fail(phase or self.phase, reason, message, say_quit=False)
+
+    # Outputs
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._outbox)
+
+    def bytes_to_send(self, at: float) -> bytes:
+        """Every command queued, as one chunk; `at` is when the driver writes it."""
+        outbox = self._outbox
+        if not outbox:
+            return b""
+        for command in outbox:
+            if command.phase is not self._sent_phase:
+                self._started = at
+                self._sent_phase = command.phase
+            self._note(at, "C", command.line if command.shown is None else command.shown)
+            self._awaiting.append(command)
+        self.phase = outbox[-1].phase
+        data = outbox[0].line if len(outbox) == 1 else b"".join(c.line for c in outbox)
+        outbox.clear()
+        if self.status is Status.CLOSING and self._parser.broken:
+            self.status = Status.DONE  # no reply can be read any more
+        return data
+
+    def outcome(self, at: float) -> Outcome:
+        """The conversation as it ended (or as far as it went); `at` is when the probe ended.
+        Called once, at the end: it adds the final transcript event."""
+        failure = self.failure
+        if failure is None and self.module.fail_on_quit:
+            last = self.phases[-1] if self.phases else None
+            quit_phase = last if last is not None and last.phase is Phase.QUIT else None
+            if quit_phase is None or quit_phase.reply_code != ReplyCode.CLOSING:
+                failure = _quit_failure(quit_phase)
+        if failure is not None:
+            self._note(
+                at, "*", f"probe failed in {failure.phase.value}: {failure.reason.value}: {failure.message}"
+            )
+        server = ServerInfo(banner=self.banner, ehlo_hostname=self.ehlo_hostname, extensions=self.extensions)
+        return Outcome(tuple(self.phases), self.events, failure, server)
+
+    # Bookkeeping
+
+    def _note(self, at: float, direction: str, what: str | bytes | Reply) -> None:
+        if len(self.events) < MAX_TRANSCRIPT_EVENTS:
+            self.events.append((at, direction, what))
+
+    def _record(self, phase: Phase, reply: Reply, ended: float, started: float | None = None) -> None:
+        begun = self._started if started is None else started
+        self.phases.append(
+            PhaseResult(
+                phase, round_to_ns(ended - begun), reply.code, reply.enhanced_status, reply.summary_text
+            )
+        )
+
+    def _current_phase(self) -> Phase:
+        return self._awaiting[0].phase if self._awaiting else self.phase
+
+    def _send(
+        self,
+        phase: Phase,
+        line: bytes,
+        on_reply: _Handler,
+        *,
+        shown: str | None = None,
+    ) -> None:
+        self._outbox.append(_Command(phase, line, on_reply, shown=shown))
+
+    def _fail(
+        self, phase: Phase, reason: FailureReason, message: str, *, say_quit: bool | None = None
+    ) -> None:
+        if self.failure is not None or self.status is Status.DONE:
+            return
+        if self._quitting and phase is Phase.QUIT:
+            self._not_a_failure(message)
+            return
+        self.failure = Failure(phase, reason, message)
+        self._outbox.clear()
+        if say_quit is None:
+            say_quit = self.status is Status.TALKING and reason is not FailureReason.TIMEOUT
+        if not say_quit or self._lost:
+            self.status = Status.DONE
+            return
+        # Say goodbye, briefly: replies still due to earlier commands are only noted.
+        for command in self._awaiting:
+            command.on_reply = _ignore
+        self.status = Status.CLOSING
+        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_goodbye, shown="QUIT")
+
+    def _refused(self, phase: Phase, reply: Reply, reason: FailureReason | None = None) -> None:
+        if reason is None:
+            reason = _REPLY_CLASS_REASONS.get(reply.code_class, FailureReason.UNEXPECTED_REPLY)
+        self._fail(phase, reason, f"unexpected reply to {phase.value}: {reply.summary()}")
+
+    def _not_a_failure(self, detail: str) -> None:
+        """The closing QUIT without `fail_on_quit`: whatever happens to it is only noted."""
+        self._note(self._now, "*", f"QUIT: {detail} (not a failure: fail_on_quit is off)")
+        self._outbox.clear()
+        self._awaiting.clear()
+        self.status = Status.DONE
+
+    def _injected(self) -> None:
+        """Bytes the server sent in the clear after its 220 to STARTTLS (CVE-2011-0411): they
+        would be read as if TLS protected them, so TLS is not started over them."""
+        self._fail(
+            Phase.STARTTLS,
+            FailureReason.PROTOCOL_ERROR,
+            "server sent data after its STARTTLS reply",
+            say_quit=True,
+        )
+
+    # Replies
+
+    def _reply(self, reply: Reply, at: float) -> None:
+        if self.status is Status.DONE:
+            return
+        if self._secrets:
+            reply = _redacted(reply, self._secrets)
+        if not self._awaiting:
+            self._unsolicited(reply)
+            return
+        command = self._awaiting.popleft()
+        self._note(at, "S", reply)
+        command.on_reply(self, command, reply, at)
+
+    def _unsolicited(self, reply: Reply) -> None:
+        if self.status is Status.TLS:
+            self._injected()
+        elif self.status is Status.TALKING:
+            phase = self._outbox[0].phase if self._outbox else self.phase
+            self._fail(
+                phase,
+                FailureReason.PROTOCOL_ERROR,
+                f"unsolicited reply before {phase.value}: {reply.summary()}",
+            )
+        # CLOSING: replies after a failure are not read.
+
+    def _await_banner(self, ready: float) -> None:
+        # Waited for from the moment the connection (or implicit TLS on it) was up.
+        self.status = Status.TALKING
+        self.phase = self._sent_phase = Phase.BANNER
+        self._started = ready
+        self._awaiting.append(_Command(Phase.BANNER, b"", ClientSession._on_banner))
+
+    def _on_banner(self, command: _Command, reply: Reply, at: float) -> None:
+        self._record(Phase.BANNER, reply, at, started=min(self._started, at))
+        self.banner = reply.summary_text
+        if reply.code != ReplyCode.SERVICE_READY:
+            self._refused(Phase.BANNER, reply)
+            return
+        pattern = self.module.expect.banner
+        if pattern is not None and re.search(pattern, reply.text) is None:
+            self._fail(
+                Phase.BANNER,
+                FailureReason.EXPECTATION_FAILED,
+                f"banner does not match {pattern!r}: {self.banner}",
+            )
+            return
+        self._send_ehlo(Phase.EHLO)
+
+    def _send_ehlo(self, phase: Phase) -> None:
+        self._send(phase, encode_command("EHLO", self.ehlo_name), ClientSession._on_ehlo)
+
+    def _on_ehlo(self, command: _Command, reply: Reply, at: float) -> None:
+        phase = command.phase
+        self._record(phase, reply, at)
+        if reply.code == ReplyCode.OK:
+            ehlo = parse_ehlo(reply)
+            self.ehlo_hostname = ehlo.hostname
+            # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
+            # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
+            # Issue 13: RFC 3207 4.2 says to discard what was learnt before TLS; the fix is
+            # `offered = dict(ehlo.extensions)` here, with `self.extensions = ehlo.extensions`.
+            if not self.extensions:
+                self.extensions = ehlo.extensions
+                offered = dict(ehlo.extensions)
+            else:
+                offered = dict(self.extensions)
+                offered.update(ehlo.extensions)
+                self.extensions = tuple(offered.items())
+            self._after_greeting(offered)
+        elif phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
+            self._send(Phase.HELO, encode_command("HELO", self.ehlo_name), ClientSession._on_helo)
+        else:
+            self._refused(phase, reply)
+
+    def _on_helo(self, command: _Command, reply: Reply, at: float) -> None:
+        self._record(Phase.HELO, reply, at)
+        if reply.code != ReplyCode.OK:
+            self._refused(Phase.HELO, reply)
+            return
+        self._after_greeting({})
+
+    def _after_greeting(self, offered: Extensions) -> None:
+        module = self.module
+        if module.starttls is not StartTLS.NEVER and not module.implicit_tls and not self._tls_up:
+            if "STARTTLS" in offered:
+                self._send(Phase.STARTTLS, b"STARTTLS\r\n", ClientSession._on_starttls)
+                return
+            if module.starttls is StartTLS.REQUIRED:
+                self._fail(
+                    Phase.STARTTLS, FailureReason.STARTTLS_NOT_OFFERED, "the server did not offer STARTTLS"
+                )
+                return
+        missing = [ext for ext in module.expect.extensions if ext not in offered]
+        if missing:
+            self._fail(
+                self.phase, FailureReason.EXPECTATION_FAILED, f"extensions not offered: {', '.join(missing)}"
+            )
+        elif module.auth is not None:
+            self._start_auth(offered)
+        else:
+            self._start_transaction()
+
+    def _on_starttls(self, command: _Command, reply: Reply, at: float) -> None:
+        self._record(Phase.STARTTLS, reply, at)
+        if reply.code != ReplyCode.SERVICE_READY:
+            self._refused(Phase.STARTTLS, reply)
+            return
+        # Whatever else this chunk holds is checked by data_received (the injection guard).
+        self.status = Status.TLS
+        self.phase = Phase.TLS
+
+    # AUTH (RFC 4954)
+
+    def _start_auth(self, offered: Extensions) -> None:
+        auth = self.module.auth
+        assert auth is not None
+        self.phase = Phase.AUTH
+        if auth.mechanism is AuthMechanism.AUTO:
+            server_mechanisms = {m.upper() for m in offered.get("AUTH", ())}
+            choices = [m for m in AUTO_MECHANISMS if m in server_mechanisms]
+            if not choices:
+                self._fail(
+                    Phase.AUTH,
+                    FailureReason.AUTH_FAILED,
+                    "the server offers no AUTH mechanism this probe speaks",
+                )
+                return
+            mechanism: str = choices[0]
+        else:
+            # Issue 13: an explicit mechanism is sent even when the server does not offer it; the
+            # fix is to fail here (auth_failed) when it is not in the server's AUTH parameters.
+            mechanism = auth.mechanism.value
+        self._mechanism = mechanism
+        password = auth.password.reveal()
+        plain = auth_plain_initial(auth.username, password)
+        # A server may quote what we sent: these never reach a reply that is kept.
+        self._secrets = tuple(s for s in (password, plain, auth_login_step(password)) if s)
+        if mechanism == "PLAIN":
+            self._send(
+                Phase.AUTH,
+                encode_command("AUTH", "PLAIN " + plain),
+                ClientSession._on_auth,
+                shown=f"AUTH PLAIN {REDACTED}",
+            )
+            return
+        self._auth_answers = [auth.username, password] if mechanism == "LOGIN" else [""]
+        self._send(Phase.AUTH, encode_command("AUTH", mechanism), ClientSession._on_auth)
+
+    def _on_auth(self, command: _Command, reply: Reply, at: float) -> None:
+        auth = self.module.auth
+        assert auth is not None
+        if reply.code == ReplyCode.AUTH_CONTINUE and self._mechanism != "PLAIN":
+            if self._auth_answers:
+                step = self._auth_answers.pop(0)
+                try:
+                    if self._mechanism == "LOGIN":
+                        answer = auth_login_step(step)
+                    else:
+                        answer = auth_cram_md5_response(reply.text, auth.username, auth.password.reveal())
+                except CommandError as exc:
+                    self._cancel_auth(Failure(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)))
+                    return
+                self._secrets = (*self._secrets, answer)
+                self._send(
+                    Phase.AUTH, answer.encode("ascii") + b"\r\n", ClientSession._on_auth, shown=REDACTED
+                )
+                return
+            # Still asked for more after the last answer: the credentials were not accepted.
+            self._record(Phase.AUTH, reply, at)
+            message = f"unexpected reply to auth: {reply.summary()}"
+            self._cancel_auth(Failure(Phase.AUTH, FailureReason.AUTH_FAILED, message))
+            return
+        self._record(Phase.AUTH, reply, at)
+        if reply.code != ReplyCode.AUTH_SUCCESSFUL:
+            reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
+            self._refused(Phase.AUTH, reply, reason)
+            return
+        self._secrets = ()
+        self._start_transaction()
+
+    def _cancel_auth(self, failure: Failure) -> None:
+        """End an AUTH exchange the server still expects an answer in: "*" (RFC 4954 4)."""
+        self._auth_failure = failure
+        self._send(Phase.AUTH, b"*\r\n", ClientSession._on_auth_cancelled)
+
+    def _on_auth_cancelled(self, command: _Command, reply: Reply, at: float) -> None:
+        failure = self._auth_failure
+        assert failure is not None
+        self._fail(failure.phase, failure.reason, failure.message)
+
+    # The mail transaction, then QUIT
+
+    def _start_transaction(self) -> None:
+        """MAIL, each RCPT, then DATA and the message, or RSET. Several RCPT are one phase, from
+        the first sent to the last reply (or the first refusal)."""
+        module = self.module
+        if module.transaction is Transaction.NONE:
+            self._quit()
+            return
+        step = ClientSession._on_step
+        steps = self._steps
+        steps.append(
+            _Command(Phase.MAIL, encode_command("MAIL", f"FROM:<{module.mail_from}>"), step, expected=_OK)
+        )
+        for recipient in module.rcpt_to:
+            steps.append(
+                _Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
+            )
+        if module.transaction is Transaction.ENVELOPE or self.message is None:
+            steps.append(_Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
+        else:
+            steps.append(_Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
+            shown = f"<message: {len(self.message)} bytes>"
+            steps.append(_Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
+        self._outbox.append(steps.popleft())
+
+    def _on_step(self, command: _Command, reply: Reply, at: float) -> None:
+        refused = reply.code not in command.expected
+        steps = self._steps
+        if refused or not steps or steps[0].phase is not command.phase:
+            self._record(command.phase, reply, at)
+        if refused:
+            self._refused(command.phase, reply)
+        elif steps:
+            self._outbox.append(steps.popleft())
+        else:
+            self._quit()
+
+    def _quit(self) -> None:
+        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`."""
+        self._quitting = not self.module.fail_on_quit
+        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_quit)
+
+    def _on_goodbye(self, command: _Command, reply: Reply, at: float) -> None:
+        self.status = Status.DONE
+
+    def _on_quit(self, command: _Command, reply: Reply, at: float) -> None:
+        self._record(Phase.QUIT, reply, at)
+        self._quitting = False
+        self.status = Status.DONE
+
+
+_OK = (ReplyCode.OK,)
+_RCPT_OK = (ReplyCode.OK, ReplyCode.USER_NOT_LOCAL)
+_DATA_OK = (ReplyCode.START_MAIL_INPUT,)
+_REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}
+
+
+def _ignore(session: ClientSession, command: _Command, reply: Reply, at: float) -> None:
+    """A reply to a command sent before the probe failed: noted, and nothing more."""
+
+
+def _quit_failure(quit_phase: PhaseResult | None) -> Failure:
+    """Why QUIT fails a probe under `fail_on_quit`."""
+    if quit_phase is None or quit_phase.reply_code is None:
+        return Failure(Phase.QUIT, FailureReason.CONNECTION_CLOSED, "no reply to QUIT")
+    code = quit_phase.reply_code
+    reason = _REPLY_CLASS_REASONS.get(code // 100, FailureReason.UNEXPECTED_REPLY)
+    return Failure(Phase.QUIT, reason, f"unexpected reply to quit: {code} {quit_phase.reply or ''}".rstrip())
+
+
+def _redacted(reply: Reply, secrets: tuple[str, ...]) -> Reply:
+    if not any(secret in line for line in reply.lines for secret in secrets):
+        return reply
+    lines = []
+    for line in reply.lines:
+        for secret in secrets:
+            line = line.replace(secret, REDACTED)
+        lines.append(line)
+    return Reply(reply.code, tuple(lines))
