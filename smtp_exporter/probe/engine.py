@@ -32,7 +32,7 @@ from smtp_exporter.model import (
     round_to_ns,
 )
 from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
-from smtp_exporter.probe.errors import ProbeError
+from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
 from smtp_exporter.protocol import build_message
@@ -42,7 +42,6 @@ from smtp_exporter.targets import Target
 log = logging.getLogger("smtp_exporter.probe")
 
 QUIT_GRACE_SECONDS = 1.0  # how long a failed probe still waits for QUIT's reply
-LOCAL_ERROR = "the exporter could not run this probe"
 # How a failed connect reads to an operator; any other error means the address cannot be reached.
 _CONNECT_ERRORS = {
     errno.ECONNREFUSED: FailureReason.CONNECT_REFUSED,  # nothing listens, or a firewall rejects
@@ -50,11 +49,8 @@ _CONNECT_ERRORS = {
     errno.ECONNABORTED: FailureReason.CONNECTION_CLOSED,
     errno.EPIPE: FailureReason.CONNECTION_CLOSED,
     errno.ETIMEDOUT: FailureReason.TIMEOUT,
-    # The exporter's own side: out of descriptors or memory. No other address would do better.
-    errno.EMFILE: FailureReason.LOCAL_ERROR,
-    errno.ENFILE: FailureReason.LOCAL_ERROR,
-    errno.ENOBUFS: FailureReason.LOCAL_ERROR,
-    errno.ENOMEM: FailureReason.LOCAL_ERROR,
+    # The exporter's own side: no other address would do better.
+    **dict.fromkeys(LOCAL_ERRNOS, FailureReason.LOCAL_ERROR),
 }
 
 

@@ -6,7 +6,14 @@ It never leaves the engine: `Conversation` (and `Prober.probe_each_mx`) turn it 
 
 from __future__ import annotations
 
+import errno
+
 from smtp_exporter.model import FailureReason, Phase
+
+# OSErrors that are the exporter's own side (out of descriptors, buffers or memory), not the
+# target's: a probe failing with one of these fails with `local_error`.
+LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+LOCAL_ERROR = "the exporter could not run this probe"
 
 
 class ProbeError(Exception):
