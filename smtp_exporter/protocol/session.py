@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
+from smtp_exporter.config.schema import ModuleConfig, StartTLS
 from smtp_exporter.model import (
     Failure,
     FailureReason,
@@ -34,21 +34,13 @@ from smtp_exporter.model import (
     TranscriptEvent,
     round_to_ns,
 )
-from smtp_exporter.protocol.commands import (
-    CommandError,
-    auth_cram_md5_response,
-    auth_login_step,
-    auth_plain_initial,
-    encode_command,
-)
+from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism
+from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
 from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode, ReplyParser
 
 MAX_TRANSCRIPT_EVENTS = 200
-REDACTED = "<redacted>"
 QUIT_LINE = b"QUIT\r\n"
-# Preferred first: CRAM-MD5 never sends the password, even inside TLS.
-AUTO_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
 
 Extensions = dict[str, tuple[str, ...]]
 _Handler = Callable[["ClientSession", "_Command", Reply, float], None]
@@ -128,9 +120,7 @@ class ClientSession:
         self._tls_up = False
         self._lost = False
         self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
-        self._secrets: tuple[str, ...] = ()  # removed from replies while AUTH is under way
-        self._mechanism = ""  # the AUTH mechanism under way
-        self._auth_answers: list[str] = []  # what is still to be said when asked (334)
+        self._auth: AuthExchange | None = None  # while AUTH is under way (its secrets leave replies)
         self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
 
     # Inputs
@@ -342,8 +332,8 @@ class ClientSession:
     def _reply(self, reply: Reply, at: float) -> None:
         if self.status is Status.DONE:
             return
-        if self._secrets:
-            reply = _redacted(reply, self._secrets)
+        if self._auth is not None:
+            reply = self._auth.redact(reply)
         if not self._awaiting:
             self._unsolicited(reply)
             return
@@ -455,55 +445,25 @@ class ClientSession:
         auth = self.module.auth
         assert auth is not None
         self.phase = Phase.AUTH
-        if auth.mechanism is AuthMechanism.AUTO:
-            server_mechanisms = {m.upper() for m in offered.get("AUTH", ())}
-            choices = [m for m in AUTO_MECHANISMS if m in server_mechanisms]
-            if not choices:
-                self._fail(
-                    Phase.AUTH,
-                    FailureReason.AUTH_FAILED,
-                    "the server offers no AUTH mechanism this probe speaks",
-                )
-                return
-            mechanism: str = choices[0]
-        else:
-            # Issue 13: an explicit mechanism is sent even when the server does not offer it; the
-            # fix is to fail here (auth_failed) when it is not in the server's AUTH parameters.
-            mechanism = auth.mechanism.value
-        self._mechanism = mechanism
-        password = auth.password.reveal()
-        plain = auth_plain_initial(auth.username, password)
-        # A server may quote what we sent: these never reach a reply that is kept.
-        self._secrets = tuple(s for s in (password, plain, auth_login_step(password)) if s)
-        if mechanism == "PLAIN":
-            self._send(
-                Phase.AUTH,
-                encode_command("AUTH", "PLAIN " + plain),
-                ClientSession._on_auth,
-                shown=f"AUTH PLAIN {REDACTED}",
-            )
+        mechanism = choose_mechanism(auth, offered.get("AUTH", ()))
+        if mechanism is None:
+            message = "the server offers no AUTH mechanism this probe speaks"
+            self._fail(Phase.AUTH, FailureReason.AUTH_FAILED, message)
             return
-        self._auth_answers = [auth.username, password] if mechanism == "LOGIN" else [""]
-        self._send(Phase.AUTH, encode_command("AUTH", mechanism), ClientSession._on_auth)
+        exchange = self._auth = AuthExchange(auth, mechanism)
+        self._send(Phase.AUTH, exchange.first_line, ClientSession._on_auth, shown=exchange.first_shown)
 
     def _on_auth(self, command: _Command, reply: Reply, at: float) -> None:
-        auth = self.module.auth
-        assert auth is not None
-        if reply.code == ReplyCode.AUTH_CONTINUE and self._mechanism != "PLAIN":
-            if self._auth_answers:
-                step = self._auth_answers.pop(0)
-                try:
-                    if self._mechanism == "LOGIN":
-                        answer = auth_login_step(step)
-                    else:
-                        answer = auth_cram_md5_response(reply.text, auth.username, auth.password.reveal())
-                except CommandError as exc:
-                    self._cancel_auth(Failure(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)))
-                    return
-                self._secrets = (*self._secrets, answer)
-                self._send(
-                    Phase.AUTH, answer.encode("ascii") + b"\r\n", ClientSession._on_auth, shown=REDACTED
-                )
+        exchange = self._auth
+        assert exchange is not None
+        if reply.code == ReplyCode.AUTH_CONTINUE and exchange.mechanism != "PLAIN":
+            try:
+                answer = exchange.answer(reply)
+            except CommandError as exc:
+                self._cancel_auth(Failure(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)))
+                return
+            if answer is not None:
+                self._send(Phase.AUTH, answer, ClientSession._on_auth, shown=REDACTED)
                 return
             # Still asked for more after the last answer: the credentials were not accepted.
             self._record(Phase.AUTH, reply, at)
@@ -515,7 +475,7 @@ class ClientSession:
             reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
             self._refused(Phase.AUTH, reply, reason)
             return
-        self._secrets = ()
+        self._auth = None
         self._start_transaction()
 
     def _cancel_auth(self, failure: Failure) -> None:
@@ -597,14 +557,3 @@ def _quit_failure(quit_phase: PhaseResult | None) -> Failure:
     code = quit_phase.reply_code
     reason = _REPLY_CLASS_REASONS.get(code // 100, FailureReason.UNEXPECTED_REPLY)
     return Failure(Phase.QUIT, reason, f"unexpected reply to quit: {code} {quit_phase.reply or ''}".rstrip())
-
-
-def _redacted(reply: Reply, secrets: tuple[str, ...]) -> Reply:
-    if not any(secret in line for line in reply.lines for secret in secrets):
-        return reply
-    lines = []
-    for line in reply.lines:
-        for secret in secrets:
-            line = line.replace(secret, REDACTED)
-        lines.append(line)
-    return Reply(reply.code, tuple(lines))
