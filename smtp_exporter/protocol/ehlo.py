@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 from typing import NamedTuple
 
-from smtp_exporter.memo import remember
 from smtp_exporter.protocol.reply import Reply
 
 MAX_EXTENSION_PARAMS = 32
@@ -18,13 +16,6 @@ class EhloResponse(NamedTuple):
     extensions: tuple[tuple[str, tuple[str, ...]], ...]
 
 
-# EHLO replies already read, by their lines: a server answers the same at every probe, so
-# its results share one parsed (immutable) response instead of parsing and keeping their own.
-_PARSED: dict[tuple[str, ...], EhloResponse] = {}
-MAX_REMEMBERED_REPLIES = 1024
-MAX_REMEMBERED_REPLY_CHARS = 2048  # so a hostile server can pin at most ~2 MB here
-
-
 def parse_ehlo(reply: Reply) -> EhloResponse:
     """Read the hostname and the extensions from a 250 EHLO reply.
 
@@ -32,15 +23,6 @@ def parse_ehlo(reply: Reply) -> EhloResponse:
     probe, and the old `AUTH=LOGIN PLAIN` form is read as `AUTH LOGIN PLAIN`.
     """
     lines = reply.lines
-    parsed = _PARSED.get(lines)
-    if parsed is None:
-        parsed = _parse(lines)
-        if sum(map(len, lines)) <= MAX_REMEMBERED_REPLY_CHARS:
-            remember(_PARSED, lines, parsed, limit=MAX_REMEMBERED_REPLIES)
-    return parsed
-
-
-def _parse(lines: tuple[str, ...]) -> EhloResponse:
     first = lines[0] if lines else ""
     hostname = first.split(" ", 1)[0][:255]
     merged: dict[str, list[str]] = {}
@@ -53,7 +35,7 @@ def _parse(lines: tuple[str, ...]) -> EhloResponse:
         if "=" in keyword:
             keyword, _, extra = keyword.partition("=")
             params = ([extra] if extra else []) + params
-        keyword = sys.intern(keyword.upper())
+        keyword = keyword.upper()
         # RFC 5321 ehlo-keyword: (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
         if (
             len(keyword) > MAX_KEYWORD_CHARS
