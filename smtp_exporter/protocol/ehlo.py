@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from smtp_exporter.memo import remember
 from smtp_exporter.protocol.reply import Reply
 
 MAX_EXTENSION_PARAMS = 32
@@ -16,6 +17,13 @@ class EhloResponse(NamedTuple):
     extensions: tuple[tuple[str, tuple[str, ...]], ...]
 
 
+# EHLO replies already read, by their lines: a server answers the same at every probe, and
+# reading one (9 lines) costs about 60,000 instructions, finding it here about 2,000.
+_PARSED: dict[tuple[str, ...], EhloResponse] = {}
+MAX_REMEMBERED_REPLIES = 1024
+MAX_REMEMBERED_REPLY_CHARS = 2048  # so a hostile server can pin at most ~2 MB here
+
+
 def parse_ehlo(reply: Reply) -> EhloResponse:
     """Read the hostname and the extensions from a 250 EHLO reply.
 
@@ -23,6 +31,15 @@ def parse_ehlo(reply: Reply) -> EhloResponse:
     probe, and the old `AUTH=LOGIN PLAIN` form is read as `AUTH LOGIN PLAIN`.
     """
     lines = reply.lines
+    parsed = _PARSED.get(lines)
+    if parsed is None:
+        parsed = _parse(lines)
+        if sum(map(len, lines)) <= MAX_REMEMBERED_REPLY_CHARS:
+            remember(_PARSED, lines, parsed, limit=MAX_REMEMBERED_REPLIES)
+    return parsed
+
+
+def _parse(lines: tuple[str, ...]) -> EhloResponse:
     first = lines[0] if lines else ""
     hostname = first.split(" ", 1)[0][:255]
     merged: dict[str, list[str]] = {}
