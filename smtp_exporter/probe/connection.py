@@ -13,7 +13,7 @@ import asyncio
 import ssl
 import time
 
-from smtp_exporter.protocol.session import ClientSession, Status
+from smtp_exporter.protocol import ClientSession, Status
 
 perf_counter = time.perf_counter
 

@@ -35,8 +35,7 @@ from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
 from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
-from smtp_exporter.protocol import build_message
-from smtp_exporter.protocol.session import ClientSession, Status
+from smtp_exporter.protocol import ClientSession, Status, build_message
 from smtp_exporter.targets import Target
 
 log = logging.getLogger("smtp_exporter.probe")

@@ -7,21 +7,14 @@ the deadline passed. It asks the session what to do next: the bytes to send
 `outcome()`. The session never reads a clock and never touches a socket, so everything about
 the conversation is decided, and tested (tests/protocol/test_session.py), here: which command
 comes next, the codes each phase accepts, the STARTTLS injection guard, unsolicited replies,
-phase durations, the transcript and the failure (phase, reason, message).
-
-Commands go through a queue: `bytes_to_send` hands out every command queued since the last
-call as one chunk, and replies are matched, in order, to the commands sent and not yet
-answered. Today each command waits for the previous reply; PIPELINING (RFC 2920) would queue
-a run of commands at once, through the same path.
+phase durations, the transcript and the failure (phase, reason, message). The queue of
+commands and replies under it is protocol/exchange.py's.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections import deque
-from collections.abc import Callable
-from typing import NamedTuple
 
 from smtp_exporter.config.schema import ModuleConfig, StartTLS
 from smtp_exporter.model import (
@@ -31,62 +24,22 @@ from smtp_exporter.model import (
     PhaseResult,
     ServerInfo,
     Transaction,
-    TranscriptEvent,
     round_to_ns,
 )
 from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
-from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode, ReplyParser
+from smtp_exporter.protocol.exchange import Command, Exchange, Outcome, Status
+from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode
 
-MAX_TRANSCRIPT_EVENTS = 200
+__all__ = ["ClientSession", "Outcome", "Status"]
+
 QUIT_LINE = b"QUIT\r\n"
 
 Extensions = dict[str, tuple[str, ...]]
-_Handler = Callable[["ClientSession", "_Command", Reply, float], None]
 
 
-class Status(enum.Enum):
-    """What the session waits for; the driver acts on TLS, CLOSING and DONE."""
-
-    CONNECTING = "connecting"  # name resolution and connect, done by the driver
-    TLS = "tls"  # the driver is to start TLS now (implicit TLS, or STARTTLS accepted)
-    TALKING = "talking"  # commands and their replies
-    CLOSING = "closing"  # failed: a last QUIT is out, its reply only noted (the driver bounds the wait)
-    DONE = "done"
-
-
-class Outcome(NamedTuple):
-    phases: tuple[PhaseResult, ...]
-    events: list[TranscriptEvent]
-    failure: Failure | None
-    server: ServerInfo
-
-
-class _Command:
-    """A command line queued or sent, and what its reply means: `on_reply` is a function of
-    the session class, not a bound method, so that commands do not hold their session in a
-    reference cycle (a probe's objects are freed by reference counting alone)."""
-
-    __slots__ = ("expected", "line", "on_reply", "phase", "shown")
-
-    def __init__(
-        self,
-        phase: Phase,
-        line: bytes,
-        on_reply: _Handler,
-        *,
-        expected: tuple[int, ...] = (),
-        shown: str | None = None,
-    ) -> None:
-        self.phase = phase
-        self.line = line
-        self.on_reply = on_reply
-        self.expected = expected  # for a transaction step: the codes that let the next one go
-        self.shown = shown  # what the transcript says was sent, when not the line itself
-
-
-class ClientSession:
+class ClientSession(Exchange):
     """One SMTP conversation of one probe, from the connection to the last reply.
 
     Inputs: `resolved`/`connecting`, `connection_made`, `data_received`, `tls_established`,
@@ -98,25 +51,15 @@ class ClientSession:
     def __init__(
         self, module: ModuleConfig, *, ehlo_name: str, timeout: float, message: bytes | None = None
     ) -> None:
+        super().__init__()
         self.module = module
         self.ehlo_name = ehlo_name
         self.timeout = timeout  # the deadline in seconds, for its failure message
         self.message = message
-        self.status = Status.CONNECTING
-        self.phase = Phase.RESOLVE  # where the conversation is: the phase a timeout fails
-        self.failure: Failure | None = None
-        self.phases: list[PhaseResult] = []
-        self.events: list[TranscriptEvent] = []
         self.banner: str | None = None
         self.ehlo_hostname: str | None = None
         self.extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
-        self._parser = ReplyParser()
-        self._outbox: list[_Command] = []  # queued, not yet handed to the driver
-        self._awaiting: deque[_Command] = deque()  # sent, reply not yet received
-        self._started = 0.0  # when the phase under way began (its first command was sent)
-        self._sent_phase: Phase | None = None
-        self._steps: deque[_Command] = deque()  # the rest of the mail transaction
-        self._now = 0.0  # the time of the input being handled
+        self._steps: deque[Command] = deque()  # the rest of the mail transaction
         self._tls_up = False
         self._lost = False
         self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
@@ -124,10 +67,6 @@ class ClientSession:
         self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
 
     # Inputs
-
-    def note(self, at: float, text: str) -> None:
-        """A transcript event of the driver's own (connecting to..., TLS facts, skipped MX)."""
-        self._note(at, "*", text)
 
     def connecting(self) -> None:
         self.phase = Phase.CONNECT
@@ -216,30 +155,9 @@ class ClientSession:
         self._outbox.clear()
         self._awaiting.clear()
         self._fail(phase or self.phase, reason, message, say_quit=False)
+        self.status = Status.DONE  # whatever came first, the driver is done with this connection
 
     # Outputs
-
-    @property
-    def has_output(self) -> bool:
-        return bool(self._outbox)
-
-    def bytes_to_send(self, at: float) -> bytes:
-        """Every command queued, as one chunk; `at` is when the driver writes it."""
-        outbox = self._outbox
-        if not outbox:
-            return b""
-        for command in outbox:
-            if command.phase is not self._sent_phase:
-                self._started = at
-                self._sent_phase = command.phase
-            self._note(at, "C", command.line if command.shown is None else command.shown)
-            self._awaiting.append(command)
-        self.phase = outbox[-1].phase
-        data = outbox[0].line if len(outbox) == 1 else b"".join(c.line for c in outbox)
-        outbox.clear()
-        if self.status is Status.CLOSING and self._parser.broken:
-            self.status = Status.DONE  # no reply can be read any more
-        return data
 
     def outcome(self, at: float) -> Outcome:
         """The conversation as it ended (or as far as it went); `at` is when the probe ended.
@@ -256,33 +174,6 @@ class ClientSession:
             )
         server = ServerInfo(banner=self.banner, ehlo_hostname=self.ehlo_hostname, extensions=self.extensions)
         return Outcome(tuple(self.phases), self.events, failure, server)
-
-    # Bookkeeping
-
-    def _note(self, at: float, direction: str, what: str | bytes | Reply) -> None:
-        if len(self.events) < MAX_TRANSCRIPT_EVENTS:
-            self.events.append((at, direction, what))
-
-    def _record(self, phase: Phase, reply: Reply, ended: float, started: float | None = None) -> None:
-        begun = self._started if started is None else started
-        self.phases.append(
-            PhaseResult(
-                phase, round_to_ns(ended - begun), reply.code, reply.enhanced_status, reply.summary_text
-            )
-        )
-
-    def _current_phase(self) -> Phase:
-        return self._awaiting[0].phase if self._awaiting else self.phase
-
-    def _send(
-        self,
-        phase: Phase,
-        line: bytes,
-        on_reply: _Handler,
-        *,
-        shown: str | None = None,
-    ) -> None:
-        self._outbox.append(_Command(phase, line, on_reply, shown=shown))
 
     def _fail(
         self, phase: Phase, reason: FailureReason, message: str, *, say_quit: bool | None = None
@@ -358,9 +249,9 @@ class ClientSession:
         self.status = Status.TALKING
         self.phase = self._sent_phase = Phase.BANNER
         self._started = ready
-        self._awaiting.append(_Command(Phase.BANNER, b"", ClientSession._on_banner))
+        self._awaiting.append(Command(Phase.BANNER, b"", ClientSession._on_banner))
 
-    def _on_banner(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_banner(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.BANNER, reply, at, started=min(self._started, at))
         self.banner = reply.summary_text
         if reply.code != ReplyCode.SERVICE_READY:
@@ -379,7 +270,7 @@ class ClientSession:
     def _send_ehlo(self, phase: Phase) -> None:
         self._send(phase, encode_command("EHLO", self.ehlo_name), ClientSession._on_ehlo)
 
-    def _on_ehlo(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_ehlo(self, command: Command, reply: Reply, at: float) -> None:
         phase = command.phase
         self._record(phase, reply, at)
         if reply.code == ReplyCode.OK:
@@ -402,7 +293,7 @@ class ClientSession:
         else:
             self._refused(phase, reply)
 
-    def _on_helo(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_helo(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.HELO, reply, at)
         if reply.code != ReplyCode.OK:
             self._refused(Phase.HELO, reply)
@@ -430,7 +321,7 @@ class ClientSession:
         else:
             self._start_transaction()
 
-    def _on_starttls(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_starttls(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.STARTTLS, reply, at)
         if reply.code != ReplyCode.SERVICE_READY:
             self._refused(Phase.STARTTLS, reply)
@@ -453,7 +344,7 @@ class ClientSession:
         exchange = self._auth = AuthExchange(auth, mechanism)
         self._send(Phase.AUTH, exchange.first_line, ClientSession._on_auth, shown=exchange.first_shown)
 
-    def _on_auth(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_auth(self, command: Command, reply: Reply, at: float) -> None:
         exchange = self._auth
         assert exchange is not None
         if reply.code == ReplyCode.AUTH_CONTINUE and exchange.mechanism != "PLAIN":
@@ -483,7 +374,7 @@ class ClientSession:
         self._auth_failure = failure
         self._send(Phase.AUTH, b"*\r\n", ClientSession._on_auth_cancelled)
 
-    def _on_auth_cancelled(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_auth_cancelled(self, command: Command, reply: Reply, at: float) -> None:
         failure = self._auth_failure
         assert failure is not None
         self._fail(failure.phase, failure.reason, failure.message)
@@ -500,21 +391,21 @@ class ClientSession:
         step = ClientSession._on_step
         steps = self._steps
         steps.append(
-            _Command(Phase.MAIL, encode_command("MAIL", f"FROM:<{module.mail_from}>"), step, expected=_OK)
+            Command(Phase.MAIL, encode_command("MAIL", f"FROM:<{module.mail_from}>"), step, expected=_OK)
         )
         for recipient in module.rcpt_to:
             steps.append(
-                _Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
+                Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
             )
         if module.transaction is Transaction.ENVELOPE or self.message is None:
-            steps.append(_Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
+            steps.append(Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
         else:
-            steps.append(_Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
+            steps.append(Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
             shown = f"<message: {len(self.message)} bytes>"
-            steps.append(_Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
+            steps.append(Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
         self._outbox.append(steps.popleft())
 
-    def _on_step(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_step(self, command: Command, reply: Reply, at: float) -> None:
         refused = reply.code not in command.expected
         steps = self._steps
         if refused or not steps or steps[0].phase is not command.phase:
@@ -531,10 +422,10 @@ class ClientSession:
         self._quitting = not self.module.fail_on_quit
         self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_quit)
 
-    def _on_goodbye(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_goodbye(self, command: Command, reply: Reply, at: float) -> None:
         self.status = Status.DONE
 
-    def _on_quit(self, command: _Command, reply: Reply, at: float) -> None:
+    def _on_quit(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.QUIT, reply, at)
         self._quitting = False
         self.status = Status.DONE
@@ -546,7 +437,7 @@ _DATA_OK = (ReplyCode.START_MAIL_INPUT,)
 _REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}
 
 
-def _ignore(session: ClientSession, command: _Command, reply: Reply, at: float) -> None:
+def _ignore(session: ClientSession, command: Command, reply: Reply, at: float) -> None:
     """A reply to a command sent before the probe failed: noted, and nothing more."""
 
 

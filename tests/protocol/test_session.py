@@ -29,7 +29,9 @@ from smtp_exporter.config.schema import (
     StartTLS,
 )
 from smtp_exporter.model import FailureReason, Phase, Transaction
-from smtp_exporter.protocol.session import MAX_TRANSCRIPT_EVENTS, REDACTED, ClientSession, Outcome, Status
+from smtp_exporter.protocol import ClientSession, Outcome, Status
+from smtp_exporter.protocol.auth import REDACTED
+from smtp_exporter.protocol.exchange import MAX_TRANSCRIPT_EVENTS
 
 BANNER = b"220 mail.test ESMTP\r\n"
 EHLO = b"250-mail.test\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
