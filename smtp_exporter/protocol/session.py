@@ -278,15 +278,15 @@ class ClientSession(Exchange):
             self.ehlo_hostname = ehlo.hostname
             # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
             # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
-            # Issue 13: RFC 3207 4.2 says to discard what was learnt before TLS; the fix is
-            # `offered = dict(ehlo.extensions)` here, with `self.extensions = ehlo.extensions`.
-            if not self.extensions:
-                self.extensions = ehlo.extensions
-                offered = dict(ehlo.extensions)
-            else:
-                offered = dict(self.extensions)
+            # Issue 13: RFC 3207 4.2 says to forget what was offered before TLS: `before = ()`.
+            before = self.extensions
+            if before:
+                offered = dict(before)
                 offered.update(ehlo.extensions)
                 self.extensions = tuple(offered.items())
+            else:
+                self.extensions = ehlo.extensions  # the parsed reply's tuple, shared
+                offered = dict(ehlo.extensions)
             self._after_greeting(offered)
         elif phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
             self._send(Phase.HELO, encode_command("HELO", self.ehlo_name), ClientSession._on_helo)
