@@ -397,9 +397,10 @@ class ClientSession(Exchange):
             steps.append(
                 Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
             )
-        if module.transaction is Transaction.ENVELOPE or self.message is None:
+        if module.transaction is Transaction.ENVELOPE:
             steps.append(Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
         else:
+            assert self.message is not None, "transaction: message needs the message"
             steps.append(Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
             shown = f"<message: {len(self.message)} bytes>"
             steps.append(Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
