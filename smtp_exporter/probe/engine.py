@@ -101,14 +101,10 @@ class Conversation:
     async def run(self) -> ProbeResult:
         start_timestamp = time.time()
         self.t0 = perf_counter()
-        session = ClientSession(
-            self.module,
-            ehlo_name=self.ehlo_name,
-            timeout=self.timeout,
-            message=self._message(start_timestamp),
-        )
+        session = ClientSession(self.module, ehlo_name=self.ehlo_name, timeout=self.timeout)
         try:
             try:
+                session.message = self._message(start_timestamp)
                 async with asyncio.timeout(self.timeout):
                     await self._converse(session)
             except TimeoutError:

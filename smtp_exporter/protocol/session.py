@@ -45,7 +45,8 @@ class ClientSession(Exchange):
     Inputs: `resolved`/`connecting`, `connection_made`, `data_received`, `tls_established`,
     `connection_lost`, `deadline_reached`, `fail` (what the driver itself found wrong) and
     `note` (its own transcript events). Outputs: `bytes_to_send`, `status`, `outcome()`.
-    `message` is the DATA payload, built by the caller (it needs a clock and randomness).
+    `message` is the DATA payload, built by the caller (it needs a clock and randomness) before
+    the transaction starts.
     """
 
     def __init__(

@@ -1,5 +1,5 @@
-"""The exporter's own side fails: no file descriptor left (the soft RLIMIT_NOFILE of this process
-lowered to its lowest free descriptor number, for the duration of one probe). The probe fails with `local_error` in the
+"""The exporter's own side fails: no file descriptor left (this process's RLIMIT_NOFILE lowered
+and every free descriptor below it taken, for the duration of one probe). The probe fails with `local_error` in the
 phase that needed the descriptor, with a message naming the cause, and raises nothing."""
 
 from __future__ import annotations
@@ -26,13 +26,22 @@ RECORDS = {"host.example.test": {"A": "127.0.0.1"}}
 
 @contextmanager
 def no_descriptor_left() -> Iterator[None]:
+    """RLIMIT_NOFILE just above the descriptors in use, and every free number below it taken by
+    a placeholder: the next descriptor anyone asks for is refused (EMFILE)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    lowest_free = os.open(os.devnull, os.O_RDONLY)  # a new descriptor takes the lowest free number
-    os.close(lowest_free)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    in_use = [int(name) for name in os.listdir("/proc/self/fd")]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(in_use) + 1, hard))
+    placeholders = []
+    try:
+        while True:
+            placeholders.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
     try:
         yield
     finally:
+        for fd in placeholders:
+            os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
