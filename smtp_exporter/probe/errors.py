@@ -1,37 +1,24 @@
-"""The typed exceptions the probe engine raises internally; each carries its phase and reason.
+"""The typed exception name resolution raises; it carries its phase and reason.
 
-They never leave the engine: `Prober.probe` turns them into a `Failure` in the result.
+It never leaves the engine: `Conversation` (and `Prober.probe_each_mx`) turn it into a
+`Failure` in the result.
 """
 
 from __future__ import annotations
 
+import errno
+
 from smtp_exporter.model import FailureReason, Phase
-from smtp_exporter.protocol import Reply
+
+# OSErrors that are the exporter's own side (out of descriptors, buffers or memory), not the
+# target's: a probe failing with one of these fails with `local_error`.
+LOCAL_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+LOCAL_ERROR = "the exporter could not run this probe"
 
 
 class ProbeError(Exception):
-    def __init__(self, phase: Phase, reason: FailureReason, message: str, *, reply: Reply | None = None):
+    def __init__(self, phase: Phase, reason: FailureReason, message: str):
         super().__init__(message)
         self.phase = phase
         self.reason = reason
         self.message = message
-        self.reply = reply
-
-
-class ProbeTimeoutError(ProbeError, TimeoutError):
-    def __init__(self, phase: Phase, message: str):
-        super().__init__(phase, FailureReason.TIMEOUT, message)
-
-
-class ReplyError(ProbeError):
-    """The server answered, but not with the reply class the phase needs."""
-
-    def __init__(self, phase: Phase, reply: Reply, *, reason: FailureReason | None = None):
-        if reason is None:
-            if reply.code_class == 4:
-                reason = FailureReason.REPLY_TEMPORARY
-            elif reply.code_class == 5:
-                reason = FailureReason.REPLY_PERMANENT
-            else:
-                reason = FailureReason.UNEXPECTED_REPLY
-        super().__init__(phase, reason, f"unexpected reply to {phase.value}: {reply.summary()}", reply=reply)

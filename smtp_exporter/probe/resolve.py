@@ -20,7 +20,7 @@ import dns.resolver
 
 from smtp_exporter.config.schema import DNSConfig, IPProtocol
 from smtp_exporter.model import FailureReason, MXInfo, Phase
-from smtp_exporter.probe.errors import ProbeError
+from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
 
 HOSTS_FILE = "/etc/hosts"
 MAX_MX_HOSTS = 10
@@ -121,6 +121,10 @@ class DNSClient:
             message = f"{name} {rdtype.name}: no answer from DNS within {self._config.timeout:g}s"
             raise ProbeError(Phase.RESOLVE, FailureReason.DNS_ERROR, message) from exc
         except dns.resolver.NoNameservers as exc:
+            for *_, error, _ in exc.kwargs.get("errors", ()):
+                if isinstance(error, OSError) and error.errno in LOCAL_ERRNOS:  # e.g. no descriptor left
+                    message = f"{LOCAL_ERROR}: DNS lookup of {name}: {os.strerror(error.errno)}"
+                    raise ProbeError(Phase.RESOLVE, FailureReason.LOCAL_ERROR, message) from exc
             message = f"{name} {rdtype.name}: no nameserver answered (SERVFAIL or refused)"
             raise ProbeError(Phase.RESOLVE, FailureReason.DNS_ERROR, message) from exc
         except dns.exception.DNSException as exc:

@@ -1,7 +1,7 @@
 """SMTP as pure code over bytes: no sockets, no clock, no asyncio.
 
-The probe engine feeds what the server sent into a `ReplyParser` and writes what
-`commands` encodes; everything here is testable without a network.
+The probe engine (probe/connection.py) feeds what the server sent into a `ClientSession` and
+writes what it answers; everything here is testable without a network.
 """
 
 from smtp_exporter.protocol.commands import (
@@ -22,16 +22,20 @@ from smtp_exporter.protocol.reply import (
     ReplyCode,
     ReplyParser,
 )
+from smtp_exporter.protocol.session import ClientSession, Outcome, Status
 
 __all__ = [
+    "ClientSession",
     "CommandError",
     "EhloResponse",
     "MalformedReplyError",
     "NotAReplyError",
+    "Outcome",
     "ProtocolError",
     "Reply",
     "ReplyCode",
     "ReplyParser",
+    "Status",
     "auth_cram_md5_response",
     "auth_login_step",
     "auth_plain_initial",

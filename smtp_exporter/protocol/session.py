@@ -1,0 +1,452 @@
+"""The SMTP client session (RFC 5321, 3207, 4954) as one state machine over bytes.
+
+The driver (probe/connection.py) tells a `ClientSession` what happened, each time with the
+moment it happened: the connection is made, bytes arrived, TLS is up, the connection is lost,
+the deadline passed. It asks the session what to do next: the bytes to send
+(`bytes_to_send`), whether to start TLS now (`status is Status.TLS`), and at the end its
+`outcome()`. The session never reads a clock and never touches a socket, so everything about
+the conversation is decided, and tested (tests/protocol/test_session.py), here: which command
+comes next, the codes each phase accepts, the STARTTLS injection guard, unsolicited replies,
+phase durations, the transcript and the failure (phase, reason, message). The queue of
+commands and replies under it is protocol/exchange.py's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from smtp_exporter.config.schema import ModuleConfig, StartTLS
+from smtp_exporter.model import (
+    Failure,
+    FailureReason,
+    Phase,
+    PhaseResult,
+    ServerInfo,
+    Transaction,
+    round_to_ns,
+)
+from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism
+from smtp_exporter.protocol.commands import CommandError, encode_command
+from smtp_exporter.protocol.ehlo import parse_ehlo
+from smtp_exporter.protocol.exchange import Command, Exchange, Outcome, Status
+from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode
+
+__all__ = ["ClientSession", "Outcome", "Status"]
+
+QUIT_LINE = b"QUIT\r\n"
+
+Extensions = dict[str, tuple[str, ...]]
+
+
+class ClientSession(Exchange):
+    """One SMTP conversation of one probe, from the connection to the last reply.
+
+    Inputs: `resolved`/`connecting`, `connection_made`, `data_received`, `tls_established`,
+    `connection_lost`, `deadline_reached`, `fail` (what the driver itself found wrong) and
+    `note` (its own transcript events). Outputs: `bytes_to_send`, `status`, `outcome()`.
+    `message` is the DATA payload, built by the caller (it needs a clock and randomness) before
+    the transaction starts.
+    """
+
+    def __init__(
+        self, module: ModuleConfig, *, ehlo_name: str, timeout: float, message: bytes | None = None
+    ) -> None:
+        super().__init__()
+        self.module = module
+        self.ehlo_name = ehlo_name
+        self.timeout = timeout  # the deadline in seconds, for its failure message
+        self.message = message
+        self.banner: str | None = None
+        self.ehlo_hostname: str | None = None
+        self.extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._steps: deque[Command] = deque()  # the rest of the mail transaction
+        self._tls_up = False
+        self._lost = False
+        self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
+        self._auth: AuthExchange | None = None  # while AUTH is under way (its secrets leave replies)
+        self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
+
+    # Inputs
+
+    def connecting(self) -> None:
+        self.phase = Phase.CONNECT
+
+    def resolved(self, started: float, ended: float) -> None:
+        self.phases.append(PhaseResult(Phase.RESOLVE, round_to_ns(ended - started)))
+        self.phase = Phase.CONNECT
+
+    def connection_made(self, started: float, ended: float) -> None:
+        self.phases.append(PhaseResult(Phase.CONNECT, round_to_ns(ended - started)))
+        if self.module.implicit_tls:
+            self.status = Status.TLS
+            self.phase = Phase.TLS
+        else:
+            self._await_banner(ended)
+
+    def tls_established(self, started: float, ended: float) -> None:
+        if self.status is not Status.TLS:
+            return
+        self.phases.append(PhaseResult(Phase.TLS, round_to_ns(ended - started)))
+        self._tls_up = True
+        if self.module.implicit_tls:
+            self._await_banner(ended)
+        else:
+            self.status = Status.TALKING
+            self._send_ehlo(Phase.EHLO_TLS)
+
+    def data_received(self, data: bytes, at: float) -> None:
+        self._now = at
+        status = self.status
+        if status is Status.TLS:
+            if self.module.implicit_tls:
+                return  # bytes before the handshake are not SMTP over TLS: the handshake judges them
+            self._injected()
+            return
+        if (status is not Status.TALKING and status is not Status.CLOSING) or self._parser.broken:
+            return
+        try:
+            replies = self._parser.feed(data)
+        except NotAReplyError as exc:
+            self._fail(self._current_phase(), FailureReason.UNEXPECTED_REPLY, str(exc))
+            return
+        except ProtocolError as exc:
+            self._fail(self._current_phase(), FailureReason.PROTOCOL_ERROR, str(exc))
+            return
+        for reply in replies:
+            self._reply(reply, at)
+        if self.status is Status.TLS and self._parser.pending:
+            self._injected()
+
+    def connection_lost(self, at: float, detail: str | None = None) -> None:
+        """End of stream or a broken connection (`detail` is what broke it, if anything)."""
+        self._now = at
+        self._lost = True
+        status = self.status
+        if status is Status.CLOSING:
+            self.status = Status.DONE
+        elif status is Status.TALKING:
+            suffix = f": {detail}" if detail else ""
+            self._fail(
+                self._current_phase(),
+                FailureReason.CONNECTION_CLOSED,
+                f"connection closed by the server{suffix}",
+            )
+        # CONNECTING and TLS: the driver's connect or handshake reports what went wrong.
+
+    def deadline_reached(self, at: float) -> None:
+        self._now = at
+        status = self.status
+        if status is Status.DONE:
+            return
+        if status is Status.CLOSING:
+            self.status = Status.DONE
+        elif self._quitting:
+            self._not_a_failure("no reply")
+        else:
+            phase = self._current_phase()
+            self._note(at, "*", f"timeout in {phase.value}")
+            self._fail(phase, FailureReason.TIMEOUT, f"no answer within the {self.timeout:g}s deadline")
+
+    def fail(self, at: float, reason: FailureReason, message: str, phase: Phase | None = None) -> None:
+        """A failure the driver found (connect, TLS, DNS, the exporter's own side): no QUIT follows."""
+        self._now = at
+        if self.status is Status.DONE:
+            return
+        self._outbox.clear()
+        self._awaiting.clear()
+        self._fail(phase or self.phase, reason, message, say_quit=False)
+        self.status = Status.DONE  # whatever came first, the driver is done with this connection
+
+    # Outputs
+
+    def outcome(self, at: float) -> Outcome:
+        """The conversation as it ended (or as far as it went); `at` is when the probe ended.
+        Called once, at the end: it adds the final transcript event."""
+        failure = self.failure
+        if failure is None and self.module.fail_on_quit:
+            last = self.phases[-1] if self.phases else None
+            quit_phase = last if last is not None and last.phase is Phase.QUIT else None
+            if quit_phase is None or quit_phase.reply_code != ReplyCode.CLOSING:
+                failure = _quit_failure(quit_phase)
+        if failure is not None:
+            self._note(
+                at, "*", f"probe failed in {failure.phase.value}: {failure.reason.value}: {failure.message}"
+            )
+        server = ServerInfo(banner=self.banner, ehlo_hostname=self.ehlo_hostname, extensions=self.extensions)
+        return Outcome(tuple(self.phases), self.events, failure, server)
+
+    def _fail(
+        self, phase: Phase, reason: FailureReason, message: str, *, say_quit: bool | None = None
+    ) -> None:
+        if self.failure is not None or self.status is Status.DONE:
+            return
+        if self._quitting and phase is Phase.QUIT:
+            self._not_a_failure(message)
+            return
+        self.failure = Failure(phase, reason, message)
+        self._outbox.clear()
+        if say_quit is None:
+            say_quit = self.status is Status.TALKING and reason is not FailureReason.TIMEOUT
+        if not say_quit or self._lost:
+            self.status = Status.DONE
+            return
+        # Say goodbye, briefly: replies still due to earlier commands are only noted.
+        for command in self._awaiting:
+            command.on_reply = _ignore
+        self.status = Status.CLOSING
+        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_goodbye, shown="QUIT")
+
+    def _refused(self, phase: Phase, reply: Reply, reason: FailureReason | None = None) -> None:
+        if reason is None:
+            reason = _REPLY_CLASS_REASONS.get(reply.code_class, FailureReason.UNEXPECTED_REPLY)
+        self._fail(phase, reason, f"unexpected reply to {phase.value}: {reply.summary()}")
+
+    def _not_a_failure(self, detail: str) -> None:
+        """The closing QUIT without `fail_on_quit`: whatever happens to it is only noted."""
+        self._note(self._now, "*", f"QUIT: {detail} (not a failure: fail_on_quit is off)")
+        self._outbox.clear()
+        self._awaiting.clear()
+        self.status = Status.DONE
+
+    def _injected(self) -> None:
+        """Bytes the server sent in the clear after its 220 to STARTTLS (CVE-2011-0411): they
+        would be read as if TLS protected them, so TLS is not started over them."""
+        self._fail(
+            Phase.STARTTLS,
+            FailureReason.PROTOCOL_ERROR,
+            "server sent data after its STARTTLS reply",
+            say_quit=True,
+        )
+
+    # Replies
+
+    def _reply(self, reply: Reply, at: float) -> None:
+        if self.status is Status.DONE:
+            return
+        if self._auth is not None:
+            reply = self._auth.redact(reply)
+        if not self._awaiting:
+            self._unsolicited(reply)
+            return
+        command = self._awaiting.popleft()
+        self._note(at, "S", reply)
+        command.on_reply(self, command, reply, at)
+
+    def _unsolicited(self, reply: Reply) -> None:
+        if self.status is Status.TLS:
+            self._injected()
+        elif self.status is Status.TALKING:
+            phase = self._outbox[0].phase if self._outbox else self.phase
+            self._fail(
+                phase,
+                FailureReason.PROTOCOL_ERROR,
+                f"unsolicited reply before {phase.value}: {reply.summary()}",
+            )
+        # CLOSING: replies after a failure are not read.
+
+    def _await_banner(self, ready: float) -> None:
+        # Waited for from the moment the connection (or implicit TLS on it) was up.
+        self.status = Status.TALKING
+        self.phase = self._sent_phase = Phase.BANNER
+        self._started = ready
+        self._awaiting.append(Command(Phase.BANNER, b"", ClientSession._on_banner))
+
+    def _on_banner(self, command: Command, reply: Reply, at: float) -> None:
+        self._record(Phase.BANNER, reply, at, started=min(self._started, at))
+        self.banner = reply.summary_text
+        if reply.code != ReplyCode.SERVICE_READY:
+            self._refused(Phase.BANNER, reply)
+            return
+        pattern = self.module.expect.banner
+        if pattern is not None and re.search(pattern, reply.text) is None:
+            self._fail(
+                Phase.BANNER,
+                FailureReason.EXPECTATION_FAILED,
+                f"banner does not match {pattern!r}: {self.banner}",
+            )
+            return
+        self._send_ehlo(Phase.EHLO)
+
+    def _send_ehlo(self, phase: Phase) -> None:
+        self._send(phase, encode_command("EHLO", self.ehlo_name), ClientSession._on_ehlo)
+
+    def _on_ehlo(self, command: Command, reply: Reply, at: float) -> None:
+        phase = command.phase
+        self._record(phase, reply, at)
+        if reply.code == ReplyCode.OK:
+            ehlo = parse_ehlo(reply)
+            self.ehlo_hostname = ehlo.hostname
+            # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
+            # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
+            # Issue 13: RFC 3207 4.2 says to forget what was offered before TLS: `before = ()`.
+            before = self.extensions
+            if before:
+                offered = dict(before)
+                offered.update(ehlo.extensions)
+                self.extensions = tuple(offered.items())
+            else:
+                self.extensions = ehlo.extensions  # the parsed reply's tuple, shared
+                offered = dict(ehlo.extensions)
+            self._after_greeting(offered)
+        elif phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
+            self._send(Phase.HELO, encode_command("HELO", self.ehlo_name), ClientSession._on_helo)
+        else:
+            self._refused(phase, reply)
+
+    def _on_helo(self, command: Command, reply: Reply, at: float) -> None:
+        self._record(Phase.HELO, reply, at)
+        if reply.code != ReplyCode.OK:
+            self._refused(Phase.HELO, reply)
+            return
+        self._after_greeting({})
+
+    def _after_greeting(self, offered: Extensions) -> None:
+        module = self.module
+        if module.starttls is not StartTLS.NEVER and not module.implicit_tls and not self._tls_up:
+            if "STARTTLS" in offered:
+                self._send(Phase.STARTTLS, b"STARTTLS\r\n", ClientSession._on_starttls)
+                return
+            if module.starttls is StartTLS.REQUIRED:
+                self._fail(
+                    Phase.STARTTLS, FailureReason.STARTTLS_NOT_OFFERED, "the server did not offer STARTTLS"
+                )
+                return
+        missing = [ext for ext in module.expect.extensions if ext not in offered]
+        if missing:
+            self._fail(
+                self.phase, FailureReason.EXPECTATION_FAILED, f"extensions not offered: {', '.join(missing)}"
+            )
+        elif module.auth is not None:
+            self._start_auth(offered)
+        else:
+            self._start_transaction()
+
+    def _on_starttls(self, command: Command, reply: Reply, at: float) -> None:
+        self._record(Phase.STARTTLS, reply, at)
+        if reply.code != ReplyCode.SERVICE_READY:
+            self._refused(Phase.STARTTLS, reply)
+            return
+        # Whatever else this chunk holds is checked by data_received (the injection guard).
+        self.status = Status.TLS
+        self.phase = Phase.TLS
+
+    # AUTH (RFC 4954)
+
+    def _start_auth(self, offered: Extensions) -> None:
+        auth = self.module.auth
+        assert auth is not None
+        self.phase = Phase.AUTH
+        mechanism = choose_mechanism(auth, offered.get("AUTH", ()))
+        if mechanism is None:
+            message = "the server offers no AUTH mechanism this probe speaks"
+            self._fail(Phase.AUTH, FailureReason.AUTH_FAILED, message)
+            return
+        exchange = self._auth = AuthExchange(auth, mechanism)
+        self._send(Phase.AUTH, exchange.first_line, ClientSession._on_auth, shown=exchange.first_shown)
+
+    def _on_auth(self, command: Command, reply: Reply, at: float) -> None:
+        exchange = self._auth
+        assert exchange is not None
+        if reply.code == ReplyCode.AUTH_CONTINUE and exchange.mechanism != "PLAIN":
+            try:
+                answer = exchange.answer(reply)
+            except CommandError as exc:
+                self._cancel_auth(Failure(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)))
+                return
+            if answer is not None:
+                self._send(Phase.AUTH, answer, ClientSession._on_auth, shown=REDACTED)
+                return
+            # Still asked for more after the last answer: the credentials were not accepted.
+            self._record(Phase.AUTH, reply, at)
+            message = f"unexpected reply to auth: {reply.summary()}"
+            self._cancel_auth(Failure(Phase.AUTH, FailureReason.AUTH_FAILED, message))
+            return
+        self._record(Phase.AUTH, reply, at)
+        if reply.code != ReplyCode.AUTH_SUCCESSFUL:
+            reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
+            self._refused(Phase.AUTH, reply, reason)
+            return
+        self._auth = None
+        self._start_transaction()
+
+    def _cancel_auth(self, failure: Failure) -> None:
+        """End an AUTH exchange the server still expects an answer in: "*" (RFC 4954 4)."""
+        self._auth_failure = failure
+        self._send(Phase.AUTH, b"*\r\n", ClientSession._on_auth_cancelled)
+
+    def _on_auth_cancelled(self, command: Command, reply: Reply, at: float) -> None:
+        failure = self._auth_failure
+        assert failure is not None
+        self._fail(failure.phase, failure.reason, failure.message)
+
+    # The mail transaction, then QUIT
+
+    def _start_transaction(self) -> None:
+        """MAIL, each RCPT, then DATA and the message, or RSET. Several RCPT are one phase, from
+        the first sent to the last reply (or the first refusal)."""
+        module = self.module
+        if module.transaction is Transaction.NONE:
+            self._quit()
+            return
+        step = ClientSession._on_step
+        steps = self._steps
+        steps.append(
+            Command(Phase.MAIL, encode_command("MAIL", f"FROM:<{module.mail_from}>"), step, expected=_OK)
+        )
+        for recipient in module.rcpt_to:
+            steps.append(
+                Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
+            )
+        if module.transaction is Transaction.ENVELOPE:
+            steps.append(Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
+        else:
+            assert self.message is not None, "transaction: message needs the message"
+            steps.append(Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
+            shown = f"<message: {len(self.message)} bytes>"
+            steps.append(Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
+        self._outbox.append(steps.popleft())
+
+    def _on_step(self, command: Command, reply: Reply, at: float) -> None:
+        refused = reply.code not in command.expected
+        steps = self._steps
+        if refused or not steps or steps[0].phase is not command.phase:
+            self._record(command.phase, reply, at)
+        if refused:
+            self._refused(command.phase, reply)
+        elif steps:
+            self._outbox.append(steps.popleft())
+        else:
+            self._quit()
+
+    def _quit(self) -> None:
+        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`."""
+        self._quitting = not self.module.fail_on_quit
+        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_quit)
+
+    def _on_goodbye(self, command: Command, reply: Reply, at: float) -> None:
+        self.status = Status.DONE
+
+    def _on_quit(self, command: Command, reply: Reply, at: float) -> None:
+        self._record(Phase.QUIT, reply, at)
+        self._quitting = False
+        self.status = Status.DONE
+
+
+_OK = (ReplyCode.OK,)
+_RCPT_OK = (ReplyCode.OK, ReplyCode.USER_NOT_LOCAL)
+_DATA_OK = (ReplyCode.START_MAIL_INPUT,)
+_REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}
+
+
+def _ignore(session: ClientSession, command: Command, reply: Reply, at: float) -> None:
+    """A reply to a command sent before the probe failed: noted, and nothing more."""
+
+
+def _quit_failure(quit_phase: PhaseResult | None) -> Failure:
+    """Why QUIT fails a probe under `fail_on_quit`."""
+    if quit_phase is None or quit_phase.reply_code is None:
+        return Failure(Phase.QUIT, FailureReason.CONNECTION_CLOSED, "no reply to QUIT")
+    code = quit_phase.reply_code
+    reason = _REPLY_CLASS_REASONS.get(code // 100, FailureReason.UNEXPECTED_REPLY)
+    return Failure(Phase.QUIT, reason, f"unexpected reply to quit: {code} {quit_phase.reply or ''}".rstrip())
