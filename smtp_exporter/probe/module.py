@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from smtp_exporter.config.modules import uses_tls
 from smtp_exporter.config.schema import DNSConfig, ModuleConfig, TLSConfig
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import keep_peer_chain
@@ -27,7 +28,8 @@ class CompiledModule:
 def compile_modules(
     modules: Mapping[str, ModuleConfig], contexts: Mapping[TLSConfig, ssl.SSLContext]
 ) -> dict[str, CompiledModule]:
-    """Every module of a config, with `contexts` (per `TLSConfig`, from the loader): modules
+    """Every module of a config, with `contexts` (per `TLSConfig`, built by the loader for each
+    module that uses TLS, and given here the probes' hook that keeps the peer's chain): modules
     with equal `dns` sections share one client."""
     clients: dict[DNSConfig, DNSClient] = {}
     compiled = {}
@@ -35,7 +37,7 @@ def compile_modules(
         dns = clients.get(module.dns)
         if dns is None:
             dns = clients[module.dns] = DNSClient(module.dns)
-        context = contexts.get(module.tls_config)
+        context = contexts[module.tls_config] if uses_tls(module) else None
         if context is not None:
             keep_peer_chain(context)
         compiled[name] = CompiledModule(name, module, context, dns)

@@ -67,12 +67,7 @@ async def test_a_ca_file_deleted_after_load_is_refused_while_probes_go_on_and_a_
         )
 
         ca_file.unlink()
-        await wait_for(lambda: any(str(ca_file) in error for error in _failed_reloads(caplog)), "a refused reload")
-        assert await _reload_gauge(running) == 0
-        # The loaded snapshot keeps probing: new results, still successful, never a crash.
-        before = await _probes(running, target)
-        await wait_for(lambda: _more_probes(running, target, before + 2), "probes after the CA file went")
-        assert sample_value(await running.metrics(), "smtp_probe_success", target=target, module="tls") == 1
+        await _refused_while_probing_goes_on(running, caplog, ca_file, target)
         status, text = await running.get("/probe", params={"target": target, "module": "tls"})
         assert status == 200, text
         assert sample_value(text, "probe_success") == 1
@@ -111,13 +106,19 @@ async def test_a_rotated_password_file_takes_effect_without_a_restart(
 
         # An empty password file is refused like any bad config; the running snapshot stays.
         password_file.write_text("")
-        await wait_for(
-            lambda: any(str(password_file) in error for error in _failed_reloads(caplog)), "a refused reload"
-        )
-        assert await _reload_gauge(running) == 0
-        before = await _probes(running, target)
-        await wait_for(lambda: _more_probes(running, target, before + 1), "probes after the refused reload")
-        assert sample_value(await running.metrics(), "smtp_probe_success", target=target, module="tls") == 1
+        await _refused_while_probing_goes_on(running, caplog, password_file, target)
+
+
+async def _refused_while_probing_goes_on(
+    running: Running, caplog: pytest.LogCaptureFixture, broken: Path, target: str
+) -> None:
+    """The reload `broken` triggers is refused, named in the log and shown by the gauge, while
+    the loaded snapshot keeps probing: new results, still successful."""
+    await wait_for(lambda: any(str(broken) in error for error in _failed_reloads(caplog)), "a refused reload")
+    assert await _reload_gauge(running) == 0
+    before = await _probes(running, target)
+    await wait_for(lambda: _more_probes(running, target, before + 2), "probes after the refused reload")
+    assert sample_value(await running.metrics(), "smtp_probe_success", target=target, module="tls") == 1
 
 
 async def _success(running: Running, target: str, value: float) -> bool:
