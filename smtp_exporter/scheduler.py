@@ -27,11 +27,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from smtp_exporter.config.schema import Config, ModuleConfig, MXMode, TargetConfig
+from smtp_exporter.config.schema import MXMode, TargetConfig
 from smtp_exporter.metrics import ExporterStats, MetricsStore, SeriesState
 from smtp_exporter.metrics.health import LAG_INTERVAL
 from smtp_exporter.model import ProbeResult
 from smtp_exporter.probe import Prober
+from smtp_exporter.snapshot import CompiledTarget, Snapshot
 
 log = logging.getLogger("smtp_exporter.scheduler")
 
@@ -97,12 +98,12 @@ class TargetStatus:
 class _Job:
     """One scheduled target: its config, next start, running probe and series."""
 
-    __slots__ = ("config", "key", "module", "next_at", "phase", "removed", "series", "task")
+    __slots__ = ("compiled", "config", "key", "next_at", "phase", "removed", "series", "task")
 
-    def __init__(self, key: JobKey, config: TargetConfig, module: ModuleConfig) -> None:
+    def __init__(self, key: JobKey, compiled: CompiledTarget) -> None:
         self.key = key
-        self.config = config
-        self.module = module
+        self.compiled = compiled  # parsed target and compiled module, from the running snapshot
+        self.config = config = compiled.config
         self.phase = schedule_phase(config.target, config.module)
         self.next_at = 0.0  # in the loop's clock, unrounded: the grid step it is due at is rounded
         self.task: asyncio.Task[None] | None = None
@@ -118,7 +119,7 @@ class _Job:
 
 
 class Scheduler:
-    """Runs the scheduled probes of one `Config` on the running event loop."""
+    """Runs the scheduled probes of one `Snapshot` on the running event loop."""
 
     def __init__(self, prober: Prober, store: MetricsStore, stats: ExporterStats) -> None:
         self._prober = prober
@@ -144,14 +145,16 @@ class Scheduler:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def apply(self, config: Config) -> None:
-        """Start probing the targets of `config` that belong to its shard (at start and on reload)."""
+    def apply(self, snapshot: Snapshot) -> None:
+        """Start probing the targets of `snapshot` that belong to its shard (at start and on reload)."""
         loop = asyncio.get_running_loop()
+        config = snapshot.config
         shard = config.shard
-        wanted: dict[JobKey, TargetConfig] = {}
-        for target in config.targets:
+        wanted: dict[JobKey, CompiledTarget] = {}
+        for compiled in snapshot.targets:
+            target = compiled.config
             if shard.count == 1 or shard_of(target.target, shard.count) == shard.index:
-                wanted[(target.target, target.module, target.labels, target.mx_mode)] = target
+                wanted[(target.target, target.module, target.labels, target.mx_mode)] = compiled
 
         if config.scheduler.max_concurrency != self._max_concurrency:
             # Probes holding or awaiting a slot of the old semaphore keep using it.
@@ -167,20 +170,19 @@ class Scheduler:
 
         for key in [key for key in self._jobs if key not in wanted]:
             self._remove(self._jobs.pop(key))
-        grid = start_grid(sum(1 / target.interval for target in wanted.values()))
+        grid = start_grid(sum(1 / compiled.config.interval for compiled in wanted.values()))
         if grid != self._grid:
             self._regrid(grid, loop)
-        for key, target in wanted.items():
-            module = config.modules[target.module]
+        for key, compiled in wanted.items():
             existing = self._jobs.get(key)
             if existing is None:
-                job = self._jobs[key] = _Job(key, target, module)
+                job = self._jobs[key] = _Job(key, compiled)
                 self._schedule_first(job, loop)
                 continue
             job = existing
-            interval_changed = job.config.interval != target.interval
-            job.config = target
-            job.module = module
+            interval_changed = job.config.interval != compiled.config.interval
+            job.config = compiled.config
+            job.compiled = compiled
             if interval_changed:
                 self._schedule_first(job, loop)
         self._stats.targets = len(self._jobs)
@@ -262,11 +264,15 @@ class Scheduler:
                 await semaphore.acquire()
             stats.probes_in_flight += 1
             try:
-                target = job.config
-                if target.mx_mode is MXMode.EACH:
-                    results = await self._prober.probe_each_mx(target.target, target.module, job.module)
+                compiled = job.compiled
+                if compiled.config.mx_mode is MXMode.EACH:
+                    results = await self._prober.probe_each_mx(
+                        compiled.target, compiled.module, compiled.config.target
+                    )
                 else:
-                    results = [await self._prober.probe(target.target, target.module, job.module)]
+                    results = [
+                        await self._prober.probe(compiled.target, compiled.module, compiled.config.target)
+                    ]
             finally:
                 stats.probes_in_flight -= 1
                 semaphore.release()

@@ -1,8 +1,9 @@
 """The running exporter: config, prober, scheduler, metrics and HTTP server on one event loop.
 
 `Exporter` ties the parts together and owns the lifecycle: start, reload (SIGHUP,
-`POST /-/reload`, or the config file changing on disk), the web config file and the files it
-names watched like the config file, and a graceful stop.
+`POST /-/reload`, or the config file or a certificate, key, CA or password file it names
+changing on disk), the web config file and the files it names watched like the config file,
+and a graceful stop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from smtp_exporter.config.allowlist import TargetAllowlist
-from smtp_exporter.config.loader import ConfigError, default_config, load_config
+from smtp_exporter.config.loader import ConfigError, default_loaded
+from smtp_exporter.config.loader import load as load_config_file
 from smtp_exporter.config.schema import Config, ShardConfig
 from smtp_exporter.config.web import (
     WebConfig,
@@ -31,6 +33,8 @@ from smtp_exporter.config.web import (
 from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
 from smtp_exporter.probe import Prober
 from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
+from smtp_exporter.snapshot import Snapshot, compile_snapshot
+from smtp_exporter.targets import parse_listen_address as parse_listen_address
 from smtp_exporter.web import create_app, runner_options
 
 log = logging.getLogger("smtp_exporter")
@@ -52,18 +56,6 @@ def settle_heap() -> None:
     sight: only objects made from now on are scanned by later collections."""
     gc.collect()
     gc.freeze()
-
-
-def parse_listen_address(text: str) -> tuple[str | None, int]:
-    """`host:port`, `[ipv6]:port` or `:port` (all interfaces) -> (host or None, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"invalid listen address {text!r} (expected host:port, [ipv6]:port or :port)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"invalid listen address {text!r} (write IPv6 addresses as [addr]:port)")
-    return (host or None, int(port_text))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,10 +90,11 @@ class ServiceOptions:
     watch_interval: float = CONFIG_WATCH_INTERVAL
 
 
-def load(options: ServiceOptions) -> Config:
-    """The config of `options` (file or embedded default) with the command-line overrides; ConfigError."""
-    config = load_config(options.config_file) if options.config_file else default_config()
-    return options.shard.apply(config)
+def load(options: ServiceOptions) -> Snapshot:
+    """The snapshot of `options`' config (file or embedded default) with the command-line
+    overrides; ConfigError."""
+    loaded = load_config_file(options.config_file) if options.config_file else default_loaded()
+    return compile_snapshot(dataclasses.replace(loaded, config=options.shard.apply(loaded.config)))
 
 
 def _file_signature(path: str) -> tuple[object, ...] | None:
@@ -116,11 +109,10 @@ def _file_signature(path: str) -> tuple[object, ...] | None:
 
 
 class Exporter:
-    def __init__(self, config: Config, options: ServiceOptions) -> None:
+    def __init__(self, snapshot: Snapshot, options: ServiceOptions) -> None:
         self.options = options
-        self.config = config
+        self.snapshot = snapshot  # the compiled config in force, swapped whole by a reload
         self.web_config = options.web_config
-        self.allowlist = TargetAllowlist(config.http_probe.allowed_targets)
         self.prober = Prober()
         self.store = MetricsStore()
         self.stats = ExporterStats()
@@ -131,14 +123,22 @@ class Exporter:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
-        self._signature = _file_signature(options.config_file) if options.config_file else None
+        self._signature = self._config_signature()
         self._tls_context: ssl.SSLContext | None = None  # the one new TLS connections get
         self._web_signature = self._web_config_signature()
+
+    @property
+    def config(self) -> Config:
+        return self.snapshot.config
+
+    @property
+    def allowlist(self) -> TargetAllowlist:
+        return self.snapshot.allowlist
 
     async def start(self) -> None:
         """Start probing and serving; raises OSError when a listen address cannot be bound."""
         gc.set_threshold(*GC_THRESHOLDS)
-        self.scheduler.apply(self.config)
+        self.scheduler.apply(self.snapshot)
         self.stats.reload_succeeded()
         settle_heap()
         self._spawn(monitor_event_loop_lag(self.stats))
@@ -187,21 +187,22 @@ class Exporter:
         """Load the config again and apply it; on error keep the running one and raise ConfigError."""
         async with self._reload_lock:
             try:
-                config = await asyncio.to_thread(load, self.options)
+                snapshot = await asyncio.to_thread(load, self.options)
             except ConfigError as exc:
                 self.stats.reload_failed()
                 log.error(
                     "config reload failed, keeping the running config", extra={"fields": {"error": str(exc)}}
                 )
                 raise
-            self.prober.forget_caches()
-            self.scheduler.apply(config)
-            self.config = config
-            self.allowlist = TargetAllowlist(config.http_probe.allowed_targets)
+            self.scheduler.apply(snapshot)
+            files, self.snapshot = self.snapshot.files, snapshot
+            if snapshot.files != files:  # the new config names other files: watch those
+                self._signature = self._config_signature()
             self.stats.reload_succeeded()
             settle_heap()
             log.info(
-                "config reloaded", extra={"fields": {"config": config.source, "targets": self.stats.targets}}
+                "config reloaded",
+                extra={"fields": {"config": snapshot.config.source, "targets": self.stats.targets}},
             )
 
     def request_reload(self) -> None:
@@ -212,14 +213,37 @@ class Exporter:
         with contextlib.suppress(ConfigError):
             await self.reload()
 
+    def _config_signature(self) -> tuple[object, ...] | None:
+        """The config file's signature and those of the files its modules name (certificates,
+        keys, CAs, passwords), in the running snapshot; None while the config file is missing."""
+        path = self.options.config_file
+        signature = _file_signature(path) if path else None
+        if signature is None:
+            return None
+        return (signature, *(_file_signature(name) for name in self.snapshot.files))
+
     async def _watch_config_file(self, path: str) -> None:
+        """Reload when the config file or a file it names changes. A missing config file is a
+        swap in progress (or an error the next reload reports); a named file that goes missing
+        or breaks is reloaded like any change, and refused: the running snapshot stays, and a
+        restored or rotated file is a change again."""
         while True:
             await asyncio.sleep(self.options.watch_interval)
-            signature = _file_signature(path)
+            signature = self._config_signature()
             if signature is None or signature == self._signature:
-                continue  # a missing file is a swap in progress, or an error the next reload reports
+                continue
+            files = self.snapshot.files
+            before = self._signature or (None, *(None for _ in files))
+            changed = [
+                name for name, old, new in zip((path, *files), before, signature, strict=False) if old != new
+            ]
             self._signature = signature
-            log.info("config file changed on disk, reloading", extra={"fields": {"config": path}})
+            log.info(
+                "a file named by the config changed on disk, reloading"
+                if changed and changed[0] != path
+                else "config file changed on disk, reloading",
+                extra={"fields": {"config": path, "files": " ".join(changed)}},
+            )
             await self._reload_quietly()
 
     def _web_config_signature(self) -> tuple[object, ...] | None:

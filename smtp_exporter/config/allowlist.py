@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from smtp_exporter.config.durations import quote_value
+from smtp_exporter.targets import IPAddress, Target, is_host_label, port_number
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -26,7 +27,7 @@ class AllowRule:
     network: _Network | None = None
     port: int | None = None  # None: any port
 
-    def allows(self, host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, port: int) -> bool:
+    def allows(self, host: str, ip: IPAddress | None, port: int) -> bool:
         if self.port is not None and port != self.port:
             return False
         if self.network is not None:
@@ -43,9 +44,10 @@ class AllowRule:
 
 
 def _parse_port(text: str, entry: str) -> int:
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"invalid port {quote_value(text)} in allowed target {quote_value(entry)}")
-    return int(text)
+    try:
+        return port_number(text)
+    except ValueError:
+        raise ValueError(f"invalid port {quote_value(text)} in allowed target {quote_value(entry)}") from None
 
 
 def _parse_network(text: str, entry: str) -> _Network:
@@ -61,17 +63,11 @@ def _parse_name(text: str, entry: str) -> str:
         return ""
     wildcard = name.startswith("*.")
     labels = name[2:].split(".") if wildcard else name.split(".")
-    for label in labels:
-        if (
-            not 0 < len(label) <= 63
-            or label.startswith("-")
-            or label.endswith("-")
-            or not all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
-        ):
-            raise ValueError(
-                f"invalid allowed target {quote_value(entry)}: expected a host name, *.domain, an IP address or "
-                "CIDR, optionally with :port, or :port alone"
-            )
+    if not all(is_host_label(label) for label in labels):
+        raise ValueError(
+            f"invalid allowed target {quote_value(entry)}: expected a host name, *.domain, an IP address or "
+            "CIDR, optionally with :port, or :port alone"
+        )
     return name[1:] if wildcard else name
 
 
@@ -121,20 +117,26 @@ class TargetAllowlist:
     def restricted(self) -> bool:
         return bool(self._rules)
 
+    def allows_target(self, target: Target) -> bool:
+        """Whether /probe may connect to a parsed target."""
+        if not self._rules:
+            return True
+        ip = target.ip
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(rule.allows(target.host, ip, target.port) for rule in self._rules)
+
     def allows(self, host: str, port: int) -> bool:
-        """Whether /probe may connect to `host` (a name or an IP literal, brackets optional) on `port`."""
+        """Whether /probe may connect to `host` (a name or an IP literal, brackets optional) on
+        `port`: for host names from elsewhere than a parsed target (a deployment's manifests)."""
         if not self._rules:
             return True
         text = host.strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
-        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+        ip: IPAddress | None
         try:
             ip = ipaddress.ip_address(text)
         except ValueError:
-            ip = None
-            text = text.rstrip(".").lower()
-        else:
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-        return any(rule.allows(text, ip, port) for rule in self._rules)
+            return self.allows_target(Target(text.rstrip(".").lower(), port, None))
+        return self.allows_target(Target(str(ip), port, ip))

@@ -14,7 +14,6 @@ import os
 import re
 import ssl
 import threading
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,19 +21,10 @@ import bcrypt
 import yaml
 
 from smtp_exporter.config.durations import quote_value
-from smtp_exporter.config.loader import (
-    ConfigError,
-    _Doc,
-    boolean,
-    choice,
-    compose_yaml,
-    fields,
-    pairs,
-    readable_file,
-    sequence,
-    ssl_reason,
-    string,
-)
+from smtp_exporter.config.files import readable_file
+from smtp_exporter.config.nodes import Document, boolean, choice, fields, pairs, sequence, string
+from smtp_exporter.config.yaml_source import compose_yaml, read_text
+from smtp_exporter.tls_settings import CIPHER_SUITES, TLS_VERSIONS, TLSSettingsError, server_context
 
 __all__ = [
     "ClientAuthType",
@@ -56,35 +46,6 @@ class ClientAuthType(enum.StrEnum):
     VERIFY_CLIENT_CERT_IF_GIVEN = "VerifyClientCertIfGiven"
     REQUIRE_AND_VERIFY_CLIENT_CERT = "RequireAndVerifyClientCert"
 
-
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-
-# Go's cipher suite names (crypto/tls, what the exporter-toolkit accepts) -> OpenSSL's.
-# The TLS 1.3 suites are accepted and, as in Go, not configurable.
-_CIPHER_SUITES = {
-    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_AES_128_GCM_SHA256": "",
-    "TLS_AES_256_GCM_SHA384": "",
-    "TLS_CHACHA20_POLY1305_SHA256": "",
-}
 
 # The only response headers the exporter-toolkit lets a web config set, with their allowed
 # values where those are an enumeration.
@@ -147,22 +108,12 @@ class WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Read and validate a web config file; the files it names must be readable now."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read web config file: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            path, "invalid YAML: not valid UTF-8", line=data[: exc.start].count(b"\n") + 1
-        ) from None
+    text = read_text(path, "web config file")
     return load_web_config_text(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
 def load_web_config_text(text: str, *, source: str, base_dir: str | None = None) -> WebConfig:
-    doc = _Doc(source, base_dir)
+    doc = Document(source, base_dir)
     root = compose_yaml(text, source)
     if root is None:
         return WebConfig(source=source)
@@ -182,7 +133,7 @@ def load_web_config_text(text: str, *, source: str, base_dir: str | None = None)
     return WebConfig(tls=tls, headers=headers, basic_auth_users=users, source=source)
 
 
-def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
+def _tls_server_config(doc: Document, node: yaml.Node) -> TLSServerConfig | None:
     path = "tls_server_config"
     keys = (
         "cert_file",
@@ -203,12 +154,12 @@ def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
         elif key == "client_auth_type":
             values[key] = choice(doc, value, sub, list(ClientAuthType))
         elif key in ("min_version", "max_version"):
-            values[key] = choice(doc, value, sub, list(_TLS_VERSIONS))
+            values[key] = choice(doc, value, sub, list(TLS_VERSIONS))
         else:
             suites = []
             for item_path, item in sequence(doc, value, sub):
                 name = string(doc, item, item_path)
-                if name not in _CIPHER_SUITES:
+                if name not in CIPHER_SUITES:
                     doc.fail(item, item_path, f"unknown cipher suite {quote_value(name)}")
                 suites.append(name)
             values[key] = tuple(suites)
@@ -239,41 +190,25 @@ def _tls_server_config(doc: _Doc, node: yaml.Node) -> TLSServerConfig | None:
             "(VerifyClientCertIfGiven or RequireAndVerifyClientCert)",
         )
     config = TLSServerConfig(**values)
-    if _TLS_VERSIONS[config.min_version] > _TLS_VERSIONS[config.max_version]:
+    if TLS_VERSIONS[config.min_version] > TLS_VERSIONS[config.max_version]:
         doc.fail(
             nodes["min_version"],
             f"{path}.min_version",
             f"{config.min_version} is above max_version {config.max_version}",
         )
     # Load everything now, so that a bad file is a config error at start, not a failed handshake later.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(config.cert_file, config.key_file, password=_no_password)
-    except (ssl.SSLError, ValueError) as exc:
-        doc.fail(
-            nodes["cert_file"], f"{path}.cert_file", f"cannot load certificate and key: {ssl_reason(exc)}"
-        )
-    if config.client_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=config.client_ca_file)
-        except (ssl.SSLError, ValueError) as exc:
-            doc.fail(
-                nodes["client_ca_file"],
-                f"{path}.client_ca_file",
-                f"cannot load CA certificates: {ssl_reason(exc)}",
-            )
-    openssl_names = [_CIPHER_SUITES[name] for name in config.cipher_suites if _CIPHER_SUITES[name]]
-    if openssl_names:
-        try:
-            context.set_ciphers(":".join(openssl_names))
-        except ssl.SSLError:
-            doc.fail(
-                nodes["cipher_suites"], f"{path}.cipher_suites", "none of these cipher suites is available"
-            )
+        _server_context(config)
+    except TLSSettingsError as exc:
+        message = {
+            "cert_file": f"cannot load certificate and key: {exc.reason}",
+            "client_ca_file": f"cannot load CA certificates: {exc.reason}",
+        }.get(exc.setting, exc.reason)
+        doc.fail(nodes[exc.setting], f"{path}.{exc.setting}", message)
     return config
 
 
-def _http_server_config(doc: _Doc, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+def _http_server_config(doc: Document, node: yaml.Node) -> tuple[tuple[str, str], ...]:
     path = "http_server_config"
     headers: list[tuple[str, str]] = []
     for key, _, value in fields(doc, node, path, ("headers", "http2")):
@@ -300,7 +235,7 @@ def _http_server_config(doc: _Doc, node: yaml.Node) -> tuple[tuple[str, str], ..
     return tuple(headers)
 
 
-def _users(doc: _Doc, node: yaml.Node) -> dict[str, str]:
+def _users(doc: Document, node: yaml.Node) -> dict[str, str]:
     path = "basic_auth_users"
     users = {}
     for name, name_node, value in pairs(doc, node, path):
@@ -341,30 +276,24 @@ def restart_needed(running: WebConfig, new: WebConfig) -> str | None:
 
 
 def build_server_ssl_context(web: WebConfig) -> ssl.SSLContext | None:
-    """The server-side SSL context for the web config, or None for plain HTTP."""
-    tls = web.tls
-    if tls is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated, and allowed only when asked for
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = _TLS_VERSIONS[tls.min_version]
-        context.maximum_version = _TLS_VERSIONS[tls.max_version]
-    context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
-    openssl_names = [_CIPHER_SUITES[name] for name in tls.cipher_suites if _CIPHER_SUITES[name]]
-    if openssl_names:
-        context.set_ciphers(":".join(openssl_names))
-    if tls.client_ca_file is not None:
-        context.load_verify_locations(cafile=tls.client_ca_file)
-    context.verify_mode = {
-        ClientAuthType.VERIFY_CLIENT_CERT_IF_GIVEN: ssl.CERT_OPTIONAL,
-        ClientAuthType.REQUIRE_AND_VERIFY_CLIENT_CERT: ssl.CERT_REQUIRED,
-    }.get(tls.client_auth_type, ssl.CERT_NONE)
-    return context
+    """The server-side SSL context for the web config, or None for plain HTTP; raises
+    TLSSettingsError when its files no longer load."""
+    return None if web.tls is None else _server_context(web.tls)
 
 
-def _no_password() -> bytes:
-    raise ValueError("the key is encrypted (a passphrase-protected key cannot be used)")
+def _server_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    return server_context(
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        min_version=tls.min_version,
+        max_version=tls.max_version,
+        cipher_suites=tls.cipher_suites,
+        client_ca_file=tls.client_ca_file,
+        verify_mode={
+            ClientAuthType.VERIFY_CLIENT_CERT_IF_GIVEN: ssl.CERT_OPTIONAL,
+            ClientAuthType.REQUIRE_AND_VERIFY_CLIENT_CERT: ssl.CERT_REQUIRED,
+        }.get(tls.client_auth_type, ssl.CERT_NONE),
+    )
 
 
 _decoys: dict[int, bytes] = {}

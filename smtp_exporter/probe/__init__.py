@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 
-from smtp_exporter.config.schema import DNSConfig, ModuleConfig, StartTLS, TLSConfig
-from smtp_exporter.memo import remember
+from smtp_exporter.config.schema import ModuleConfig
 from smtp_exporter.model import (
     Failure,
     FailureReason,
@@ -21,36 +19,21 @@ from smtp_exporter.model import (
 from smtp_exporter.probe.connection import perf_counter
 from smtp_exporter.probe.engine import Conversation, this_host_fqdn
 from smtp_exporter.probe.errors import ProbeError
-from smtp_exporter.probe.resolve import DNSClient
-from smtp_exporter.probe.tls import CertificateReader, build_client_context
-from smtp_exporter.targets import Target, TargetError, parse_target
+from smtp_exporter.probe.module import CompiledModule, compile_modules
+from smtp_exporter.probe.tls import CertificateReader
+from smtp_exporter.targets import Target
 
-__all__ = ["Prober", "TargetError"]
-
-MAX_REMEMBERED_TARGETS = (
-    100_000  # a config holds at most as many; /probe traffic can only evict (~35 MB at most)
-)
+__all__ = ["CompiledModule", "Prober", "compile_modules"]
 
 
 class Prober:
-    """Runs probes; holds what probes share: SSL contexts per `TLSConfig`, DNS clients per
-    `DNSConfig`, parsed certificates, and this host's FQDN (the default EHLO name)."""
+    """Runs probes of parsed targets with compiled modules (everything a probe needs is built
+    at config load); holds what probes share across loads: parsed certificates, and this
+    host's FQDN (the default EHLO name)."""
 
     def __init__(self) -> None:
-        self._contexts: dict[TLSConfig, ssl.SSLContext] = {}
-        self._dns: dict[DNSConfig, DNSClient] = {}
         self._certificates = CertificateReader()
         self._fqdn: str | None = None
-        self._targets: dict[tuple[str, int], Target] = {}
-
-    def target(self, text: str, port: int) -> Target:
-        """parse_target, remembered: a scheduled target is parsed once, not at every probe (and
-        a /probe target once per request, not by the handler and again by the probe)."""
-        key = (text, port)
-        target = self._targets.get(key)
-        if target is None:  # /probe may name anything: bounded
-            target = remember(self._targets, key, parse_target(text, port), limit=MAX_REMEMBERED_TARGETS)
-        return target
 
     async def _ehlo_name(self, module: ModuleConfig) -> str:
         if module.ehlo:
@@ -60,55 +43,47 @@ class Prober:
             self._fqdn = await asyncio.get_running_loop().run_in_executor(None, this_host_fqdn)
         return self._fqdn
 
-    def _dns_client(self, config: DNSConfig) -> DNSClient:
-        client = self._dns.get(config)
-        if client is None:
-            client = self._dns[config] = DNSClient(config)
-        return client
-
-    def _tls_context(self, module: ModuleConfig) -> ssl.SSLContext | None:
-        if not module.implicit_tls and module.starttls is StartTLS.NEVER:
-            return None
-        context = self._contexts.get(module.tls_config)
-        if context is None:
-            context = self._contexts[module.tls_config] = build_client_context(module.tls_config)
-        return context
-
-    def forget_caches(self) -> None:
-        """Drop SSL contexts and DNS clients, e.g. after a reload changed the files behind them."""
-        self._contexts.clear()
-        self._dns.clear()
-
     async def probe(
-        self, target: str, module_name: str, module: ModuleConfig, *, timeout: float | None = None
+        self,
+        target: Target,
+        module: CompiledModule,
+        target_text: str | None = None,
+        *,
+        timeout: float | None = None,
     ) -> ProbeResult:
-        """One probe. Probe failures are in the result; raises TargetError for a target that
-        cannot be parsed (callers validate targets before they schedule them)."""
-        parsed = self.target(target, module.port)
-        return await self._run(parsed, target, module_name, module, timeout=timeout, lookup_mx=module.mx)
+        """One probe; its failures are in the result. `target_text`, the target as written,
+        names the result (default: `str(target)`)."""
+        text = str(target) if target_text is None else target_text
+        return await self._run(target, text, module, timeout=timeout, lookup_mx=module.config.mx)
 
     async def probe_each_mx(
-        self, target: str, module_name: str, module: ModuleConfig, *, timeout: float | None = None
+        self,
+        target: Target,
+        module: CompiledModule,
+        target_text: str | None = None,
+        *,
+        timeout: float | None = None,
     ) -> list[ProbeResult]:
         """`mx_mode: each`: one result per MX host of the domain `target`, probed concurrently.
         When the MX lookup itself fails, one failed result without `mx`."""
-        parsed = self.target(target, module.port)
-        deadline = module.timeout if timeout is None else min(timeout, module.timeout)
-        dns = self._dns_client(module.dns)
+        text = str(target) if target_text is None else target_text
+        module_name = module.name
+        deadline = module.config.timeout if timeout is None else min(timeout, module.config.timeout)
+        dns = module.dns
         start_timestamp = time.time()
         started = perf_counter()
         try:
             async with asyncio.timeout(deadline):
-                hosts = await dns.mx_hosts(parsed.host)
+                hosts = await dns.mx_hosts(target.host)
         except ProbeError as exc:
             return [
-                self._resolve_failure(target, module_name, start_timestamp, started, exc.reason, exc.message)
+                self._resolve_failure(text, module_name, start_timestamp, started, exc.reason, exc.message)
             ]
         except TimeoutError:
             message = f"MX lookup did not finish within the {deadline:g}s deadline"
             return [
                 self._resolve_failure(
-                    target, module_name, start_timestamp, started, FailureReason.TIMEOUT, message
+                    text, module_name, start_timestamp, started, FailureReason.TIMEOUT, message
                 )
             ]
         looked_up = perf_counter() - started
@@ -116,9 +91,8 @@ class Prober:
             await asyncio.gather(
                 *(
                     self._run(
-                        Target(mx.host, parsed.port, None),
-                        target,
-                        module_name,
+                        Target(mx.host, target.port, None),
+                        text,
                         module,
                         timeout=max(deadline - looked_up, 0.001),
                         mx=mx,
@@ -156,24 +130,24 @@ class Prober:
         self,
         target: Target,
         target_text: str,
-        module_name: str,
-        module: ModuleConfig,
+        module: CompiledModule,
         *,
         timeout: float | None,
         lookup_mx: bool = False,
         mx: MXInfo | None = None,
         pre_resolve_seconds: float = 0.0,
     ) -> ProbeResult:
+        config = module.config
         conversation = Conversation(
             target=target,
             target_text=target_text,
-            module_name=module_name,
-            module=module,
-            timeout=module.timeout if timeout is None else min(timeout, module.timeout),
-            dns=self._dns_client(module.dns),
-            tls_context=self._tls_context(module),
+            module_name=module.name,
+            module=config,
+            timeout=config.timeout if timeout is None else min(timeout, config.timeout),
+            dns=module.dns,
+            tls_context=module.tls_context,
             certificates=self._certificates,
-            ehlo_name=await self._ehlo_name(module),
+            ehlo_name=await self._ehlo_name(config),
             mx=mx,
             lookup_mx=lookup_mx,
             pre_resolve_seconds=pre_resolve_seconds,

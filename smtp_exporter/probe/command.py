@@ -15,9 +15,10 @@ from dataclasses import replace
 from typing import Any
 
 from smtp_exporter.config.durations import parse_duration
-from smtp_exporter.config.loader import MAX_TIMEOUT, ConfigError, default_config, load_config
+from smtp_exporter.config.loader import MAX_TIMEOUT, ConfigError
 from smtp_exporter.model import ProbeResult
 from smtp_exporter.probe import Prober
+from smtp_exporter.snapshot import load_snapshot
 from smtp_exporter.targets import TargetError, parse_target
 
 
@@ -43,13 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config_file) if args.config_file else default_config()
+        snapshot = load_snapshot(args.config_file)
     except ConfigError as exc:
         print(f"smtp-exporter probe: {exc}", file=sys.stderr)
         return 2
-    module = config.modules.get(args.module)
+    module = snapshot.modules.get(args.module)
     if module is None:
-        known = ", ".join(sorted(config.modules))
+        known = ", ".join(sorted(snapshot.modules))
         print(f"smtp-exporter probe: unknown module {args.module!r} (known: {known})", file=sys.stderr)
         return 2
     if args.timeout is not None:
@@ -64,13 +65,13 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-        module = replace(module, timeout=timeout)
+        module = replace(module, config=replace(module.config, timeout=timeout))
     try:
-        parse_target(args.target, module.port)
+        target = parse_target(args.target, module.config.port)
     except TargetError as exc:
         print(f"smtp-exporter probe: {exc}", file=sys.stderr)
         return 2
-    result = _run(Prober().probe(args.target, args.module, module))
+    result = _run(Prober().probe(target, module, args.target))
     if args.output == "json":
         print(json.dumps(result.to_json(), indent=2))
     else:

@@ -21,6 +21,7 @@ import dns.resolver
 from smtp_exporter.config.schema import DNSConfig, IPProtocol
 from smtp_exporter.model import FailureReason, MXInfo, Phase
 from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
+from smtp_exporter.targets import parse_nameserver
 
 HOSTS_FILE = "/etc/hosts"
 MAX_MX_HOSTS = 10
@@ -37,16 +38,6 @@ class NullMXError(ProbeError):
         super().__init__(
             Phase.RESOLVE, FailureReason.NULL_MX, f"{domain} has a null MX (RFC 7505): it accepts no mail"
         )
-
-
-def _nameserver(entry: str) -> dns.nameserver.Nameserver:
-    if entry.startswith("["):
-        host, _, port = entry[1:].partition("]:")
-        return dns.nameserver.Do53Nameserver(host.rstrip("]"), int(port) if port else 53)
-    if entry.count(":") == 1:
-        host, _, port = entry.partition(":")
-        return dns.nameserver.Do53Nameserver(host, int(port))
-    return dns.nameserver.Do53Nameserver(entry, 53)
 
 
 class _HostsFile:
@@ -105,7 +96,9 @@ class DNSClient:
             self._setup_error = f"no system resolver configured: {exc}"
             return
         if config.nameservers:
-            resolver.nameservers = [_nameserver(entry) for entry in config.nameservers]
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(*parse_nameserver(entry)) for entry in config.nameservers
+            ]
         resolver.timeout = config.timeout
         resolver.lifetime = config.timeout
         self._resolver = resolver

@@ -1,4 +1,4 @@
-"""Client TLS: contexts per `TLSConfig`, and the certificate facts of a session.
+"""Client TLS for probes: the certificate facts of a session (contexts: `tls_settings`).
 
 The facts (dates, names, fingerprint) are wanted most when verification fails: an expired
 certificate must not look like a dead server. OpenSSL keeps the peer's chain after a failed
@@ -16,16 +16,9 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 
-from smtp_exporter.config.schema import TLSConfig
 from smtp_exporter.model import TLSInfo
 
 _DER = 2  # _ssl.ENCODING_DER: not exported by the ssl module
-_MIN_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
 MAX_NAME_CHARS = 256
 MAX_SANS = 32
 
@@ -70,17 +63,9 @@ def _cipher_name(sslobj: ssl.SSLObject) -> str | None:
     return cipher[0] if cipher else None
 
 
-def build_client_context(config: TLSConfig) -> ssl.SSLContext:
-    """An SSL context for probes; raises OSError/ssl.SSLError for unreadable files."""
-    context = ssl.create_default_context(cafile=config.ca_file)
-    context.minimum_version = _MIN_VERSIONS[config.min_version]
-    if config.cert_file:
-        context.load_cert_chain(config.cert_file, config.key_file)
-    if config.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+def keep_peer_chain(context: ssl.SSLContext) -> None:
+    """Make `context`'s sessions keep the peer's certificate facts when verification fails."""
     context.sslobject_class = _ChainKeepingSSLObject
-    return context
 
 
 class CertificateFacts(NamedTuple):

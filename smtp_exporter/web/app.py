@@ -29,7 +29,7 @@ from smtp_exporter.metrics import (
     render_probe_result,
     wants_openmetrics,
 )
-from smtp_exporter.targets import TargetError
+from smtp_exporter.targets import TargetError, parse_target
 from smtp_exporter.web.pages import landing_page, probe_debug_text, transcript_text
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class _Handlers:
         stats = exporter.stats
         query = request.query
         module_name = query.get("module") or config.defaults.module
-        module = config.modules.get(module_name)
+        module = exporter.snapshot.modules.get(module_name)
         counted_module = module_name if module is not None else ""
         target = query.get("target", "")
         if not target.strip():
@@ -217,11 +217,11 @@ class _Handlers:
             stats.count_probe_request("", 400)
             return _text(f"unknown module {module_name[:100]!r}", 400)
         try:
-            parsed = exporter.prober.target(target, module.port)
+            parsed = parse_target(target, module.config.port)
         except TargetError as exc:
             stats.count_probe_request(module_name, 400)
             return _text(str(exc), 400)
-        if not exporter.allowlist.allows(parsed.host, parsed.port):
+        if not exporter.allowlist.allows_target(parsed):
             stats.count_probe_request(module_name, 403)
             return _text(f"target {str(parsed)!r} is not allowed by http_probe.allowed_targets", 403)
         if self.probes_in_flight >= config.http_probe.max_concurrent:
@@ -231,11 +231,13 @@ class _Handlers:
                 f"{config.http_probe.max_concurrent})",
                 503,
             )
-        deadline = scrape_deadline(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"), module.timeout)
+        deadline = scrape_deadline(
+            request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"), module.config.timeout
+        )
         self.probes_in_flight += 1
         stats.probes_in_flight += 1
         try:
-            result = await exporter.prober.probe(target, module_name, module, timeout=deadline)
+            result = await exporter.prober.probe(parsed, module, target, timeout=deadline)
         finally:
             self.probes_in_flight -= 1
             stats.probes_in_flight -= 1

@@ -18,6 +18,7 @@ from smtp_exporter.probe import Prober
 from tests.hostile.catalogue import CATALOGUE, TIMEOUT, Hostile
 from tests.hostile.certs import Material
 from tests.hostile.conftest import PeerProcess, module_for, open_fds, secret_forms
+from tests.probe.common import compiled
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.smtp_sink import SmtpSink
 
@@ -55,7 +56,7 @@ async def test_hostile_peer(hostile: Hostile, hostile_peers: PeerProcess, hostil
         tracemalloc.start()
         try:
             started = loop.time()
-            result = await Prober().probe(hostile_peers.target(hostile.name), hostile.name, module)
+            result = await Prober().probe(*compiled(hostile_peers.target(hostile.name), hostile.name, module))
             elapsed = loop.time() - started
             _, peak = tracemalloc.get_traced_memory()
         finally:
@@ -102,7 +103,7 @@ async def _probe_loop(
     prober: Prober, target: str, module: ModuleConfig, stop: asyncio.Event, out: list[ProbeResult]
 ) -> None:
     while not stop.is_set():
-        out.append(await prober.probe(target, "healthy", module))
+        out.append(await prober.probe(*compiled(target, "healthy", module)))
 
 
 async def test_healthy_targets_unaffected_by_hostile_ones(
@@ -118,7 +119,9 @@ async def test_healthy_targets_unaffected_by_hostile_ones(
     healthy = [smtp_sink_factory().target, smtp_server_factory().target]
 
     module = module_for(HEALTHY, hostile_material, timeout=5.0)
-    baseline = [await prober.probe(target, "healthy", module) for _ in range(10) for target in healthy]
+    baseline = [
+        await prober.probe(*compiled(target, "healthy", module)) for _ in range(10) for target in healthy
+    ]
     assert all(r.success for r in baseline)
     baseline_p50 = statistics.median(r.duration_seconds for r in baseline)
 
@@ -134,7 +137,7 @@ async def test_healthy_targets_unaffected_by_hostile_ones(
     for _ in range(3):
         hostile_results += await asyncio.gather(
             *(
-                prober.probe(hostile_peers.target(h.name), h.name, module_for(h, hostile_material))
+                prober.probe(*compiled(hostile_peers.target(h.name), h.name, module_for(h, hostile_material)))
                 for h in CATALOGUE
             )
         )

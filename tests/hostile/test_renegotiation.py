@@ -19,6 +19,7 @@ import pytest
 from smtp_exporter.config.schema import ModuleConfig, TLSConfig
 from smtp_exporter.probe import Prober
 from tests.helpers import require_binary
+from tests.probe.common import compiled
 from tests.servers.tls import TestCA
 
 TIMEOUT = 5.0
@@ -90,7 +91,7 @@ async def test_server_renegotiates_mid_conversation(s_server: SServer, tls_ca: T
     module = ModuleConfig(
         implicit_tls=True, timeout=TIMEOUT, ehlo="probe.test", tls_config=TLSConfig(ca_file=tls_ca.ca_file)
     )
-    probe = asyncio.create_task(Prober().probe(f"127.0.0.1:{s_server.port}", "smtps", module))
+    probe = asyncio.create_task(Prober().probe(*compiled(f"127.0.0.1:{s_server.port}", "smtps", module)))
     assert await s_server.wait_for(b"CIPHER is")
     await s_server.say(b"220 mail.test ESMTP s_server\n")
     assert await s_server.wait_for(b"EHLO probe.test")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
+from smtp_exporter.config.modules import uses_tls
 from smtp_exporter.config.schema import AuthConfig, AuthMechanism, ModuleConfig, Secret, TLSConfig
 from smtp_exporter.model import ProbeResult
+from smtp_exporter.probe import CompiledModule, compile_modules
+from smtp_exporter.targets import Target, parse_target
+from smtp_exporter.tls_settings import client_context
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME
 from tests.servers.tls import TestCA
 
@@ -52,6 +58,20 @@ def module(base: str = "smtp_handshake", **changes: Any) -> ModuleConfig:
     options: dict[str, Any] = {"ehlo": EHLO, "timeout": 5.0}
     options.update(changes)
     return dataclasses.replace(BUILTIN_MODULES[base], **options)
+
+
+def compiled(target: str, name: str, settings: ModuleConfig) -> tuple[Target, CompiledModule, str]:
+    """What `Prober.probe` takes, made the way the config loader makes it: `target` parsed with
+    the module's port, the module `name` compiled (its SSL context built), and the text."""
+    contexts = {settings.tls_config: _client_context(settings.tls_config)} if uses_tls(settings) else {}
+    return parse_target(target, settings.port), compile_modules({name: settings}, contexts)[name], target
+
+
+@functools.cache
+def _client_context(tls: TLSConfig) -> ssl.SSLContext:
+    # One per distinct TLSConfig, as a config load builds them: building one costs tens of
+    # milliseconds (the system CAs), which tests that time many probes at once must not pay.
+    return client_context(tls)
 
 
 def trusting(ca: TestCA, **changes: Any) -> TLSConfig:

@@ -12,7 +12,7 @@ from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
 from smtp_exporter.probe import Prober
 from smtp_exporter.probe.command import format_text
-from tests.probe.common import FULL_PHASES, auth, describe, module, names, trusting
+from tests.probe.common import FULL_PHASES, auth, compiled, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
 from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ExpectLine, ScriptedServer, Send, Step
 from tests.servers.tls import TestCA
@@ -58,7 +58,9 @@ def _auth_module(
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 async def test_auth_succeeds(auth_server: AiosmtpdServer, tls_ca: TestCA, mechanism: AuthMechanism) -> None:
-    result = await Prober().probe(auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism))
+    result = await Prober().probe(
+        *compiled(auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism))
+    )
     assert result.success, describe(result)
     assert names(result) == list(FULL_PHASES)
     auth_phase = result.phase(Phase.AUTH)
@@ -73,7 +75,9 @@ async def test_auth_succeeds(auth_server: AiosmtpdServer, tls_ca: TestCA, mechan
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 async def test_wrong_password(auth_server: AiosmtpdServer, tls_ca: TestCA, mechanism: AuthMechanism) -> None:
     result = await Prober().probe(
-        auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism, password=WRONG_PASSWORD)
+        *compiled(
+            auth_server.target, "m", _auth_module(auth_server, tls_ca, mechanism, password=WRONG_PASSWORD)
+        )
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, FailureReason.AUTH_FAILED)
@@ -92,7 +96,7 @@ async def test_wrong_password(auth_server: AiosmtpdServer, tls_ca: TestCA, mecha
 
 async def test_auto_picks_the_strongest_offered(auth_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.AUTO)
+        *compiled(auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.AUTO))
     )
     assert result.success, describe(result)
     assert "CRAM-MD5" in result.server.extension_map["AUTH"]
@@ -105,7 +109,9 @@ async def test_auto_with_no_auth_offered(
     smtp_server_factory: Callable[..., AiosmtpdServer], tls_ca: TestCA
 ) -> None:
     server = smtp_server_factory(starttls=tls_ca.server_cert)  # no auth_users: no AUTH keyword
-    result = await Prober().probe(server.target, "m", _auth_module(server, tls_ca, AuthMechanism.AUTO))
+    result = await Prober().probe(
+        *compiled(server.target, "m", _auth_module(server, tls_ca, AuthMechanism.AUTO))
+    )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, FailureReason.AUTH_FAILED)
     assert "AUTH" not in result.server.extension_map
@@ -115,7 +121,7 @@ async def test_auto_with_no_auth_offered(
 
 async def test_transcript_shows_auth_redacted(auth_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.LOGIN)
+        *compiled(auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.LOGIN))
     )
     assert result.success, describe(result)
     client = [line.text for line in result.transcript if line.direction == "C"]
@@ -157,7 +163,7 @@ async def test_odd_auth_exchanges(
     script.append(Answer(DEFAULT_REPLIES))  # QUIT gets its 221
     server = await scripted_server(script)
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, auth=auth(mechanism), timeout=2.0)
+        *compiled(server.target, "m", module(port=server.port, auth=auth(mechanism), timeout=2.0))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, reason)

@@ -12,7 +12,7 @@ from smtp_exporter.config.schema import StartTLS
 from smtp_exporter.model import FailureReason, ProbeResult
 from smtp_exporter.probe import Prober
 from tests.helpers import require_module
-from tests.probe.common import describe, module, trusting
+from tests.probe.common import compiled, describe, module, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer, Fault
 from tests.servers.scripted import ScriptedServer
@@ -48,11 +48,11 @@ async def test_200_concurrent_probes_against_smtp_sink(smtp_sink_factory: Callab
     sink = smtp_sink_factory(backlog=1024)
     prober = Prober()
     full = module("smtp_full", port=sink.port, rcpt_to=("postmaster@sink.test",), timeout=20.0)
-    warm_up = await prober.probe(sink.target, "full", full)  # contexts, resolver: created once
+    warm_up = await prober.probe(*compiled(sink.target, "full", full))  # contexts, resolver: created once
     assert warm_up.success, describe(warm_up)
     before = await quiet_fds()
 
-    results = await asyncio.gather(*(prober.probe(sink.target, "full", full) for _ in range(200)))
+    results = await asyncio.gather(*(prober.probe(*compiled(sink.target, "full", full)) for _ in range(200)))
 
     failed = [describe(r) for r in results if not r.success]
     assert not failed, failed[0]
@@ -99,14 +99,16 @@ async def test_failing_probes_leak_no_socket(
             (f"127.0.0.1:{closed_port}", module(), FailureReason.CONNECT_REFUSED),
         ]
         # One round first, so what is created once per process does not count as a leak.
-        await asyncio.gather(*(prober.probe(target, "m", m) for target, m, _ in cases))
+        await asyncio.gather(*(prober.probe(*compiled(target, "m", m)) for target, m, _ in cases))
         for server in (plaintext_tls, silent, garbage, endless):
             assert await server.wait_closed(2.0)
         assert expired.wait_closed_blocking(2.0) and faulty.wait_closed_blocking(2.0)
         before = await quiet_fds()
 
         for _ in range(3):
-            results = await asyncio.gather(*(prober.probe(target, "m", m) for target, m, _ in cases))
+            results = await asyncio.gather(
+                *(prober.probe(*compiled(target, "m", m)) for target, m, _ in cases)
+            )
             for result, (_, _, reason) in zip(results, cases, strict=True):
                 assert result.failure is not None and result.failure.reason is reason, describe(result)
 
@@ -125,7 +127,9 @@ def test_no_phase_is_negative_under_uvloop(smtp_sink_factory: Callable[..., Smtp
 
     async def probes() -> list[ProbeResult]:
         prober = Prober()
-        return list(await asyncio.gather(*(prober.probe(sink.target, "m", settings) for _ in range(300))))
+        return list(
+            await asyncio.gather(*(prober.probe(*compiled(sink.target, "m", settings)) for _ in range(300)))
+        )
 
     results = uvloop.run(probes())
     assert all(r.success for r in results), describe(next(r for r in results if not r.success))

@@ -12,7 +12,7 @@ from smtp_exporter.config.schema import DNSConfig, IPProtocol, ModuleConfig
 from smtp_exporter.model import FailureReason, MXInfo, Phase
 from smtp_exporter.probe import Prober
 from tests.helpers import skip_or_fail
-from tests.probe.common import Stopwatch, describe, module, names
+from tests.probe.common import Stopwatch, compiled, describe, module, names
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dns_server import DnsServer, Records
 
@@ -62,7 +62,7 @@ def _module(dns: DnsServer, server_port: int, *, dns_timeout: float = 1.0, **cha
 
 
 async def test_name_resolves_and_connects(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("host.example.test", "m", _module(dns, smtp_server.port))
+    result = await Prober().probe(*compiled("host.example.test", "m", _module(dns, smtp_server.port)))
     assert result.success, describe(result)
     assert names(result) == ["resolve", "connect", "banner", "ehlo", "quit"]
     assert result.target == "host.example.test"
@@ -77,13 +77,13 @@ async def test_name_resolves_and_connects(dns: DnsServer, smtp_server: AiosmtpdS
 
 
 async def test_target_port_overrides_module_port(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe(f"host.example.test:{smtp_server.port}", "m", _module(dns, 1))
+    result = await Prober().probe(*compiled(f"host.example.test:{smtp_server.port}", "m", _module(dns, 1)))
     assert result.success, describe(result)
     assert result.address is not None and result.address.port == smtp_server.port
 
 
 async def test_cname_is_followed(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("alias.example.test", "m", _module(dns, smtp_server.port))
+    result = await Prober().probe(*compiled("alias.example.test", "m", _module(dns, smtp_server.port)))
     assert result.success, describe(result)
 
 
@@ -102,7 +102,9 @@ async def test_resolution_failures(
     dns: DnsServer, smtp_server: AiosmtpdServer, name: str, reason: FailureReason | None
 ) -> None:
     async with Stopwatch.timing() as watch:
-        result = await Prober().probe(name, "m", _module(dns, smtp_server.port, dns_timeout=0.5, timeout=3.0))
+        result = await Prober().probe(
+            *compiled(name, "m", _module(dns, smtp_server.port, dns_timeout=0.5, timeout=3.0))
+        )
     if reason is None:
         assert result.success, describe(result)
         return
@@ -118,7 +120,7 @@ async def test_resolution_failures(
 async def test_slow_dns_hits_the_probe_deadline(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            "slow.example.test", "m", _module(dns, smtp_server.port, dns_timeout=2.0, timeout=0.5)
+            *compiled("slow.example.test", "m", _module(dns, smtp_server.port, dns_timeout=2.0, timeout=0.5))
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, FailureReason.TIMEOUT)
@@ -126,7 +128,7 @@ async def test_slow_dns_hits_the_probe_deadline(dns: DnsServer, smtp_server: Aio
 
 
 async def test_mx_second_host_when_first_refuses(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(*compiled("example.test", "mx", _module(dns, smtp_server.port, mx=True)))
     assert result.success, describe(result)
     assert names(result)[:2] == ["resolve", "connect"]
     assert result.mx == MXInfo("mx2.example.test", 20)
@@ -138,20 +140,26 @@ async def test_mx_second_host_when_first_refuses(dns: DnsServer, smtp_server: Ai
 
 
 async def test_mx_host_that_does_not_resolve_is_skipped(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("lame.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(
+        *compiled("lame.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert result.success, describe(result)
     assert result.mx == MXInfo("mx2.example.test", 20)
 
 
 async def test_null_mx(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("nullmx.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(
+        *compiled("nullmx.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, FailureReason.NULL_MX)
     assert smtp_server.connections == []
 
 
 async def test_no_mx_falls_back_to_the_domain(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("nomx.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(
+        *compiled("nomx.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert result.success, describe(result)
     assert result.mx == MXInfo("nomx.example.test", 0)
     assert result.address is not None and result.address.ip == "127.0.0.1"
@@ -160,13 +168,17 @@ async def test_no_mx_falls_back_to_the_domain(dns: DnsServer, smtp_server: Aiosm
 
 
 async def test_mx_nxdomain(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe("nothere.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(
+        *compiled("nothere.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert result.failure is not None
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, FailureReason.DNS_NXDOMAIN)
 
 
 async def test_probe_each_mx(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    results = await Prober().probe_each_mx("example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    results = await Prober().probe_each_mx(
+        *compiled("example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert [r.mx for r in results] == [MXInfo("mx1.example.test", 10), MXInfo("mx2.example.test", 20)]
     down, up = results
     assert down.failure is not None, describe(down)
@@ -181,7 +193,9 @@ async def test_probe_each_mx(dns: DnsServer, smtp_server: AiosmtpdServer) -> Non
 
 
 async def test_probe_each_mx_all_up(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
-    results = await Prober().probe_each_mx("both.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    results = await Prober().probe_each_mx(
+        *compiled("both.example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    )
     assert [(r.mx, r.success) for r in results] == [
         (MXInfo("mx2.example.test", 10), True),
         (MXInfo("mx3.example.test", 20), True),
@@ -197,7 +211,7 @@ async def test_probe_each_mx_all_up(dns: DnsServer, smtp_server: AiosmtpdServer)
 async def test_probe_each_mx_lookup_failure(
     dns: DnsServer, smtp_server: AiosmtpdServer, domain: str, reason: FailureReason
 ) -> None:
-    (result,) = await Prober().probe_each_mx(domain, "mx", _module(dns, smtp_server.port, mx=True))
+    (result,) = await Prober().probe_each_mx(*compiled(domain, "mx", _module(dns, smtp_server.port, mx=True)))
     assert result.failure is not None
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, reason)
     assert result.mx is None
@@ -206,7 +220,7 @@ async def test_probe_each_mx_lookup_failure(
 @pytest.mark.usefixtures("needs_ipv6")
 async def test_ipv6_literal_target(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(host="::1")
-    result = await Prober().probe(f"[::1]:{server.port}", "m", module(ip_protocol=IPProtocol.IP6))
+    result = await Prober().probe(*compiled(f"[::1]:{server.port}", "m", module(ip_protocol=IPProtocol.IP6)))
     assert result.success, describe(result)
     assert result.address is not None
     assert (result.address.ip, result.address.port, result.address.family) == ("::1", server.port, 6)
@@ -217,7 +231,7 @@ async def test_ipv6_literal_target(smtp_server_factory: Callable[..., AiosmtpdSe
 async def test_ip6_name(dns: DnsServer, smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(host="::1")
     result = await Prober().probe(
-        "dual.example.test", "m", _module(dns, server.port, ip_protocol=IPProtocol.IP6)
+        *compiled("dual.example.test", "m", _module(dns, server.port, ip_protocol=IPProtocol.IP6))
     )
     assert result.success, describe(result)
     assert result.address is not None and (result.address.ip, result.address.family) == ("::1", 6)
@@ -226,7 +240,7 @@ async def test_ip6_name(dns: DnsServer, smtp_server_factory: Callable[..., Aiosm
 
 async def test_ip4_with_aaaa_only_name(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
     result = await Prober().probe(
-        "v6only.example.test", "m", _module(dns, smtp_server.port, ip_protocol=IPProtocol.IP4)
+        *compiled("v6only.example.test", "m", _module(dns, smtp_server.port, ip_protocol=IPProtocol.IP4))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, FailureReason.DNS_ERROR)
@@ -236,7 +250,7 @@ async def test_ip4_with_aaaa_only_name(dns: DnsServer, smtp_server: AiosmtpdServ
 @pytest.mark.usefixtures("needs_ipv6")
 async def test_auto_falls_back_to_the_other_family(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
     """auto: the IPv6 address first; nothing listens there, so IPv4 answers."""
-    result = await Prober().probe("dual.example.test", "m", _module(dns, smtp_server.port))
+    result = await Prober().probe(*compiled("dual.example.test", "m", _module(dns, smtp_server.port)))
     assert result.success, describe(result)
     assert result.address is not None and result.address.family == 4
     transcript = [line.text for line in result.transcript if line.direction == "*"]
@@ -245,7 +259,7 @@ async def test_auto_falls_back_to_the_other_family(dns: DnsServer, smtp_server: 
 
 async def test_probe_each_mx_without_mx(dns: DnsServer, smtp_server: AiosmtpdServer) -> None:
     (result,) = await Prober().probe_each_mx(
-        "nomx.example.test", "mx", _module(dns, smtp_server.port, mx=True)
+        *compiled("nomx.example.test", "mx", _module(dns, smtp_server.port, mx=True))
     )
     assert result.success, describe(result)
     assert result.mx == MXInfo("nomx.example.test", 0)
@@ -255,7 +269,7 @@ async def test_truncated_udp_answers_retried_over_tcp(
     dns_server: DnsFactory, smtp_server: AiosmtpdServer
 ) -> None:
     dns = dns_server(RECORDS, truncate_udp=True)
-    result = await Prober().probe("example.test", "mx", _module(dns, smtp_server.port, mx=True))
+    result = await Prober().probe(*compiled("example.test", "mx", _module(dns, smtp_server.port, mx=True)))
     assert result.success, describe(result)
     assert result.mx == MXInfo("mx2.example.test", 20)
     assert "tcp" in {q.transport for q in dns.queries}

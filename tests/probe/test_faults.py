@@ -9,7 +9,7 @@ import pytest
 from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
-from tests.probe.common import ENVELOPE_PHASES, FULL_PHASES, auth, describe, module, names, trusting
+from tests.probe.common import ENVELOPE_PHASES, FULL_PHASES, auth, compiled, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer, Fault
 from tests.servers.scripted import (
     DEFAULT_REPLIES,
@@ -73,7 +73,9 @@ async def test_reply_fault_fails_in_that_phase(
     if phase == "auth" and code // 100 == 5:
         reason = FailureReason.AUTH_FAILED  # a 5xx to AUTH means the credentials were refused
 
-    result = await Prober().probe(server.target, "faulty", _full_module(server, tls_ca, transaction))
+    result = await Prober().probe(
+        *compiled(server.target, "faulty", _full_module(server, tls_ca, transaction))
+    )
 
     assert not result.success, describe(result)
     assert result.failure is not None
@@ -103,7 +105,7 @@ async def test_helo_fault_after_ehlo_refused(
     reason: FailureReason,
 ) -> None:
     server = smtp_server_factory(faults=[Fault("ehlo", 502, "5.5.1"), Fault("helo", code, enhanced)])
-    result = await Prober().probe(server.target, "m", module(port=server.port, helo_fallback=True))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, helo_fallback=True)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.HELO, reason)
     assert names(result) == ["connect", "banner", "ehlo", "helo"]
@@ -119,7 +121,7 @@ async def test_helo_fallback_succeeds_when_ehlo_refused(
 ) -> None:
     server = smtp_server_factory(faults=[Fault("ehlo", 500, "5.5.2")])
     result = await Prober().probe(
-        server.target, "m", module("smtp_full", port=server.port, rcpt_to=("a@mail.test",))
+        *compiled(server.target, "m", module("smtp_full", port=server.port, rcpt_to=("a@mail.test",)))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "helo", "mail", "rcpt", "data", "message", "quit"]
@@ -136,7 +138,11 @@ async def test_helo_fallback_cannot_offer_starttls_when_required(
     """HELO has no extensions: a module requiring STARTTLS must not go on in clear text."""
     server = smtp_server_factory(starttls=tls_ca.server_cert, faults=[Fault("ehlo", 500, "5.5.2")])
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca))
+        *compiled(
+            server.target,
+            "m",
+            module(port=server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca)),
+        )
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (
@@ -149,7 +155,9 @@ async def test_helo_fallback_cannot_offer_starttls_when_required(
 
 async def test_no_helo_fallback_fails_at_ehlo(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(faults=[Fault("ehlo", 550, "5.7.1")])
-    result = await Prober().probe(server.target, "m", module(port=server.port, helo_fallback=False))
+    result = await Prober().probe(
+        *compiled(server.target, "m", module(port=server.port, helo_fallback=False))
+    )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.EHLO, FailureReason.REPLY_PERMANENT)
     assert names(result) == ["connect", "banner", "ehlo"]
@@ -160,7 +168,7 @@ async def test_no_helo_fallback_fails_at_ehlo(smtp_server_factory: Callable[...,
 async def test_ehlo_4xx_does_not_fall_back_to_helo(fault_server: FaultServer) -> None:
     """Only a 5xx means "EHLO not understood"; a 4xx is the server's trouble, not ours."""
     server = fault_server("ehlo", 421, "4.7.0")
-    result = await Prober().probe(server.target, "m", module(port=server.port, helo_fallback=True))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, helo_fallback=True)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.EHLO, FailureReason.REPLY_TEMPORARY)
     assert names(result) == ["connect", "banner", "ehlo"]
@@ -171,7 +179,7 @@ async def test_bad_quit_reply_is_recorded_but_not_a_failure(
     fault_server: FaultServer, code: int, enhanced: str
 ) -> None:
     server = fault_server("quit", code, enhanced)
-    result = await Prober().probe(server.target, "m", module(port=server.port))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port)))
     assert result.success, describe(result)
     assert result.failure is None
     quit_phase = result.phase(Phase.QUIT)
@@ -188,7 +196,7 @@ async def test_bad_quit_reply_fails_with_fail_on_quit(
     fault_server: FaultServer, code: int, enhanced: str, reason: FailureReason
 ) -> None:
     server = fault_server("quit", code, enhanced)
-    result = await Prober().probe(server.target, "m", module(port=server.port, fail_on_quit=True))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, fail_on_quit=True)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.QUIT, reason)
     assert names(result) == ["connect", "banner", "ehlo", "quit"]
@@ -197,7 +205,9 @@ async def test_bad_quit_reply_fails_with_fail_on_quit(
 
 
 async def test_good_quit_with_fail_on_quit_succeeds(smtp_server: AiosmtpdServer) -> None:
-    result = await Prober().probe(smtp_server.target, "m", module(port=smtp_server.port, fail_on_quit=True))
+    result = await Prober().probe(
+        *compiled(smtp_server.target, "m", module(port=smtp_server.port, fail_on_quit=True))
+    )
     assert result.success, describe(result)
     assert result.phases[-1].reply_code == 221
 
@@ -206,7 +216,7 @@ async def test_fault_that_closes_the_connection(fault_server: FaultServer) -> No
     """421 and hang up at MAIL (a server shutting down): the reply is what counts."""
     server = fault_server("mail", 421, "4.3.2", "Shutting down", close=True)
     result = await Prober().probe(
-        server.target, "m", module("smtp_envelope", port=server.port, rcpt_to=("a@mail.test",))
+        *compiled(server.target, "m", module("smtp_envelope", port=server.port, rcpt_to=("a@mail.test",)))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.MAIL, FailureReason.REPLY_TEMPORARY)
@@ -228,9 +238,11 @@ async def test_rcpt_refused_at_second_recipient(
         ]
     )
     result = await Prober().probe(
-        server.target,
-        "m",
-        module("smtp_full", port=server.port, rcpt_to=("a@mail.test", "b@mail.test", "c@mail.test")),
+        *compiled(
+            server.target,
+            "m",
+            module("smtp_full", port=server.port, rcpt_to=("a@mail.test", "b@mail.test", "c@mail.test")),
+        ),
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RCPT, FailureReason.REPLY_PERMANENT)

@@ -19,7 +19,7 @@ import pytest
 import smtp_exporter
 from smtp_exporter.model import Transaction
 from smtp_exporter.probe import Prober
-from tests.probe.common import describe, module
+from tests.probe.common import compiled, describe, module
 from tests.servers import scripted
 from tests.servers.scripted import Close, ScriptedServer, Send, Sleep
 
@@ -42,13 +42,13 @@ async def test_a_probe_leaves_no_cycles(scripted_server: ScriptedFactory, case: 
     server = await scripted_server(CASES[case])
     prober = Prober()
     probe_module = module(port=server.port, transaction=Transaction.MESSAGE, timeout=0.5)
-    await prober.probe(server.target, "m", probe_module)  # first use: caches and memos fill
+    await prober.probe(*compiled(server.target, "m", probe_module))  # first use: caches and memos fill
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage, to be read
     try:
         for _ in range(3):
-            result = await prober.probe(server.target, "m", probe_module)
+            result = await prober.probe(*compiled(server.target, "m", probe_module))
         assert result.failure is None or case != "healthy", describe(result)
         await asyncio.sleep(0.05)  # closed transports let go of their protocols
         del result

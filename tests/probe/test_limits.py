@@ -13,9 +13,10 @@ import pytest
 
 from smtp_exporter.config.schema import ExpectConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase
-from smtp_exporter.probe import Prober, TargetError
+from smtp_exporter.probe import Prober
+from smtp_exporter.targets import TargetError
 from tests.helpers import require_binary, skip_or_fail
-from tests.probe.common import Stopwatch, describe, module, names, trusting
+from tests.probe.common import Stopwatch, compiled, describe, module, names, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.scripted import ScriptedServer
@@ -33,7 +34,7 @@ def closed_port() -> Iterator[int]:
 
 
 async def test_connect_refused(closed_port: int) -> None:
-    result = await Prober().probe(f"127.0.0.1:{closed_port}", "m", module())
+    result = await Prober().probe(*compiled(f"127.0.0.1:{closed_port}", "m", module()))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.CONNECT_REFUSED)
     assert str(closed_port) in result.failure.message
@@ -61,7 +62,7 @@ async def test_connect_refused_after_a_server_went_away() -> None:
     server = AiosmtpdServer().start()
     port = server.port
     server.stop()
-    result = await Prober().probe(f"127.0.0.1:{port}", "m", module())
+    result = await Prober().probe(*compiled(f"127.0.0.1:{port}", "m", module()))
     assert result.failure is not None
     assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.CONNECT_REFUSED)
 
@@ -69,7 +70,9 @@ async def test_connect_refused_after_a_server_went_away() -> None:
 async def test_probe_timeout_argument_smaller_than_module_wins(scripted_server: ScriptedFactory) -> None:
     server = await scripted_server(scripted.silence())
     async with Stopwatch.timing() as watch:
-        result = await Prober().probe(server.target, "m", module(port=server.port, timeout=10.0), timeout=0.5)
+        result = await Prober().probe(
+            *compiled(server.target, "m", module(port=server.port, timeout=10.0)), timeout=0.5
+        )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.BANNER, FailureReason.TIMEOUT)
     assert "0.5s" in result.failure.message
@@ -82,19 +85,23 @@ async def test_probe_timeout_argument_smaller_than_module_wins(scripted_server: 
 async def test_module_timeout_smaller_than_argument_wins(scripted_server: ScriptedFactory) -> None:
     server = await scripted_server(scripted.silence())
     async with Stopwatch.timing() as watch:
-        result = await Prober().probe(server.target, "m", module(port=server.port, timeout=0.5), timeout=30.0)
+        result = await Prober().probe(
+            *compiled(server.target, "m", module(port=server.port, timeout=0.5)), timeout=30.0
+        )
     assert result.failure is not None and result.failure.reason is FailureReason.TIMEOUT
     assert watch.seconds < 1.5
 
 
 async def test_bad_target_raises_target_error() -> None:
     with pytest.raises(TargetError):
-        await Prober().probe("mail.example.test:99999", "m", module())
+        await Prober().probe(*compiled("mail.example.test:99999", "m", module()))
 
 
 async def test_banner_expectation_mismatch(smtp_server: AiosmtpdServer) -> None:
     expect = ExpectConfig(banner=r"^mail\.test ESMTP Postfix")
-    result = await Prober().probe(smtp_server.target, "m", module(port=smtp_server.port, expect=expect))
+    result = await Prober().probe(
+        *compiled(smtp_server.target, "m", module(port=smtp_server.port, expect=expect))
+    )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.BANNER, FailureReason.EXPECTATION_FAILED)
     assert "aiosmtpd" in result.failure.message  # what the banner really said
@@ -106,14 +113,16 @@ async def test_banner_expectation_mismatch(smtp_server: AiosmtpdServer) -> None:
 
 async def test_banner_expectation_match(smtp_server: AiosmtpdServer) -> None:
     expect = ExpectConfig(banner=r"^mail\.test ESMTP aiosmtpd")
-    result = await Prober().probe(smtp_server.target, "m", module(port=smtp_server.port, expect=expect))
+    result = await Prober().probe(
+        *compiled(smtp_server.target, "m", module(port=smtp_server.port, expect=expect))
+    )
     assert result.success, describe(result)
 
 
 async def test_extension_expectation_missing(smtp_server: AiosmtpdServer) -> None:
     expect = ExpectConfig(extensions=("8BITMIME", "DSN", "CHUNKING"))
     result = await Prober().probe(
-        smtp_server.target, "m", module("smtp_full", port=smtp_server.port, expect=expect)
+        *compiled(smtp_server.target, "m", module("smtp_full", port=smtp_server.port, expect=expect))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.EHLO, FailureReason.EXPECTATION_FAILED)
@@ -127,7 +136,7 @@ async def test_extension_expectation_missing(smtp_server: AiosmtpdServer) -> Non
 async def test_extension_expectation_met(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(extra_extensions=("DSN",))
     expect = ExpectConfig(extensions=("DSN", "SIZE"))
-    result = await Prober().probe(server.target, "m", module(port=server.port, expect=expect))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, expect=expect)))
     assert result.success, describe(result)
 
 
@@ -138,7 +147,7 @@ async def test_extension_expectation_after_starttls(
     server = smtp_server_factory(starttls=tls_ca.server_cert)
     expect = ExpectConfig(extensions=("DSN",))
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, expect=expect, tls_config=trusting(tls_ca))
+        *compiled(server.target, "m", module(port=server.port, expect=expect, tls_config=trusting(tls_ca)))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.EHLO_TLS, FailureReason.EXPECTATION_FAILED)
@@ -147,9 +156,13 @@ async def test_extension_expectation_after_starttls(
 async def test_expect_starttls_when_starttls_used(starttls_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     expect = ExpectConfig(extensions=("STARTTLS",))
     result = await Prober().probe(
-        starttls_server.target,
-        "m",
-        module(port=starttls_server.port, expect=expect, starttls=StartTLS.AUTO, tls_config=trusting(tls_ca)),
+        *compiled(
+            starttls_server.target,
+            "m",
+            module(
+                port=starttls_server.port, expect=expect, starttls=StartTLS.AUTO, tls_config=trusting(tls_ca)
+            ),
+        ),
     )
     assert result.success, describe(result)
 
@@ -157,7 +170,11 @@ async def test_expect_starttls_when_starttls_used(starttls_server: AiosmtpdServe
 async def test_expect_starttls_without_using_it(starttls_server: AiosmtpdServer) -> None:
     expect = ExpectConfig(extensions=("STARTTLS",))
     result = await Prober().probe(
-        starttls_server.target, "m", module(port=starttls_server.port, expect=expect, starttls=StartTLS.NEVER)
+        *compiled(
+            starttls_server.target,
+            "m",
+            module(port=starttls_server.port, expect=expect, starttls=StartTLS.NEVER),
+        )
     )
     assert result.success, describe(result)
 
@@ -183,7 +200,7 @@ def full_backlog() -> Iterator[int]:
 
 async def test_connect_timeout(full_backlog: int) -> None:
     async with Stopwatch.timing() as watch:
-        result = await Prober().probe(f"127.0.0.1:{full_backlog}", "m", module(timeout=0.5))
+        result = await Prober().probe(*compiled(f"127.0.0.1:{full_backlog}", "m", module(timeout=0.5)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.TIMEOUT)
     assert result.phases == ()
@@ -192,7 +209,7 @@ async def test_connect_timeout(full_backlog: int) -> None:
 
 async def test_localhost_through_the_system_resolver(smtp_server: AiosmtpdServer) -> None:
     """No nameservers configured: /etc/hosts answers for localhost, as for every other program."""
-    result = await Prober().probe(f"localhost:{smtp_server.port}", "m", module())
+    result = await Prober().probe(*compiled(f"localhost:{smtp_server.port}", "m", module()))
     assert result.success, describe(result)
     assert names(result)[:2] == ["resolve", "connect"]
     assert result.address is not None and result.address.ip in ("127.0.0.1", "::1")

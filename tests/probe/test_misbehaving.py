@@ -10,7 +10,7 @@ import pytest
 
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
-from tests.probe.common import Stopwatch, describe, module, names
+from tests.probe.common import Stopwatch, compiled, describe, module, names
 from tests.servers import scripted
 from tests.servers.scripted import (
     BANNER,
@@ -153,9 +153,11 @@ async def test_misbehaving_server(scripted_server: ScriptedFactory, case: str) -
     server = await scripted_server(script)
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target,
-            "m",
-            module(port=server.port, transaction=transaction, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+            *compiled(
+                server.target,
+                "m",
+                module(port=server.port, transaction=transaction, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+            ),
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (phase, reason), describe(result)
@@ -185,7 +187,7 @@ async def test_quit_after_failure_when_connection_usable(scripted_server: Script
     script, transaction, _, _ = CASES[case]
     server = await scripted_server(script)
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, transaction=transaction, timeout=TIMEOUT)
+        *compiled(server.target, "m", module(port=server.port, transaction=transaction, timeout=TIMEOUT))
     )
     assert not result.success
     assert await server.wait_closed(2.0)
@@ -199,7 +201,7 @@ async def test_bare_lf_replies_are_tolerated(scripted_server: ScriptedFactory) -
     replies = {verb: reply.replace(b"\r\n", b"\n") for verb, reply in DEFAULT_REPLIES.items()}
     server = await scripted_server([Send(b"220 mail.test ESMTP bare LF\n"), Answer(replies)])
     result = await Prober().probe(
-        server.target, "m", module("smtp_full", port=server.port, rcpt_to=("a@mail.test",))
+        *compiled(server.target, "m", module("smtp_full", port=server.port, rcpt_to=("a@mail.test",)))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "mail", "rcpt", "data", "message", "quit"]
@@ -218,13 +220,15 @@ async def test_many_misbehaving_servers_at_once(scripted_server: ScriptedFactory
         results = await asyncio.gather(
             *(
                 prober.probe(
-                    server.target,
-                    "m",
-                    module(
-                        port=server.port,
-                        transaction=CASES[case][1],
-                        rcpt_to=("a@mail.test",),
-                        timeout=TIMEOUT,
+                    *compiled(
+                        server.target,
+                        "m",
+                        module(
+                            port=server.port,
+                            transaction=CASES[case][1],
+                            rcpt_to=("a@mail.test",),
+                            timeout=TIMEOUT,
+                        ),
                     ),
                 )
                 for server, case in zip(servers, CASES, strict=True)
@@ -246,9 +250,11 @@ async def test_quit_after_failure_stays_inside_the_deadline(scripted_server: Scr
     )
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target,
-            "m",
-            module("smtp_full", port=server.port, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+            *compiled(
+                server.target,
+                "m",
+                module("smtp_full", port=server.port, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+            ),
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RCPT, FailureReason.REPLY_TEMPORARY)
@@ -265,7 +271,7 @@ async def test_421_greeting(scripted_server: ScriptedFactory, close: bool) -> No
     steps: list[scripted.Step] = [Send(b"421 4.3.2 mail.test Service not available, try later\r\n")]
     steps += [Close()] if close else [Answer(DEFAULT_REPLIES)]
     server = await scripted_server(steps)
-    result = await Prober().probe(server.target, "m", module(port=server.port, timeout=TIMEOUT))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, timeout=TIMEOUT)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.BANNER, FailureReason.REPLY_TEMPORARY)
     assert names(result) == ["connect", "banner"]
@@ -286,7 +292,7 @@ def _until_quit() -> list[scripted.Step]:
 @pytest.mark.parametrize("ending", ["close", "reset"])
 async def test_no_quit_reply_is_not_a_failure(scripted_server: ScriptedFactory, ending: str) -> None:
     server = await scripted_server([*_until_quit(), Close() if ending == "close" else Reset()])
-    result = await Prober().probe(server.target, "m", module(port=server.port, timeout=TIMEOUT))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, timeout=TIMEOUT)))
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo"]
     assert server.connections[0].lines[-1] == b"QUIT\r\n"
@@ -296,7 +302,7 @@ async def test_no_quit_reply_is_not_a_failure(scripted_server: ScriptedFactory, 
 async def test_no_quit_reply_fails_with_fail_on_quit(scripted_server: ScriptedFactory, ending: str) -> None:
     server = await scripted_server([*_until_quit(), Close() if ending == "close" else Reset()])
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, timeout=TIMEOUT, fail_on_quit=True)
+        *compiled(server.target, "m", module(port=server.port, timeout=TIMEOUT, fail_on_quit=True))
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.QUIT, FailureReason.CONNECTION_CLOSED)
@@ -304,7 +310,7 @@ async def test_no_quit_reply_fails_with_fail_on_quit(scripted_server: ScriptedFa
 
 async def test_silence_after_quit_is_not_a_failure(scripted_server: ScriptedFactory) -> None:
     server = await scripted_server(_until_quit())  # then holds the connection, silent
-    result = await Prober().probe(server.target, "m", module(port=server.port, timeout=TIMEOUT))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port, timeout=TIMEOUT)))
     assert result.success, describe(result)
     assert await server.wait_closed(2.0)
 
@@ -313,7 +319,7 @@ async def test_silence_after_quit_with_fail_on_quit(scripted_server: ScriptedFac
     server = await scripted_server(_until_quit())
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target, "m", module(port=server.port, timeout=TIMEOUT, fail_on_quit=True)
+            *compiled(server.target, "m", module(port=server.port, timeout=TIMEOUT, fail_on_quit=True))
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.QUIT, FailureReason.TIMEOUT)

@@ -9,7 +9,7 @@ import pytest
 
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
-from tests.probe.common import describe, module, names
+from tests.probe.common import compiled, describe, module, names
 from tests.servers.smtp_sink import SmtpSink
 
 SinkFactory = Callable[..., SmtpSink]
@@ -18,13 +18,15 @@ FULL = ["connect", "banner", "ehlo", "mail", "rcpt", "data", "message", "quit"]
 
 async def test_full_conversation(smtp_sink: SmtpSink) -> None:
     result = await Prober().probe(
-        smtp_sink.target,
-        "smtp_full",
-        module(
+        *compiled(
+            smtp_sink.target,
             "smtp_full",
-            port=smtp_sink.port,
-            mail_from="probe@probe.test",
-            rcpt_to=("postmaster@sink.test", "abuse@sink.test"),
+            module(
+                "smtp_full",
+                port=smtp_sink.port,
+                mail_from="probe@probe.test",
+                rcpt_to=("postmaster@sink.test", "abuse@sink.test"),
+            ),
         ),
     )
     assert result.success, describe(result)
@@ -69,9 +71,11 @@ async def test_fault_options(
 ) -> None:
     sink = smtp_sink_factory(**options)
     result = await Prober().probe(
-        sink.target,
-        "m",
-        module(port=sink.port, transaction=transaction, rcpt_to=("a@sink.test",), timeout=3.0),
+        *compiled(
+            sink.target,
+            "m",
+            module(port=sink.port, transaction=transaction, rcpt_to=("a@sink.test",), timeout=3.0),
+        ),
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (phase, reason), describe(result)
@@ -92,7 +96,7 @@ async def test_fault_options(
 async def test_helo_fallback_with_a_real_mta(smtp_sink_factory: SinkFactory, options: dict[str, Any]) -> None:
     sink = smtp_sink_factory(**options)
     result = await Prober().probe(
-        sink.target, "m", module("smtp_full", port=sink.port, rcpt_to=("a@sink.test",))
+        *compiled(sink.target, "m", module("smtp_full", port=sink.port, rcpt_to=("a@sink.test",)))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "helo", "mail", "rcpt", "data", "message", "quit"]
@@ -103,10 +107,10 @@ async def test_helo_fallback_with_a_real_mta(smtp_sink_factory: SinkFactory, opt
 async def test_quit_rejected_is_not_a_failure(smtp_sink_factory: SinkFactory) -> None:
     sink = smtp_sink_factory(hard_reject=["QUIT"])
     prober = Prober()
-    lenient = await prober.probe(sink.target, "m", module(port=sink.port))
+    lenient = await prober.probe(*compiled(sink.target, "m", module(port=sink.port)))
     assert lenient.success, describe(lenient)
     assert lenient.phases[-1].phase is Phase.QUIT and lenient.phases[-1].reply_code == 500
-    strict = await prober.probe(sink.target, "m", module(port=sink.port, fail_on_quit=True))
+    strict = await prober.probe(*compiled(sink.target, "m", module(port=sink.port, fail_on_quit=True)))
     assert strict.failure is not None
     assert (strict.failure.phase, strict.failure.reason) == (Phase.QUIT, FailureReason.REPLY_PERMANENT)
 
@@ -114,7 +118,7 @@ async def test_quit_rejected_is_not_a_failure(smtp_sink_factory: SinkFactory) ->
 async def test_custom_bounce_reply_text_is_recorded(smtp_sink_factory: SinkFactory) -> None:
     sink = smtp_sink_factory(hard_reject=["RCPT"], hard_bounce_reply="550 5.1.1 No such user here")
     result = await Prober().probe(
-        sink.target, "m", module("smtp_envelope", port=sink.port, rcpt_to=("x@sink.test",))
+        *compiled(sink.target, "m", module("smtp_envelope", port=sink.port, rcpt_to=("x@sink.test",)))
     )
     assert result.failure is not None and result.failure.phase is Phase.RCPT
     rcpt = result.phases[-1]

@@ -14,7 +14,7 @@ from smtp_exporter.config.schema import ModuleConfig, StartTLS, TLSConfig
 from smtp_exporter.model import FailureReason, Phase, ProbeResult, TLSInfo
 from smtp_exporter.probe import Prober
 from tests.helpers import require_module
-from tests.probe.common import Stopwatch, describe, module, names, trusting
+from tests.probe.common import Stopwatch, compiled, describe, module, names, trusting
 from tests.servers import scripted
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.scripted import BANNER, EHLO_STARTTLS_REPLY, ExpectLine, ScriptedServer, Send
@@ -44,7 +44,7 @@ def assert_session(tls: TLSInfo) -> None:
 
 async def test_starttls_auto_used_when_offered(starttls_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        starttls_server.target, "m", module(port=starttls_server.port, tls_config=trusting(tls_ca))
+        *compiled(starttls_server.target, "m", module(port=starttls_server.port, tls_config=trusting(tls_ca)))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "starttls", "tls", "ehlo_tls", "quit"]
@@ -67,7 +67,7 @@ async def test_starttls_auto_used_when_offered(starttls_server: AiosmtpdServer, 
 
 async def test_starttls_auto_plain_when_not_offered(smtp_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        smtp_server.target, "m", module(port=smtp_server.port, tls_config=trusting(tls_ca))
+        *compiled(smtp_server.target, "m", module(port=smtp_server.port, tls_config=trusting(tls_ca)))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "quit"]
@@ -77,9 +77,13 @@ async def test_starttls_auto_plain_when_not_offered(smtp_server: AiosmtpdServer,
 
 async def test_starttls_required_but_not_offered(smtp_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        smtp_server.target,
-        "m",
-        module("smtp_full", port=smtp_server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca)),
+        *compiled(
+            smtp_server.target,
+            "m",
+            module(
+                "smtp_full", port=smtp_server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca)
+            ),
+        ),
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (
@@ -95,7 +99,7 @@ async def test_starttls_required_but_not_offered(smtp_server: AiosmtpdServer, tl
 
 async def test_starttls_never_even_if_offered(starttls_server: AiosmtpdServer) -> None:
     result = await Prober().probe(
-        starttls_server.target, "m", module(port=starttls_server.port, starttls=StartTLS.NEVER)
+        *compiled(starttls_server.target, "m", module(port=starttls_server.port, starttls=StartTLS.NEVER))
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "quit"]
@@ -108,9 +112,11 @@ async def test_starttls_never_even_if_offered(starttls_server: AiosmtpdServer) -
 
 async def test_implicit_tls(smtps_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     result = await Prober().probe(
-        smtps_server.target,
-        "smtps",
-        module("smtps_handshake", port=smtps_server.port, tls_config=trusting(tls_ca)),
+        *compiled(
+            smtps_server.target,
+            "smtps",
+            module("smtps_handshake", port=smtps_server.port, tls_config=trusting(tls_ca)),
+        ),
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "tls", "banner", "ehlo", "quit"]
@@ -127,9 +133,11 @@ async def test_server_name_overrides_the_verified_name(
     cert = tls_ca.wrong_host()
     server = smtp_server_factory(starttls=cert)
     result = await Prober().probe(
-        server.target,
-        "m",
-        module(port=server.port, tls_config=trusting(tls_ca, server_name="wrong.example")),
+        *compiled(
+            server.target,
+            "m",
+            module(port=server.port, tls_config=trusting(tls_ca, server_name="wrong.example")),
+        ),
     )
     assert result.success, describe(result)
     assert result.tls is not None and result.tls.verified
@@ -163,7 +171,7 @@ async def test_invalid_certificate_reported_with_its_facts(
         probe_module = module(port=server.port, tls_config=tls_config, timeout=3.0)
         before_tls = ["connect", "banner", "ehlo", "starttls"]
 
-    result = await Prober().probe(server.target, "m", probe_module)
+    result = await Prober().probe(*compiled(server.target, "m", probe_module))
 
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_CERT_INVALID)
@@ -192,7 +200,9 @@ async def test_tls13_version_known_when_verification_fails(
     smtp_server_factory: ServerFactory, tls_ca: TestCA
 ) -> None:
     server = smtp_server_factory(starttls=tls_ca.expired())
-    result = await Prober().probe(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    result = await Prober().probe(
+        *compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    )
     assert result.failure is not None and result.failure.reason is FailureReason.TLS_CERT_INVALID
     assert result.tls is not None
     assert result.tls.version == "TLSv1.3"
@@ -203,7 +213,9 @@ async def test_expired_certificate_not_after_is_in_the_past(
 ) -> None:
     """What an operator sees: an expired certificate, not a dead server."""
     server = smtp_server_factory(starttls=tls_ca.expired())
-    result = await Prober().probe(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    result = await Prober().probe(
+        *compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    )
     assert result.tls is not None and result.tls.cert_not_after_timestamp is not None
     assert result.tls.cert_not_after_timestamp < result.start_timestamp - 86400
     assert result.server.banner is not None  # it answered: alive, with a bad certificate
@@ -221,7 +233,7 @@ async def test_insecure_skip_verify(
     else:
         server = smtp_server_factory(starttls=cert)
         probe_module = module(port=server.port, tls_config=tls_config, starttls=StartTLS.REQUIRED)
-    result = await Prober().probe(server.target, "m", probe_module)
+    result = await Prober().probe(*compiled(server.target, "m", probe_module))
     assert result.success, describe(result)
     assert "tls" in names(result)
     assert result.tls is not None
@@ -236,7 +248,9 @@ async def test_min_version_refused_by_server(scripted_server: ScriptedFactory, t
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     server = await scripted_server(scripted.starttls_conversation(context))
     result = await Prober().probe(
-        server.target, "m", module(port=server.port, tls_config=trusting(tls_ca, min_version="TLS13"))
+        *compiled(
+            server.target, "m", module(port=server.port, tls_config=trusting(tls_ca, min_version="TLS13"))
+        )
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED)
@@ -248,7 +262,9 @@ async def test_scripted_starttls_conversation_succeeds(
 ) -> None:
     """The control for the broken STARTTLS servers below: the same script, speaking TLS."""
     server = await scripted_server(scripted.starttls_conversation(tls_ca.server_cert.server_context()))
-    result = await Prober().probe(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    result = await Prober().probe(
+        *compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "starttls", "tls", "ehlo_tls", "quit"]
     assert server.connections[0].tls
@@ -258,7 +274,7 @@ async def test_starttls_220_then_plaintext(scripted_server: ScriptedFactory, tls
     server = await scripted_server(scripted.starttls_no_tls())
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target, "m", module(port=server.port, tls_config=trusting(tls_ca), timeout=2.0)
+            *compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca), timeout=2.0))
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED)
@@ -272,7 +288,9 @@ async def test_starttls_220_then_silence(scripted_server: ScriptedFactory, tls_c
     timeout = 1.0
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target, "m", module(port=server.port, tls_config=trusting(tls_ca), timeout=timeout)
+            *compiled(
+                server.target, "m", module(port=server.port, tls_config=trusting(tls_ca), timeout=timeout)
+            )
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TIMEOUT)
@@ -301,7 +319,9 @@ async def test_data_after_starttls_reply_is_refused(
             Send(b"220 2.0.0 Ready to start TLS\r\n" + injected),  # one write: one segment
         ]
     )
-    result = await Prober().probe(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    result = await Prober().probe(
+        *compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+    )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.STARTTLS, FailureReason.PROTOCOL_ERROR)
     assert "tls" not in names(result)
@@ -326,7 +346,7 @@ async def test_certificate_facts_cached_across_probes_stay_right(
     prober = Prober()
     results = await asyncio.gather(
         *(
-            prober.probe(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca)))
+            prober.probe(*compiled(server.target, "m", module(port=server.port, tls_config=trusting(tls_ca))))
             for server in (first, second, first, second)
         )
     )
@@ -347,7 +367,7 @@ def test_certificate_facts_under_uvloop(
     else:
         server = smtp_server_factory(starttls=cert)
         probe_module = module(port=server.port, tls_config=trusting(tls_ca))
-    result: ProbeResult = uvloop.run(Prober().probe(server.target, "m", probe_module))
+    result: ProbeResult = uvloop.run(Prober().probe(*compiled(server.target, "m", probe_module)))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_CERT_INVALID)
     assert result.tls is not None
@@ -355,7 +375,7 @@ def test_certificate_facts_under_uvloop(
     assert_facts_of(result.tls, cert)
     good = smtp_server_factory(starttls=tls_ca.server_cert)
     ok: ProbeResult = uvloop.run(
-        Prober().probe(good.target, "m", module(port=good.port, tls_config=trusting(tls_ca)))
+        Prober().probe(*compiled(good.target, "m", module(port=good.port, tls_config=trusting(tls_ca))))
     )
     assert ok.success, describe(ok)
     assert ok.tls is not None and ok.tls.verified
@@ -366,7 +386,11 @@ def test_certificate_facts_under_uvloop(
 async def test_implicit_tls_against_a_plaintext_server(smtp_server: AiosmtpdServer, tls_ca: TestCA) -> None:
     """The smtps module pointed at port 25: a clear failure of the handshake, not a timeout."""
     result = await Prober().probe(
-        smtp_server.target, "m", module("smtps_handshake", port=smtp_server.port, tls_config=trusting(tls_ca))
+        *compiled(
+            smtp_server.target,
+            "m",
+            module("smtps_handshake", port=smtp_server.port, tls_config=trusting(tls_ca)),
+        )
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED)
@@ -379,9 +403,11 @@ async def test_implicit_tls_silent_server(scripted_server: ScriptedFactory, tls_
     server = await scripted_server(scripted.silence())
     async with Stopwatch.timing() as watch:
         result = await Prober().probe(
-            server.target,
-            "m",
-            module("smtps_handshake", port=server.port, tls_config=trusting(tls_ca), timeout=0.5),
+            *compiled(
+                server.target,
+                "m",
+                module("smtps_handshake", port=server.port, tls_config=trusting(tls_ca), timeout=0.5),
+            ),
         )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TIMEOUT)

@@ -14,7 +14,7 @@ import pytest
 from smtp_exporter.config.schema import MessageConfig
 from smtp_exporter.model import Phase, Transaction
 from smtp_exporter.probe import Prober
-from tests.probe.common import EHLO, describe, module, names
+from tests.probe.common import EHLO, compiled, describe, module, names
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 
 PHASES = {
@@ -32,9 +32,11 @@ VERBS = {
 @pytest.mark.parametrize("transaction", list(Transaction))
 async def test_phases_of_each_transaction(smtp_server: AiosmtpdServer, transaction: Transaction) -> None:
     result = await Prober().probe(
-        smtp_server.target,
-        "m",
-        module(port=smtp_server.port, transaction=transaction, rcpt_to=("postmaster@mail.test",)),
+        *compiled(
+            smtp_server.target,
+            "m",
+            module(port=smtp_server.port, transaction=transaction, rcpt_to=("postmaster@mail.test",)),
+        ),
     )
     assert result.success, describe(result)
     assert names(result) == PHASES[transaction]
@@ -66,7 +68,7 @@ async def test_phases_of_each_transaction(smtp_server: AiosmtpdServer, transacti
 
 async def test_server_facts_from_banner_and_ehlo(smtp_server_factory: Callable[..., AiosmtpdServer]) -> None:
     server = smtp_server_factory(hostname="mx.example.test", extra_extensions=("DSN", "X-TEST a b"))
-    result = await Prober().probe(server.target, "m", module(port=server.port))
+    result = await Prober().probe(*compiled(server.target, "m", module(port=server.port)))
     assert result.success, describe(result)
     assert result.server.banner == "mx.example.test ESMTP aiosmtpd test server"
     assert result.server.ehlo_hostname == "mx.example.test"
@@ -85,17 +87,19 @@ async def test_message_as_received(smtp_server: AiosmtpdServer) -> None:
     body = "first line\n.\n..x\n.leading dot\nlast line"
     before = time.time()
     result = await Prober().probe(
-        smtp_server.target,
-        "m",
-        module(
-            "smtp_full",
-            port=smtp_server.port,
-            mail_from="probe@probe.test",
-            rcpt_to=("one@mail.test", "two@mail.test", "three@mail.test"),
-            message=MessageConfig(
-                subject="probe subject",
-                body=body,
-                headers=(("X-Probe-Id", "42"), ("X-Team", "mail ops")),
+        *compiled(
+            smtp_server.target,
+            "m",
+            module(
+                "smtp_full",
+                port=smtp_server.port,
+                mail_from="probe@probe.test",
+                rcpt_to=("one@mail.test", "two@mail.test", "three@mail.test"),
+                message=MessageConfig(
+                    subject="probe subject",
+                    body=body,
+                    headers=(("X-Probe-Id", "42"), ("X-Team", "mail ops")),
+                ),
             ),
         ),
     )
@@ -130,7 +134,7 @@ async def test_message_ids_are_unique(smtp_server: AiosmtpdServer) -> None:
     prober = Prober()
     full = module("smtp_full", port=smtp_server.port)
     for _ in range(3):
-        result = await prober.probe(smtp_server.target, "m", full)
+        result = await prober.probe(*compiled(smtp_server.target, "m", full))
         assert result.success, describe(result)
     messages = await smtp_server.wait_messages(3)
     ids = {message_from_bytes(m.content)["Message-ID"] for m in messages}
@@ -139,7 +143,9 @@ async def test_message_ids_are_unique(smtp_server: AiosmtpdServer) -> None:
 
 async def test_null_reverse_path(smtp_server: AiosmtpdServer) -> None:
     """No mail_from: MAIL FROM:<> (a bounce can never loop), with a From header still present."""
-    result = await Prober().probe(smtp_server.target, "m", module("smtp_full", port=smtp_server.port))
+    result = await Prober().probe(
+        *compiled(smtp_server.target, "m", module("smtp_full", port=smtp_server.port))
+    )
     assert result.success, describe(result)
     assert b"MAIL FROM:<>\r\n" in bytes(smtp_server.connections[0].received)
     (message,) = smtp_server.messages
@@ -149,7 +155,9 @@ async def test_null_reverse_path(smtp_server: AiosmtpdServer) -> None:
 
 async def test_phase_timings_add_up(smtp_server: AiosmtpdServer) -> None:
     """Each phase's duration lies within the probe's; transcript offsets are ordered."""
-    result = await Prober().probe(smtp_server.target, "m", module("smtp_full", port=smtp_server.port))
+    result = await Prober().probe(
+        *compiled(smtp_server.target, "m", module("smtp_full", port=smtp_server.port))
+    )
     assert result.success, describe(result)
     assert 0 < result.duration_seconds < 5
     offsets = [line.offset_seconds for line in result.transcript]

@@ -123,7 +123,7 @@ async def test_scheduler_skips_overrunning_probe_and_counts_waits(
     """A probe that outlives its interval makes the next one skip; a full semaphore makes probes wait."""
     import dataclasses
 
-    from smtp_exporter.config.loader import load_config
+    from smtp_exporter.snapshot import load_snapshot
     from tests.servers.scripted import silence
     from tests.service.conftest import wait_for
 
@@ -141,9 +141,12 @@ targets:
     async with running_exporter(config_path) as running:
         # The loader refuses timeout >= interval; the scheduler must still cope with an
         # overrunning probe (a loaded loop, a slow DNS), so shrink the interval behind its back.
-        config = load_config(str(config_path))
-        targets = tuple(dataclasses.replace(t, interval=0.5) for t in config.targets)
-        running.exporter.scheduler.apply(dataclasses.replace(config, targets=targets))
+        snapshot = load_snapshot(str(config_path))
+        targets = tuple(
+            dataclasses.replace(t, config=dataclasses.replace(t.config, interval=0.5))
+            for t in snapshot.targets
+        )
+        running.exporter.scheduler.apply(dataclasses.replace(snapshot, targets=targets))
         stats = running.exporter.stats
         await wait_for(lambda: stats.probes_skipped_total >= 2, "skipped probes")
         await wait_for(lambda: stats.probes_waited_total >= 1, "a probe waiting for the only slot")

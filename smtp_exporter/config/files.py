@@ -1,0 +1,86 @@
+"""The files and secrets a config names: certificates, keys, CAs, passwords.
+
+Everything here reads the file system or the environment, at load time only: a file is
+checked (and a secret read) while its node is at hand, so that a problem is reported on the
+line that names the file. Each file read is recorded in `Document.files`, for the service to
+watch.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import stat
+
+import yaml
+
+from smtp_exporter.config.durations import quote_value
+from smtp_exporter.config.nodes import Document, join, string
+from smtp_exporter.config.schema import Secret, TLSConfig
+from smtp_exporter.tls_settings import TLSSettingsError, client_context
+
+MAX_SECRET_BYTES = 64 * 1024
+
+
+def readable_file(doc: Document, node: yaml.Node, path: str) -> str:
+    """A path (resolved against the document's directory) to a regular file we can read now."""
+    name = doc.path(string(doc, node, path))
+    try:
+        info = os.stat(name)
+        if not stat.S_ISREG(info.st_mode):
+            doc.fail(node, path, f"{quote_value(name)} is not a regular file")
+        with open(name, "rb") as file:
+            file.read(1)
+    except OSError as exc:
+        doc.fail(node, path, f"cannot read {quote_value(name)}: {exc.strerror or exc}")
+    if name not in doc.files:
+        doc.files.append(name)
+    return name
+
+
+def read_secret_file(doc: Document, node: yaml.Node, path: str) -> tuple[str, Secret]:
+    """The path and the content (one trailing newline stripped) of a secret file. Never shows the content."""
+    name = readable_file(doc, node, path)
+    try:
+        with open(name, "rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        doc.fail(node, path, f"cannot read {quote_value(name)}: {exc.strerror or exc}")
+    if len(data) > MAX_SECRET_BYTES:
+        doc.fail(node, path, f"{quote_value(name)} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        doc.fail(node, path, f"{quote_value(name)} is not valid UTF-8")
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        doc.fail(node, path, f"{quote_value(name)} is empty")
+    return name, Secret(text)
+
+
+def read_secret_env(doc: Document, node: yaml.Node, path: str) -> tuple[str, Secret]:
+    """The name and the value of the environment variable a node names."""
+    # The name is not repeated in messages: it may be a password put in the wrong key.
+    name = string(doc, node, path)
+    if not name or "=" in name or "\x00" in name:
+        doc.fail(node, path, "invalid environment variable name")
+    secret = os.environ.get(name)
+    if secret is None:
+        doc.fail(node, path, "the environment variable named here is not set")
+    if not secret:
+        doc.fail(node, path, "the environment variable named here is empty")
+    return name, Secret(secret)
+
+
+def load_client_context(
+    doc: Document, tls: TLSConfig, keys: dict[str, yaml.Node], path: str
+) -> ssl.SSLContext:
+    """The probes' SSL context of a `tls_config` (`keys`: its key nodes), its files loaded now."""
+    try:
+        return client_context(tls)
+    except TLSSettingsError as exc:
+        if exc.setting == "ca_file":
+            message = f"cannot load CA certificates from {quote_value(str(tls.ca_file))}: {exc.reason}"
+        else:
+            message = f"cannot load certificate and key: {exc.reason}"
+        doc.fail(keys.get(exc.setting), join(path, exc.setting), message)

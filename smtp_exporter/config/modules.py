@@ -1,0 +1,292 @@
+"""The `modules` section: one table-driven spec per mapping of a module, checks across keys
+in each spec's post-validation hook.
+
+Reading a module's `tls_config` builds its SSL context (`ModulesDocument.client_contexts`),
+so that its files are read once, at load, and a bad one is an error on its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import ssl
+from typing import Any
+
+import yaml
+
+from smtp_exporter.config.builtin import BUILTIN_MODULES
+from smtp_exporter.config.durations import quote_value
+from smtp_exporter.config.files import load_client_context, read_secret_env, read_secret_file, readable_file
+from smtp_exporter.config.nodes import (
+    Document,
+    Parser,
+    boolean,
+    duration_upto,
+    fields,
+    integer_in,
+    join,
+    one_of,
+    pairs,
+    section,
+    sequence,
+    string,
+)
+from smtp_exporter.config.schema import (
+    AuthConfig,
+    AuthMechanism,
+    DNSConfig,
+    ExpectConfig,
+    IPProtocol,
+    MessageConfig,
+    ModuleConfig,
+    StartTLS,
+    TLSConfig,
+)
+from smtp_exporter.model import Transaction
+from smtp_exporter.protocol import CommandError, validate_argument
+from smtp_exporter.targets import parse_nameserver
+from smtp_exporter.tls_settings import TLS_VERSIONS
+
+MAX_TIMEOUT = 300.0
+MAX_DNS_TIMEOUT = 60.0
+
+_MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext
+_EXTENSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+# Headers build_message writes itself.
+_GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject"})
+
+
+class ModulesDocument(Document):
+    """A main config being loaded: also the SSL context built for each `tls_config` read."""
+
+    __slots__ = ("client_contexts",)
+
+    def __init__(self, source: str, base_dir: str | None) -> None:
+        super().__init__(source, base_dir)
+        self.client_contexts: dict[TLSConfig, ssl.SSLContext] = {}
+
+
+def uses_tls(module: ModuleConfig) -> bool:
+    """Whether probes of `module` may speak TLS (and so need its SSL context)."""
+    return module.implicit_tls or module.starttls is not StartTLS.NEVER
+
+
+# --- values -------------------------------------------------------------------------------------------
+
+
+def _command_text(doc: Document, node: yaml.Node, path: str) -> str:
+    """Text that goes into an SMTP command or header: no CR, LF or NUL (no command injection)."""
+    text = string(doc, node, path)
+    try:
+        return validate_argument(text)
+    except CommandError as exc:
+        doc.fail(node, path, f"invalid value {quote_value(text)}: {exc}")
+
+
+def _ehlo(doc: Document, node: yaml.Node, path: str) -> str:
+    text = _command_text(doc, node, path)
+    if not text or any(ch.isspace() for ch in text):
+        doc.fail(
+            node, path, f"invalid EHLO name {quote_value(text)}: must be a non-empty name without spaces"
+        )
+    return text
+
+
+def _address(doc: Document, node: yaml.Node, path: str) -> str:
+    text = _command_text(doc, node, path)
+    if any(ch.isspace() or ch in "<>" for ch in text):
+        doc.fail(node, path, f"invalid address {quote_value(text)}: write it bare, without spaces or <>")
+    return text
+
+
+def _recipients(doc: Document, node: yaml.Node, path: str) -> tuple[str, ...]:
+    items = sequence(doc, node, path, single=True)
+    if not items:
+        doc.fail(node, path, "must name at least one recipient")
+    result = []
+    for item_path, item in items:
+        address = _address(doc, item, item_path)
+        if not address:
+            doc.fail(item, item_path, "must not be empty")
+        result.append(address)
+    return tuple(result)
+
+
+def _banner(doc: Document, node: yaml.Node, path: str) -> str:
+    pattern = string(doc, node, path)
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        doc.fail(node, path, f"invalid regular expression {quote_value(pattern)}: {exc}")
+    return pattern
+
+
+def _extensions(doc: Document, node: yaml.Node, path: str) -> tuple[str, ...]:
+    extensions = []
+    for item_path, item in sequence(doc, node, path, single=True):
+        word = string(doc, item, item_path)
+        if not _EXTENSION_RE.fullmatch(word):
+            doc.fail(item, item_path, f"invalid EHLO keyword {quote_value(word)}")
+        extensions.append(word.upper())
+    return tuple(extensions)
+
+
+def _body(doc: Document, node: yaml.Node, path: str) -> str:
+    body = string(doc, node, path)
+    if "\x00" in body:
+        doc.fail(node, path, "must not contain NUL")
+    return body
+
+
+def _headers(doc: Document, node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
+    headers = []
+    for name, name_node, value in pairs(doc, node, path):
+        if not _HEADER_NAME_RE.fullmatch(name):
+            doc.fail(name_node, path, f"invalid header name {quote_value(name)}")
+        if name.lower() in _GENERATED_HEADERS:
+            doc.fail(
+                name_node,
+                path,
+                f"header {quote_value(name)} is written by the exporter (set subject instead)",
+            )
+        headers.append((name, _command_text(doc, value, join(path, name))))
+    return tuple(headers)
+
+
+def _nameservers(doc: Document, node: yaml.Node, path: str) -> tuple[str, ...]:
+    result = []
+    for item_path, item in sequence(doc, node, path, single=True):
+        text = string(doc, item, item_path).strip()
+        try:
+            parse_nameserver(text)
+        except ValueError as exc:
+            doc.fail(item, item_path, str(exc))
+        result.append(text)
+    return tuple(result)
+
+
+# --- tls_config and auth ------------------------------------------------------------------------------
+
+
+def _check_tls(doc: Document, tls: TLSConfig, keys: dict[str, yaml.Node], path: str) -> None:
+    if (tls.cert_file is None) != (tls.key_file is None):
+        present = "cert_file" if tls.cert_file is not None else "key_file"
+        missing = "key_file" if tls.cert_file is not None else "cert_file"
+        doc.fail(
+            keys[present],
+            join(path, present),
+            f"{present} needs {missing} too (a client certificate and its key)",
+        )
+    context = load_client_context(doc, tls, keys, path)
+    if isinstance(doc, ModulesDocument):
+        doc.client_contexts.setdefault(tls, context)
+
+
+_TLS: dict[str, Parser] = {
+    "ca_file": readable_file,
+    "cert_file": readable_file,
+    "key_file": readable_file,
+    "server_name": _ehlo,
+    "insecure_skip_verify": boolean,
+    "min_version": one_of(TLS_VERSIONS),
+}
+assert set(_TLS) == {field.name for field in dataclasses.fields(TLSConfig)}
+
+
+def _tls_config(doc: Document, node: yaml.Node, path: str) -> TLSConfig:
+    return section(doc, node, path, TLSConfig(), _TLS, _check_tls)
+
+
+def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
+    """Not a plain table: the password comes from password_file or password_env, never the file."""
+    for key, key_node, _ in pairs(doc, node, path):
+        if key == "password":
+            doc.fail(
+                key_node,
+                join(path, key),
+                "a password is not allowed in the config file: put it in a file (password_file) "
+                "or an environment variable (password_env)",
+            )
+    keys = ("mechanism", "username", "password_file", "password_env")
+    values: dict[str, Any] = {}
+    lines: dict[str, yaml.Node] = {}
+    for key, key_node, value in fields(doc, node, path, keys):
+        sub = join(path, key)
+        lines[key] = key_node
+        if key == "mechanism":
+            values[key] = one_of(AuthMechanism)(doc, value, sub)
+        elif key == "username":
+            values[key] = _command_text(doc, value, sub)
+        elif key == "password_file":
+            values[key], values["password"] = read_secret_file(doc, value, sub)
+        else:
+            values[key], values["password"] = read_secret_env(doc, value, sub)
+    if not values.get("username"):
+        doc.fail(node, path, 'missing required key "username"')
+    if "password_file" in values and "password_env" in values:
+        doc.fail(lines["password_env"], path, "set password_file or password_env, not both")
+    if "password" not in values:
+        doc.fail(node, path, "missing password_file or password_env")
+    return dataclasses.replace(AuthConfig(), **values)
+
+
+# --- the module ---------------------------------------------------------------------------------------
+
+
+def _table(default: Any, parsers: dict[str, Parser]) -> Parser:
+    return lambda doc, node, path: section(doc, node, path, default, parsers)
+
+
+_MESSAGE: dict[str, Parser] = {"subject": _command_text, "body": _body, "headers": _headers}
+_EXPECT: dict[str, Parser] = {"banner": _banner, "extensions": _extensions}
+_DNS: dict[str, Parser] = {"nameservers": _nameservers, "timeout": duration_upto(MAX_DNS_TIMEOUT)}
+
+_MODULE: dict[str, Parser] = {
+    "port": integer_in(1, 65535),
+    "timeout": duration_upto(MAX_TIMEOUT),
+    "ehlo": _ehlo,
+    "helo_fallback": boolean,
+    "starttls": one_of(StartTLS),
+    "implicit_tls": boolean,
+    "tls_config": _tls_config,
+    "auth": _auth,
+    "transaction": one_of(Transaction),
+    "mail_from": _address,
+    "rcpt_to": _recipients,
+    "message": _table(MessageConfig(), _MESSAGE),
+    "expect": _table(ExpectConfig(), _EXPECT),
+    "ip_protocol": one_of(IPProtocol),
+    "mx": boolean,
+    "dns": _table(DNSConfig(), _DNS),
+    "fail_on_quit": boolean,
+}
+assert set(_MODULE) == {field.name for field in dataclasses.fields(ModuleConfig)}
+
+
+def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node], path: str) -> None:
+    if module.implicit_tls and module.starttls is StartTLS.REQUIRED:
+        doc.fail(
+            keys["starttls"], join(path, "starttls"), "starttls: required contradicts implicit_tls: true"
+        )
+    if module.auth is not None and not (module.implicit_tls or module.starttls is StartTLS.REQUIRED):
+        doc.fail(
+            keys["auth"],
+            join(path, "auth"),
+            "auth needs an encrypted connection: set starttls: required or implicit_tls: true "
+            "(otherwise a server that stops offering STARTTLS would receive the password in clear text)",
+        )
+
+
+def parse_modules(doc: ModulesDocument, node: yaml.Node, path: str) -> dict[str, ModuleConfig]:
+    """The built-in modules, and those of the file (which replace built-ins of the same name)."""
+    modules = dict(BUILTIN_MODULES)
+    for name, name_node, value in pairs(doc, node, path):
+        if not _MODULE_NAME_RE.fullmatch(name):
+            doc.fail(
+                name_node,
+                path,
+                f"invalid module name {quote_value(name)}: use letters, digits, _, . and - (at most 128)",
+            )
+        modules[name] = section(doc, value, join(path, name), ModuleConfig(), _MODULE, _check_module)
+    return modules
