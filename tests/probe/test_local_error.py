@@ -17,7 +17,7 @@ from smtp_exporter.probe.engine import Conversation
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import CertificateReader
 from smtp_exporter.targets import Target
-from tests.probe.common import describe, module
+from tests.probe.common import compiled, describe, module
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dns_server import DnsServer
 
@@ -48,15 +48,15 @@ def no_descriptor_left() -> Iterator[None]:
 async def test_connect_without_a_descriptor(smtp_server: AiosmtpdServer) -> None:
     prober = Prober()
     mod = module(port=smtp_server.port)
-    await prober.probe(smtp_server.target, "m", mod)  # what a probe imports lazily, imported
+    await prober.probe(*compiled(smtp_server.target, "m", mod))  # what a probe imports lazily, imported
     with no_descriptor_left():
-        result = await prober.probe(smtp_server.target, "m", mod)
+        result = await prober.probe(*compiled(smtp_server.target, "m", mod))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.LOCAL_ERROR)
     assert result.failure.message.startswith("the exporter could not run this probe: Too many open files")
     assert smtp_server.host in result.failure.message
     # And once descriptors are back, the next probe succeeds.
-    assert (await prober.probe(smtp_server.target, "m", mod)).success
+    assert (await prober.probe(*compiled(smtp_server.target, "m", mod))).success
 
 
 async def test_dns_without_a_descriptor(
@@ -65,13 +65,13 @@ async def test_dns_without_a_descriptor(
     dns = dns_server(RECORDS)
     prober = Prober()
     mod = module(port=smtp_server.port, dns=DNSConfig(nameservers=(dns.nameserver,), timeout=1.0))
-    await prober.probe("host.example.test", "m", mod)
+    await prober.probe(*compiled("host.example.test", "m", mod))
     with no_descriptor_left():
-        result = await prober.probe("host.example.test", "m", mod)
+        result = await prober.probe(*compiled("host.example.test", "m", mod))
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.RESOLVE, FailureReason.LOCAL_ERROR)
     assert "Too many open files" in result.failure.message
-    assert (await prober.probe("host.example.test", "m", mod)).success
+    assert (await prober.probe(*compiled("host.example.test", "m", mod))).success
 
 
 async def test_an_unexpected_error_is_a_failed_result(smtp_server: AiosmtpdServer) -> None:
