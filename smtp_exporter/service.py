@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from smtp_exporter.config.allowlist import TargetAllowlist
-from smtp_exporter.config.loader import ConfigError, default_config, load_config
+from smtp_exporter.config.loader import ConfigError, default_config, effective_config_yaml, load_config
 from smtp_exporter.config.schema import Config, ShardConfig
 from smtp_exporter.config.web import (
     WebConfig,
@@ -28,10 +28,11 @@ from smtp_exporter.config.web import (
     restart_needed,
     web_config_files,
 )
+from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
 from smtp_exporter.probe import Prober
 from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
-from smtp_exporter.web import create_app, runner_options
+from smtp_exporter.web import WebBackend, create_app, runner_options
 
 log = logging.getLogger("smtp_exporter")
 
@@ -125,7 +126,8 @@ class Exporter:
         self.store = MetricsStore()
         self.stats = ExporterStats()
         self.health = HealthMetrics(self.stats)
-        self.scheduler = Scheduler(self.prober, self.store, self.stats)
+        self.history = ResultHistory(config.metrics.history_limit)
+        self.scheduler = Scheduler(self.prober, self.store, self.stats, self.history)
         self.ready = False
         self.addresses: list[tuple[str, int]] = []  # (host, port) actually bound
         self._runner: web.AppRunner | None = None
@@ -143,7 +145,7 @@ class Exporter:
         settle_heap()
         self._spawn(monitor_event_loop_lag(self.stats))
         runner = web.AppRunner(
-            create_app(self),
+            create_app(self.web_backend()),
             shutdown_timeout=self.config.scheduler.shutdown_grace_period,
             **runner_options(),  # type: ignore[arg-type]
         )
@@ -178,6 +180,25 @@ class Exporter:
             },
         )
 
+    def web_backend(self) -> WebBackend:
+        """What the HTTP server may read and call (the web layer sees nothing else of the service)."""
+        return WebBackend(
+            config=lambda: self.config,
+            effective_config=effective_config_yaml,
+            web_config=lambda: self.web_config,
+            watches_web_config=self.options.web_config_file is not None,
+            allowlist=lambda: self.allowlist,
+            prober=self.prober,
+            store=self.store,
+            health=self.health,
+            stats=self.stats,
+            history=self.history,
+            statuses=self.scheduler.status,
+            find_series=self.scheduler.find_series,
+            reload=self.reload,
+            ready=lambda: self.ready,
+        )
+
     def _spawn(self, coroutine: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -195,6 +216,7 @@ class Exporter:
                 )
                 raise
             self.prober.forget_caches()
+            self.history.resize(config.metrics.history_limit)
             self.scheduler.apply(config)
             self.config = config
             self.allowlist = TargetAllowlist(config.http_probe.allowed_targets)
