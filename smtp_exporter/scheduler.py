@@ -61,13 +61,11 @@ def shard_of(target: str, count: int) -> int:
 # timer. Targets whose phases round to the same step start in the same loop iteration and go
 # through their conversations together, so the loop serves their network events in batches,
 # which saves CPU; but a reply that arrives while the loop works through a batch waits, and
-# that wait is counted in its phase's duration. What costs timing is the batch, not the step:
-# measured against an instant server (benchmarks/RESULTS.md), ~10 probes a step add ~0.1-0.25 ms
-# of median error on the connect and EHLO phases and save ~13% CPU; ~25 a step added 0.7 ms,
-# ~100 a step 1.4-3 ms. So the step is sized from the shard's probe rate to hold about
-# PROBES_PER_STEP probes (10 ms at 1,000 probes/s, 60 ms at 10,000 targets every minute),
-# within [MIN_START_GRID, MAX_START_GRID]: the batching's saving holds at any rate, and the
-# error it costs stays where it was measured.
+# that wait is counted in its phase's duration. The error grows with the batch, not with the
+# step: so the step is sized from the shard's probe rate to hold about PROBES_PER_STEP probes
+# (10 ms at 1,000 probes/s, 60 ms at 10,000 targets every minute), within [MIN_START_GRID,
+# MAX_START_GRID], a batch small enough to keep the phase timings' error within its target
+# while keeping most of the saving (docs/architecture.md has the figures).
 PROBES_PER_STEP = 10
 MIN_START_GRID = 0.01
 MAX_START_GRID = 0.1
@@ -292,7 +290,7 @@ class Scheduler:
             previous = state.status
             state.observe(result)
             self._history.add(result, scheduled=True, mx_host=mx_host)
-            _log_result(previous, state.status, result, mx_host)
+            _log_result(previous, result, mx_host)
         for mx_host in [host for host in job.series if host not in seen]:
             del job.series[mx_host]
             self._store.remove((job.key, mx_host))
@@ -329,16 +327,14 @@ class Scheduler:
 def _state(status: ProbeStatus | None) -> tuple[str, str, str]:
     if status is None:
         return ("unknown", "", "")
-    if status.reason is None or status.failure_phase is None:
+    if status.failure_phase is None or status.reason is None:
         return ("up", "", "")
     return ("down", status.failure_phase.value, status.reason.value)
 
 
-def _log_result(
-    previous: ProbeStatus | None, status: ProbeStatus | None, result: ProbeResult, mx_host: str | None
-) -> None:
+def _log_result(previous: ProbeStatus | None, result: ProbeResult, mx_host: str | None) -> None:
     """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
-    before, after = _state(previous), _state(status)
+    before, after = _state(previous), _state(ProbeStatus.of(result))
     fields: dict[str, object] = {"target": result.target, "module": result.module}
     if mx_host is not None:
         fields["mx_host"] = mx_host

@@ -117,7 +117,7 @@ class SeriesState:
     """What is kept of one scheduled series (one target and module, or one MX host of it).
 
     For /metrics: its rendered lines (`fragments`), with the counters and histograms they are
-    rendered from. For the pages and logs: the status of its latest probe, that probe's result,
+    rendered from. For the pages and logs: its latest probe's result (and `status`, its outcome),
     its latest failed result (kept while successes follow, since that is what an operator looks
     for), and the durations of its last RECENT_DURATIONS probes. The latest failure keeps its
     transcript; a successful result is kept without one: its transcript lives only in the
@@ -138,7 +138,6 @@ class SeriesState:
         "latest_failure",
         "mx_host",
         "probes",
-        "status",
     )
 
     def __init__(self, labels: Labels, *, buckets: Buckets, phase_histograms: bool) -> None:
@@ -148,7 +147,6 @@ class SeriesState:
         self._failures: dict[tuple[str, str], int] = {}
         self._histogram = Histogram(buckets)
         self._phase_histograms: dict[str, Histogram] | None = {} if phase_histograms else None
-        self.status: ProbeStatus | None = None
         self.latest: ProbeResult | None = None
         self.latest_failure: ProbeResult | None = None
         # A ring written at index (probes - 1) % RECENT_DURATIONS: doubles, not float objects.
@@ -183,12 +181,16 @@ class SeriesState:
                 if histogram is None:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
-        self.status = ProbeStatus.of(result)
         if result.success:
             self.latest = replace(result, transcript=NO_TRANSCRIPT)
         else:
             self.latest = self.latest_failure = result
         self.fragments = self._render(result)
+
+    @property
+    def status(self) -> ProbeStatus | None:
+        """The latest probe's outcome in brief (a view of `latest`, not a copy of it)."""
+        return None if self.latest is None else ProbeStatus.of(self.latest)
 
     def recent_durations(self) -> array[float]:
         """The durations of the last probes (RECENT_DURATIONS at most), oldest first."""

@@ -41,8 +41,10 @@ MAX_HEADERS = 64
 # Bodies larger than this are gzipped in a worker thread, so a big scrape never stalls probes.
 GZIP_IN_THREAD_BYTES = 256 * 1024
 MAX_CONCURRENT_PASSWORD_CHECKS = 4
-# Authorization headers remembered as good, per server. A bcrypt check costs tens of
-# milliseconds of CPU by design; without this, every authenticated scrape and /probe would pay it.
+# Authorization headers that passed, remembered by the server (bounded, emptied when full). A
+# remembered header is let in on the loop, without queueing for one of the few password-check
+# threads: a client sending wrong passwords (each check ~80 ms of CPU, by bcrypt's design) can
+# then hold those threads but never delay a scraper whose credentials already passed.
 MAX_REMEMBERED_AUTHORIZATIONS = 64
 
 _PUBLIC_PATHS = frozenset({"/-/healthy"})
