@@ -158,7 +158,7 @@ TranscriptEvent = tuple[float, str, "str | bytes | tuple[int, tuple[str, ...]]"]
 
 class Transcript:
     """Who said what, kept compact and expanded into lines only when read: most results are
-    rendered as metrics and never shown as text, but the result history keeps a thousand of them.
+    rendered as metrics and never shown as text, though the result history keeps many of them.
 
     The events are kept as three flat, untracked containers rather than a list of tuples (one
     packed `bytes` of times, one `str` of directions, a tuple of what was said), and what was
@@ -222,6 +222,25 @@ class ProbeResult:
     address: AddressInfo | None = None
     mx: MXInfo | None = None
     transcript: Transcript = field(default_factory=Transcript)
+
+    def without_transcript(self) -> ProbeResult:
+        """This result without its transcript, as a series keeps a success. Every field is passed
+        here: built directly, since dataclasses.replace, looking each field up by name, would
+        cost more than twice as much on every successful probe."""
+        return ProbeResult(
+            self.target,
+            self.module,
+            self.success,
+            self.start_timestamp,
+            self.duration_seconds,
+            self.phases,
+            self.failure,
+            self.tls,
+            self.server,
+            self.address,
+            self.mx,
+            NO_TRANSCRIPT,
+        )
 
     def phase(self, phase: Phase) -> PhaseResult | None:
         for result in self.phases:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -33,7 +33,7 @@ from smtp_exporter.metrics.families import (
     escape_label_value,
     result_samples,
 )
-from smtp_exporter.model import NO_TRANSCRIPT, ProbeResult, ProbeStatus
+from smtp_exporter.model import ProbeResult, ProbeStatus
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _go_float: Callable[[float], str] = floatToGoString  # the client library's float spelling (le="1.0")
@@ -182,7 +182,7 @@ class SeriesState:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
         if result.success:
-            self.latest = replace(result, transcript=NO_TRANSCRIPT)
+            self.latest = result.without_transcript()
         else:
             self.latest = self.latest_failure = result
         self.fragments = self._render(result)
