@@ -237,3 +237,26 @@ async def test_a_transcript_that_left_the_history_still_shows_the_phases(
         assert status == 200 and "451 4.3.0 Try later" in text and "no longer kept" not in text
         status, page = await running.get("/")
         assert status == 200 and page.partition('id="recent"')[2].count('<tr class="recent">') == 0
+
+
+async def test_a_reload_resizes_the_history(write_config: Callable[[str], Path], smtp_sink: SmtpSink) -> None:
+    path = write_config(NO_TARGETS + "metrics: {history_limit: 3}\n")
+
+    async def recent_rows() -> int:
+        status, page = await running.get("/")
+        assert status == 200
+        return page.partition('id="recent"')[2].count('<tr class="recent">')
+
+    async with running_exporter(path, watch_interval=3600) as running:
+        for _ in range(3):
+            assert (await running.get("/probe", params={"target": smtp_sink.target, "module": "envelope"}))[
+                0
+            ] == 200
+        assert await recent_rows() == 3
+        path.write_text(NO_TARGETS + "metrics: {history_limit: 1}\n")
+        async with running.session.post(running.url + "/-/reload") as response:
+            assert response.status == 200, await response.text()
+        assert await recent_rows() == 1  # the newest kept
+        status, text = await running.get("/transcript", params={"id": "3"})
+        assert status == 200 and f"SUCCESS {smtp_sink.target}" in text
+        assert (await running.get("/transcript", params={"id": "2"}))[0] == 404
