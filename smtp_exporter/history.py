@@ -5,23 +5,34 @@ process, sized by `metrics.history_limit` (0 keeps none), so what the pages can 
 fixed amount of memory however many targets there are. Scheduled results and /probe results
 go in alike; the oldest falls out when a new one comes in. Each entry has an id, increasing
 and never reused, by which a page can link to it.
+
+An entry holds the result as its series keeps it (a success without its transcript) and the
+transcript beside it: the newest results are the ones their series keep too, so the history
+adds to them only their transcripts, not a second copy of each result.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import ProbeResult, Transcript
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     id: int
-    result: ProbeResult
+    result: ProbeResult  # as kept by its series: maybe without its transcript
+    transcript: Transcript
     scheduled: bool  # False: a /probe request
     mx_host: str | None = None  # the series' mx_host, for a scheduled target in mx_mode each
+
+    def full_result(self) -> ProbeResult:
+        """The result with its transcript."""
+        if self.result.transcript is self.transcript:
+            return self.result
+        return replace(self.result, transcript=self.transcript)
 
 
 class ResultHistory:
@@ -42,9 +53,24 @@ class ResultHistory:
         if limit != self.limit:
             self._entries = deque(self._entries, maxlen=limit)
 
-    def add(self, result: ProbeResult, *, scheduled: bool, mx_host: str | None = None) -> None:
+    def add(
+        self,
+        result: ProbeResult,
+        *,
+        scheduled: bool,
+        transcript: Transcript | None = None,
+        mx_host: str | None = None,
+    ) -> None:
+        """Keep `result`, with `transcript` when the result is kept without it."""
         if self._entries.maxlen:
-            self._entries.append(HistoryEntry(self._next_id, result, scheduled, mx_host))
+            entry = HistoryEntry(
+                self._next_id,
+                result,
+                result.transcript if transcript is None else transcript,
+                scheduled,
+                mx_host,
+            )
+            self._entries.append(entry)
             self._next_id += 1
 
     def get(self, entry_id: int) -> HistoryEntry | None:
@@ -57,17 +83,10 @@ class ResultHistory:
             return entries[index]
         return None
 
-    def find(self, latest: ProbeResult, mx_host: str | None = None) -> HistoryEntry | None:
-        """The scheduled entry of the probe `latest` summarises (same series, same start), if kept."""
+    def find(self, kept: ProbeResult) -> HistoryEntry | None:
+        """The entry of `kept` (the very object a series keeps), if it is still in the history."""
         for entry in reversed(self._entries):
-            result = entry.result
-            if (
-                result.start_timestamp == latest.start_timestamp
-                and entry.scheduled
-                and result.target == latest.target
-                and result.module == latest.module
-                and entry.mx_host == mx_host
-            ):
+            if entry.result is kept:
                 return entry
         return None
 

@@ -288,8 +288,8 @@ class Scheduler:
                 )
                 self._store.put((job.key, mx_host), state)
             previous = state.status
-            state.observe(result)
-            self._history.add(result, scheduled=True, mx_host=mx_host)
+            kept = state.observe(result)
+            self._history.add(kept, scheduled=True, transcript=result.transcript, mx_host=mx_host)
             _log_result(previous, result, mx_host)
         for mx_host in [host for host in job.series if host not in seen]:
             del job.series[mx_host]

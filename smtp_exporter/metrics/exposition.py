@@ -167,7 +167,8 @@ class SeriesState:
         if changed and self.latest is not None:
             self.fragments = self._render(self.latest)
 
-    def observe(self, result: ProbeResult) -> None:
+    def observe(self, result: ProbeResult) -> ProbeResult:
+        """Fold in `result`; returns the result as kept (`latest`)."""
         self._durations[self.probes % RECENT_DURATIONS] = result.duration_seconds
         self.probes += 1
         if result.failure is not None:
@@ -181,11 +182,12 @@ class SeriesState:
                 if histogram is None:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
-        if result.success:
-            self.latest = result.without_transcript()
-        else:
-            self.latest = self.latest_failure = result
+        kept = result.without_transcript() if result.success else result
+        self.latest = kept
+        if not result.success:
+            self.latest_failure = result
         self.fragments = self._render(result)
+        return kept
 
     @property
     def status(self) -> ProbeStatus | None:

@@ -276,16 +276,16 @@ class _Handlers:
                     f"{history.limit} are kept (metrics.history_limit)",
                     404,
                 )
-            return _text(transcript_text(entry.result))
+            return _text(transcript_text(entry.full_result()))
         mx_host = query.get("mx_host")
         state = self.backend.find_series(query.get("target", ""), query.get("module", ""), mx_host)
         if state is None or state.latest is None:
             return _text("no probe result for this target and module (yet)", 404)
         latest = state.latest
-        kept = history.find(latest, state.mx_host)
+        kept = history.find(latest)
         return _text(
             series_transcript_text(
-                latest, None if kept is None else kept.result, state.latest_failure, history.limit
+                latest, None if kept is None else kept.full_result(), state.latest_failure, history.limit
             )
         )
 

@@ -86,17 +86,21 @@ def test_a_history_of_zero_keeps_nothing() -> None:
     assert len(history) == 0 and list(history) == [] and history.get(1) is None
 
 
-def test_find_matches_the_series_and_the_probe_only() -> None:
+def test_the_history_keeps_a_series_result_once_and_its_transcript_beside_it() -> None:
     history = ResultHistory(10)
+    state = _state()
     full = _result(success=True, start=5.0)
-    history.add(full, scheduled=True, mx_host="mx1.test")
-    history.add(_result(success=True, start=5.0, target="other:25"), scheduled=True, mx_host="mx1.test")
-    history.add(dataclasses.replace(full), scheduled=False, mx_host=None)  # a /probe of the same target
-    stripped = dataclasses.replace(full, transcript=Transcript())
-    found = history.find(stripped, "mx1.test")
-    assert found is not None and found.result is full
-    assert history.find(stripped, None) is None  # scheduled entries only
-    assert history.find(dataclasses.replace(stripped, start_timestamp=6.0), "mx1.test") is None
+    kept = state.observe(full)
+    assert kept is state.latest and len(kept.transcript) == 0
+    history.add(kept, scheduled=True, transcript=full.transcript, mx_host="mx1.test")
+    history.add(dataclasses.replace(full), scheduled=False)  # a /probe of the same target
+    entry = history.find(kept)
+    assert entry is not None and entry.result is kept and entry.mx_host == "mx1.test"
+    assert entry.full_result().transcript is full.transcript
+    assert [line.text for line in entry.full_result().transcript] == ["220 mx.test ESMTP", "QUIT"]
+    assert history.find(dataclasses.replace(kept)) is None  # the very object, not an equal one
+    probe = history.get(2)
+    assert probe is not None and probe.full_result() is probe.result  # kept whole
 
 
 def test_a_transcript_that_aged_out_says_so_and_keeps_the_phase_table() -> None:
