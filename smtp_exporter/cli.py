@@ -11,7 +11,6 @@ and config errors (one line on stderr, no traceback); 1 when the server cannot s
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import json
@@ -19,10 +18,9 @@ import logging
 import platform
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 from smtp_exporter import __version__
+from smtp_exporter.commandline import ArgumentParser, run
 from smtp_exporter.config.loader import ConfigError
 from smtp_exporter.config.web import WebConfig, load_web_config
 from smtp_exporter.service import (
@@ -93,13 +91,8 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("smtp_exporter").setLevel(_LEVELS[level])
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"smtp-exporter: {message}\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="smtp-exporter",
         description="Prometheus exporter that health-checks mail servers with a real SMTP conversation. "
         "Run `smtp-exporter probe --help` for the one-shot probe command.",
@@ -179,20 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print("config OK")
         return 0
     setup_logging(args.log_level, args.log_format)
-    return _run(_serve(Exporter(config, options)))
-
-
-def _run(coroutine: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when it is installed (`pip install smtp-exporter[uvloop]`), else asyncio's loop."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-    except ImportError:
-        pass
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coroutine)
+    return run(_serve(Exporter(config, options)))
 
 
 async def _serve(exporter: Exporter) -> int:

@@ -25,14 +25,16 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from smtp_exporter.config.schema import MXMode, TargetConfig
-from smtp_exporter.metrics import ExporterStats, MetricsStore, SeriesState
+from smtp_exporter.config.schema import MXMode
+from smtp_exporter.history import ResultHistory
+from smtp_exporter.metrics import Buckets, ExporterStats, MetricsStore, SeriesState
 from smtp_exporter.metrics.health import LAG_INTERVAL
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import ProbeResult, ProbeStatus
+from smtp_exporter.presentation import transcript_lines
 from smtp_exporter.probe import Prober
 from smtp_exporter.snapshot import CompiledTarget, Snapshot
+from smtp_exporter.status import TargetStatus
 
 log = logging.getLogger("smtp_exporter.scheduler")
 
@@ -60,13 +62,11 @@ def shard_of(target: str, count: int) -> int:
 # timer. Targets whose phases round to the same step start in the same loop iteration and go
 # through their conversations together, so the loop serves their network events in batches,
 # which saves CPU; but a reply that arrives while the loop works through a batch waits, and
-# that wait is counted in its phase's duration. What costs timing is the batch, not the step:
-# measured against an instant server (benchmarks/RESULTS.md), ~10 probes a step add ~0.1-0.25 ms
-# of median error on the connect and EHLO phases and save ~13% CPU; ~25 a step added 0.7 ms,
-# ~100 a step 1.4-3 ms. So the step is sized from the shard's probe rate to hold about
-# PROBES_PER_STEP probes (10 ms at 1,000 probes/s, 60 ms at 10,000 targets every minute),
-# within [MIN_START_GRID, MAX_START_GRID]: the batching's saving holds at any rate, and the
-# error it costs stays where it was measured.
+# that wait is counted in its phase's duration. The error grows with the batch, not with the
+# step: so the step is sized from the shard's probe rate to hold about PROBES_PER_STEP probes
+# (10 ms at 1,000 probes/s, 60 ms at 10,000 targets every minute), within [MIN_START_GRID,
+# MAX_START_GRID], a batch small enough to keep the phase timings' error within its target
+# while keeping most of the saving (docs/architecture.md has the figures).
 PROBES_PER_STEP = 10
 MIN_START_GRID = 0.01
 MAX_START_GRID = 0.1
@@ -84,15 +84,6 @@ def start_grid(probes_per_second: float) -> float:
 def schedule_phase(target: str, module: str) -> float:
     """Where in its interval a target is probed, as a fraction in [0, 1): a stable hash."""
     return _hash64(f"{target}\0{module}") / 2.0**64
-
-
-@dataclass(frozen=True, slots=True)
-class TargetStatus:
-    """What the status page shows for one scheduled target."""
-
-    config: TargetConfig
-    in_flight: bool
-    series: tuple[SeriesState, ...]  # one (or one per MX host in mx_mode each); empty before a result
 
 
 class _Job:
@@ -121,10 +112,13 @@ class _Job:
 class Scheduler:
     """Runs the scheduled probes of one `Snapshot` on the running event loop."""
 
-    def __init__(self, prober: Prober, store: MetricsStore, stats: ExporterStats) -> None:
+    def __init__(
+        self, prober: Prober, store: MetricsStore, stats: ExporterStats, history: ResultHistory
+    ) -> None:
         self._prober = prober
         self._store = store
         self._stats = stats
+        self._history = history
         self._jobs: dict[JobKey, _Job] = {}
         # Grid step (next_at / self._grid, rounded) -> the jobs due at it, and the step's timer.
         # A job rescheduled by a reload, or removed, stays in its old step's list: `_fire`
@@ -134,14 +128,9 @@ class Scheduler:
         self._grid = MAX_START_GRID
         self._semaphore = asyncio.Semaphore(1)
         self._max_concurrency = 0
-        self._buckets: tuple[float, ...] = ()
+        self._buckets = Buckets(())
         self._phase_histograms = False
         self._stopping = False
-
-    @property
-    def grid_step(self) -> float:
-        """The step of the start grid now in use, in seconds (see `start_grid`)."""
-        return self._grid
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -161,8 +150,11 @@ class Scheduler:
             self._max_concurrency = config.scheduler.max_concurrency
             self._semaphore = asyncio.Semaphore(self._max_concurrency)
         metrics = config.metrics
-        if (metrics.histogram_buckets, metrics.phase_histograms) != (self._buckets, self._phase_histograms):
-            self._buckets = metrics.histogram_buckets
+        if (metrics.histogram_buckets, metrics.phase_histograms) != (
+            self._buckets.bounds,
+            self._phase_histograms,
+        ):
+            self._buckets = Buckets(metrics.histogram_buckets)
             self._phase_histograms = metrics.phase_histograms
             for job in self._jobs.values():
                 for state in job.series.values():
@@ -301,8 +293,9 @@ class Scheduler:
                     job.series_labels(mx_host), buckets=self._buckets, phase_histograms=self._phase_histograms
                 )
                 self._store.put((job.key, mx_host), state)
-            previous = state.last
-            state.observe(result)
+            previous = state.status
+            kept = state.observe(result)
+            self._history.add(kept, scheduled=True, transcript=result.transcript, mx_host=mx_host)
             _log_result(previous, result, mx_host)
         for mx_host in [host for host in job.series if host not in seen]:
             del job.series[mx_host]
@@ -337,17 +330,17 @@ class Scheduler:
             await asyncio.wait(pending)
 
 
-def _state(result: ProbeResult | None) -> tuple[str, str, str]:
-    if result is None:
+def _state(status: ProbeStatus | None) -> tuple[str, str, str]:
+    if status is None:
         return ("unknown", "", "")
-    if result.failure is None:
+    if status.failure_phase is None or status.reason is None:
         return ("up", "", "")
-    return ("down", result.failure.phase.value, result.failure.reason.value)
+    return ("down", status.failure_phase.value, status.reason.value)
 
 
-def _log_result(previous: ProbeResult | None, result: ProbeResult, mx_host: str | None) -> None:
+def _log_result(previous: ProbeStatus | None, result: ProbeResult, mx_host: str | None) -> None:
     """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
-    before, after = _state(previous), _state(result)
+    before, after = _state(previous), _state(ProbeStatus.of(result))
     fields: dict[str, object] = {"target": result.target, "module": result.module}
     if mx_host is not None:
         fields["mx_host"] = mx_host
@@ -360,12 +353,9 @@ def _log_result(previous: ProbeResult | None, result: ProbeResult, mx_host: str 
             fields["error"] = result.failure.message
         log.info("target state changed", extra={"fields": fields})
     if log.isEnabledFor(logging.DEBUG):
-        transcript = "\n".join(
-            f"{line.offset_seconds * 1000:9.3f}ms {line.direction} {line.text}" for line in result.transcript
-        )
         log.debug(
             "probe transcript",
-            extra={"fields": {**fields, "success": result.success, "transcript": transcript}},
+            extra={"fields": {**fields, "success": result.success, "transcript": transcript_lines(result)}},
         )
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from smtp_exporter.config.allowlist import TargetAllowlist
 from smtp_exporter.config.loader import ConfigError, default_loaded
 from smtp_exporter.config.loader import load as load_config_file
+from smtp_exporter.config.render import effective_config_yaml
 from smtp_exporter.config.schema import Config, ShardConfig
 from smtp_exporter.config.web import (
     WebConfig,
@@ -30,12 +31,13 @@ from smtp_exporter.config.web import (
     restart_needed,
     web_config_files,
 )
+from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
 from smtp_exporter.probe import Prober
 from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
 from smtp_exporter.snapshot import Snapshot, compile_snapshot
 from smtp_exporter.targets import parse_listen_address as parse_listen_address
-from smtp_exporter.web import create_app, runner_options
+from smtp_exporter.web import WebBackend, create_app, runner_options
 
 log = logging.getLogger("smtp_exporter")
 
@@ -117,7 +119,8 @@ class Exporter:
         self.store = MetricsStore()
         self.stats = ExporterStats()
         self.health = HealthMetrics(self.stats)
-        self.scheduler = Scheduler(self.prober, self.store, self.stats)
+        self.history = ResultHistory(snapshot.config.metrics.history_limit)
+        self.scheduler = Scheduler(self.prober, self.store, self.stats, self.history)
         self.ready = False
         self.addresses: list[tuple[str, int]] = []  # (host, port) actually bound
         self._runner: web.AppRunner | None = None
@@ -143,7 +146,7 @@ class Exporter:
         settle_heap()
         self._spawn(monitor_event_loop_lag(self.stats))
         runner = web.AppRunner(
-            create_app(self),
+            create_app(self.web_backend()),
             shutdown_timeout=self.config.scheduler.shutdown_grace_period,
             **runner_options(),  # type: ignore[arg-type]
         )
@@ -178,6 +181,24 @@ class Exporter:
             },
         )
 
+    def web_backend(self) -> WebBackend:
+        """What the HTTP server may read and call (the web layer sees nothing else of the service)."""
+        return WebBackend(
+            snapshot=lambda: self.snapshot,
+            effective_config=effective_config_yaml,
+            web_config=lambda: self.web_config,
+            watches_web_config=self.options.web_config_file is not None,
+            prober=self.prober,
+            store=self.store,
+            health=self.health,
+            stats=self.stats,
+            history=self.history,
+            statuses=self.scheduler.status,
+            find_series=self.scheduler.find_series,
+            reload=self.reload,
+            ready=lambda: self.ready,
+        )
+
     def _spawn(self, coroutine: object) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -194,6 +215,7 @@ class Exporter:
                     "config reload failed, keeping the running config", extra={"fields": {"error": str(exc)}}
                 )
                 raise
+            self.history.resize(snapshot.config.metrics.history_limit)
             self.scheduler.apply(snapshot)
             files, self.snapshot = self.snapshot.files, snapshot
             if snapshot.files != files:  # the new config names other files: watch those

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.utils import floatToGoString
 
-from smtp_exporter.memo import remember
 from smtp_exporter.metrics.families import (
     DURATION_HISTOGRAM,
     FAILURES_TOTAL,
@@ -30,14 +30,16 @@ from smtp_exporter.metrics.families import (
     SERIES_FAMILIES,
     Family,
     Labels,
+    escape_label_value,
     result_samples,
 )
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import ProbeResult, ProbeStatus
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _go_float: Callable[[float], str] = floatToGoString  # the client library's float spelling (le="1.0")
 OPENMETRICS_EOF = b"# EOF\n"
 SCRAPE_CHUNK_BYTES = 256 * 1024
+RECENT_DURATIONS = 32  # probe durations kept per series, for a sparkline
 
 _FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
 _EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
@@ -54,13 +56,6 @@ def wants_openmetrics(accept: str | None) -> bool:
     return any(part.split(";", 1)[0].strip() == "application/openmetrics-text" for part in accept.split(","))
 
 
-def escape_label_value(value: str) -> str:
-    """Label-value escaping of both text formats (backslash, double quote, line feed)."""
-    if "\\" in value or '"' in value or "\n" in value:
-        value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
-
-
 def label_text(labels: Labels) -> str:
     return ",".join(f'{name}="{escape_label_value(value)}"' for name, value in labels)
 
@@ -74,32 +69,33 @@ def format_value(value: float) -> str:
     return _go_float(value)
 
 
-_LE_TEXT: dict[tuple[float, ...], tuple[str, ...]] = {}  # one entry per bucket layout in use
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    """A histogram layout: its upper bounds (+Inf implied) and their `le` label texts, made once
+    per config and shared by every series' histograms."""
 
+    bounds: tuple[float, ...]
+    le: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-def _le_text(buckets: tuple[float, ...]) -> tuple[str, ...]:
-    text = _LE_TEXT.get(buckets)
-    if text is None:
-        text = remember(_LE_TEXT, buckets, tuple(_go_float(bound) for bound in buckets), limit=16)
-    return text
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "le", tuple(_go_float(bound) for bound in self.bounds))
 
 
 class Histogram:
-    """A classic cumulative histogram with fixed buckets (upper bounds, +Inf implied)."""
+    """A classic cumulative histogram with fixed buckets."""
 
-    __slots__ = ("_counts", "_le", "buckets", "count", "sum")
+    __slots__ = ("_counts", "buckets", "count", "sum")
 
-    def __init__(self, buckets: tuple[float, ...]) -> None:
+    def __init__(self, buckets: Buckets) -> None:
         self.buckets = buckets
-        self._le = _le_text(buckets)
         # Per bucket, not cumulative; last is +Inf. Machine integers: in a list, every count
         # above 256 would be an int object of its own, per bucket and series.
-        self._counts = array("Q", bytes(8 * (len(buckets) + 1)))
+        self._counts = array("Q", bytes(8 * (len(buckets.bounds) + 1)))
         self.count = 0
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self._counts[bisect_left(self.buckets, value)] += 1
+        self._counts[bisect_left(self.buckets.bounds, value)] += 1
         self.count += 1
         self.sum += value
 
@@ -107,7 +103,7 @@ class Histogram:
         sep = "," if prefix else ""
         lines = []
         cumulative = 0
-        for le, count in zip(self._le, self._counts, strict=False):
+        for le, count in zip(self.buckets.le, self._counts, strict=False):
             cumulative += count
             lines.append(f'{name}_bucket{{{prefix}{sep}le="{le}"}} {cumulative}\n')
         lines.append(f'{name}_bucket{{{prefix}{sep}le="+Inf"}} {self.count}\n')
@@ -118,39 +114,49 @@ class Histogram:
 
 
 class SeriesState:
-    """Everything exposed for one scheduled series, its counters and histograms included.
+    """What is kept of one scheduled series (one target and module, or one MX host of it).
+
+    For /metrics: its rendered lines (`fragments`), with the counters and histograms they are
+    rendered from. For the pages and logs: its latest probe's result (and `status`, its outcome),
+    its latest failed result (kept while successes follow, since that is what an operator looks
+    for), and the durations of its last RECENT_DURATIONS probes. The latest failure keeps its
+    transcript; a successful result is kept without one: its transcript lives only in the
+    shared result history, which keeps the newest `metrics.history_limit` of them.
 
     `labels` are the series' own labels: target, module, mx_host in mx_mode each, then the
     target's static labels. `observe` folds in a probe result and re-renders the fragments.
     """
 
     __slots__ = (
+        "_durations",
         "_failures",
         "_histogram",
         "_phase_histograms",
         "_prefix",
         "fragments",
-        "labels",
-        "last",
-        "mx_host_label",
+        "latest",
+        "latest_failure",
+        "mx_host",
         "probes",
     )
 
-    def __init__(self, labels: Labels, *, buckets: tuple[float, ...], phase_histograms: bool) -> None:
-        self.labels = labels
-        self.mx_host_label = any(name == "mx_host" for name, _ in labels)
+    def __init__(self, labels: Labels, *, buckets: Buckets, phase_histograms: bool) -> None:
+        self.mx_host: str | None = next((value for name, value in labels if name == "mx_host"), None)
         self._prefix = label_text(labels)
         self.probes = 0
         self._failures: dict[tuple[str, str], int] = {}
         self._histogram = Histogram(buckets)
         self._phase_histograms: dict[str, Histogram] | None = {} if phase_histograms else None
-        self.last: ProbeResult | None = None
+        self.latest: ProbeResult | None = None
+        self.latest_failure: ProbeResult | None = None
+        # A ring written at index (probes - 1) % RECENT_DURATIONS: doubles, not float objects.
+        self._durations = array("d", bytes(8 * RECENT_DURATIONS))
         self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
 
-    def reconfigure(self, *, buckets: tuple[float, ...], phase_histograms: bool) -> None:
+    def reconfigure(self, *, buckets: Buckets, phase_histograms: bool) -> None:
         """Apply the metrics settings of a new config; histograms restart only if they changed."""
         changed = False
-        if buckets != self._histogram.buckets:
+        if buckets.bounds != self._histogram.buckets.bounds:
             self._histogram = Histogram(buckets)
             if self._phase_histograms:
                 self._phase_histograms = {}
@@ -158,10 +164,12 @@ class SeriesState:
         if phase_histograms != (self._phase_histograms is not None):
             self._phase_histograms = {} if phase_histograms else None
             changed = True
-        if changed and self.last is not None:
-            self.fragments = self._render(self.last)
+        if changed and self.latest is not None:
+            self.fragments = self._render(self.latest)
 
-    def observe(self, result: ProbeResult) -> None:
+    def observe(self, result: ProbeResult) -> ProbeResult:
+        """Fold in `result`; returns the result as kept (`latest`)."""
+        self._durations[self.probes % RECENT_DURATIONS] = result.duration_seconds
         self.probes += 1
         if result.failure is not None:
             key = (result.failure.phase.value, result.failure.reason.value)
@@ -174,15 +182,32 @@ class SeriesState:
                 if histogram is None:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
-        self.last = result
+        kept = result.without_transcript() if result.success else result
+        self.latest = kept
+        if not result.success:
+            self.latest_failure = result
         self.fragments = self._render(result)
+        return kept
+
+    @property
+    def status(self) -> ProbeStatus | None:
+        """The latest probe's outcome in brief (a view of `latest`, not a copy of it)."""
+        return None if self.latest is None else ProbeStatus.of(self.latest)
+
+    def recent_durations(self) -> array[float]:
+        """The durations of the last probes (RECENT_DURATIONS at most), oldest first."""
+        durations = self._durations
+        if self.probes <= RECENT_DURATIONS:
+            return durations[: self.probes]
+        split = self.probes % RECENT_DURATIONS
+        return durations[split:] + durations[:split]
 
     def _render(self, result: ProbeResult) -> tuple[bytes, ...]:
         # The hot path of every scheduled probe: lines are built inline, without helper calls.
         prefix = self._prefix  # never empty: a series has at least target and module
         index = _FAMILY_INDEX
         columns: dict[int, list[str]] = {}
-        for family, extra, value in result_samples(result, mx_host_label=self.mx_host_label):
+        for family, extra, value in result_samples(result, mx_host_label=self.mx_host is not None):
             text = str(value) if value.__class__ is int else format_value(value)
             if extra:
                 line = f"{family.name}{{{prefix},{extra}}} {text}\n"
@@ -220,17 +245,11 @@ class MetricsStore:
     def __len__(self) -> int:
         return len(self._series)
 
-    def get(self, key: object) -> SeriesState | None:
-        return self._series.get(key)
-
     def put(self, key: object, state: SeriesState) -> None:
         self._series[key] = state
 
     def remove(self, key: object) -> None:
         self._series.pop(key, None)
-
-    def items(self) -> Iterable[tuple[object, SeriesState]]:
-        return self._series.items()
 
     def render(self, *, openmetrics: bool) -> Iterator[bytes]:
         """The chunks of every family's block (without any `# EOF`), from the fragments as they
@@ -303,6 +322,7 @@ __all__ = [
     "OPENMETRICS_CONTENT_TYPE",
     "OPENMETRICS_EOF",
     "TEXT_CONTENT_TYPE",
+    "Buckets",
     "Histogram",
     "MetricsStore",
     "SeriesState",

@@ -11,7 +11,6 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from smtp_exporter.memo import remember
 from smtp_exporter.model import Phase, ProbeResult
 
 # Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
@@ -154,28 +153,20 @@ PROBE_SUCCESS = _g("probe_success", "Whether the probe succeeded (1) or failed (
 PROBE_DURATION = _g("probe_duration_seconds", "How long the probe took to complete.")
 
 
-def bound(value: str) -> str:
-    """A label value cut to MAX_LABEL_VALUE_CHARS characters and escaped for the exposition formats."""
-    if len(value) > MAX_LABEL_VALUE_CHARS:
-        value = value[:MAX_LABEL_VALUE_CHARS]
+def escape_label_value(value: str) -> str:
+    """Label-value escaping of both text formats (backslash, double quote, line feed)."""
     if "\\" in value or '"' in value or "\n" in value:
         value = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
     return value
 
 
-# Label texts that recur in every result, rendered once.
+def bound(value: str) -> str:
+    """A label value from a server: cut to MAX_LABEL_VALUE_CHARS characters, then escaped."""
+    return escape_label_value(value[:MAX_LABEL_VALUE_CHARS])
+
+
+# The phase label of each phase: a constant table of the closed set of phase names.
 _PHASE_LABELS: dict[str, str] = {phase: f'phase="{phase.value}"' for phase in Phase}
-_EXTENSION_LABELS: dict[str, str] = {}  # EHLO keyword -> its bounded, escaped label text
-_MAX_CACHED_EXTENSION_LABELS = 4096  # servers are few kinds; a hostile one only evicts
-
-
-def _extension_label(keyword: str) -> str:
-    label = _EXTENSION_LABELS.get(keyword)
-    if label is None:
-        label = remember(
-            _EXTENSION_LABELS, keyword, f'extension="{bound(keyword)}"', limit=_MAX_CACHED_EXTENSION_LABELS
-        )
-    return label
 
 
 def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
@@ -226,7 +217,7 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
     for keyword, _params in result.server.extensions:
         if len(seen) >= MAX_EXTENSIONS:
             break
-        label = _extension_label(keyword)
+        label = f'extension="{bound(keyword)}"'
         if label not in seen:
             seen.add(label)
             yield EXTENSION, label, 1

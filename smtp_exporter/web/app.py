@@ -15,13 +15,11 @@ import itertools
 import math
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from smtp_exporter.config.loader import ConfigError, effective_config_yaml
+from smtp_exporter.config.loader import ConfigError
 from smtp_exporter.config.web import WebConfig, check_basic_auth
-from smtp_exporter.memo import remember
 from smtp_exporter.metrics import (
     OPENMETRICS_CONTENT_TYPE,
     OPENMETRICS_EOF,
@@ -29,11 +27,9 @@ from smtp_exporter.metrics import (
     render_probe_result,
     wants_openmetrics,
 )
+from smtp_exporter.presentation import landing_page, probe_debug_text, series_transcript_text, transcript_text
 from smtp_exporter.targets import TargetError, parse_target
-from smtp_exporter.web.pages import landing_page, probe_debug_text, transcript_text
-
-if TYPE_CHECKING:
-    from smtp_exporter.service import Exporter
+from smtp_exporter.web.backend import WebBackend
 
 # How much earlier than Prometheus' scrape timeout a /probe must end, so the answer arrives in time.
 SCRAPE_TIMEOUT_OFFSET = 0.5
@@ -45,7 +41,11 @@ MAX_HEADERS = 64
 # Bodies larger than this are gzipped in a worker thread, so a big scrape never stalls probes.
 GZIP_IN_THREAD_BYTES = 256 * 1024
 MAX_CONCURRENT_PASSWORD_CHECKS = 4
-_AUTH_CACHE_SIZE = 64
+# Authorization headers that passed, remembered by the server (bounded, emptied when full). A
+# remembered header is let in on the loop, without queueing for one of the few password-check
+# threads: a client sending wrong passwords (each check ~80 ms of CPU, by bcrypt's design) can
+# then hold those threads but never delay a scraper whose credentials already passed.
+MAX_REMEMBERED_AUTHORIZATIONS = 64
 
 _PUBLIC_PATHS = frozenset({"/-/healthy"})
 
@@ -135,8 +135,8 @@ def _text(text: str, status: int = 200) -> web.Response:
 
 
 class _Handlers:
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
+    def __init__(self, backend: WebBackend) -> None:
+        self.backend = backend
         self.probes_in_flight = 0
         self._password_checks = asyncio.Semaphore(MAX_CONCURRENT_PASSWORD_CHECKS)
         # Authorization headers that passed, per web config: SHA-256 digests, so no secret is kept.
@@ -147,7 +147,7 @@ class _Handlers:
     @web.middleware
     async def security(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Basic auth on every path but /-/healthy."""
-        web_config = self.exporter.web_config
+        web_config = self.backend.web_config()
         response: web.StreamResponse
         if (
             web_config.auth_required
@@ -165,7 +165,7 @@ class _Handlers:
 
     async def add_configured_headers(self, request: web.Request, response: web.StreamResponse) -> None:
         """The web config's headers on every answer, streamed ones included (on_response_prepare)."""
-        for name, value in self.exporter.web_config.headers:
+        for name, value in self.backend.web_config().headers:
             response.headers[name] = value
 
     async def _authorized(self, web_config: WebConfig, header: str) -> bool:
@@ -185,29 +185,32 @@ class _Handlers:
         async with self._password_checks:
             ok = await asyncio.to_thread(check_basic_auth, web_config, username, password)
         if ok:
-            remember(self._good_auth, digest, web_config, limit=_AUTH_CACHE_SIZE)
+            if len(self._good_auth) >= MAX_REMEMBERED_AUTHORIZATIONS:
+                self._good_auth.clear()  # bounded: at worst, checked again
+            self._good_auth[digest] = web_config
         return ok
 
     # -- endpoints ------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
-        exporter = self.exporter
+        backend = self.backend
         openmetrics = wants_openmetrics(request.headers.get("Accept"))
         chunks = itertools.chain(
-            (exporter.health.render(openmetrics=openmetrics),),
-            exporter.store.render(openmetrics=openmetrics),
+            (backend.health.render(openmetrics=openmetrics),),
+            backend.store.render(openmetrics=openmetrics),
             (OPENMETRICS_EOF,) if openmetrics else (),
         )
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         return await _stream(request, chunks, content_type)
 
     async def probe(self, request: web.Request) -> web.Response:
-        exporter = self.exporter
-        config = exporter.config
-        stats = exporter.stats
+        backend = self.backend
+        snapshot = backend.snapshot()
+        config = snapshot.config
+        stats = backend.stats
         query = request.query
         module_name = query.get("module") or config.defaults.module
-        module = exporter.snapshot.modules.get(module_name)
+        module = snapshot.modules.get(module_name)
         counted_module = module_name if module is not None else ""
         target = query.get("target", "")
         if not target.strip():
@@ -221,7 +224,7 @@ class _Handlers:
         except TargetError as exc:
             stats.count_probe_request(module_name, 400)
             return _text(str(exc), 400)
-        if not exporter.allowlist.allows_target(parsed):
+        if not snapshot.allowlist.allows_target(parsed):
             stats.count_probe_request(module_name, 403)
             return _text(f"target {str(parsed)!r} is not allowed by http_probe.allowed_targets", 403)
         if self.probes_in_flight >= config.http_probe.max_concurrent:
@@ -237,11 +240,12 @@ class _Handlers:
         self.probes_in_flight += 1
         stats.probes_in_flight += 1
         try:
-            result = await exporter.prober.probe(parsed, module, target, timeout=deadline)
+            result = await backend.prober.probe(parsed, module, target, timeout=deadline)
         finally:
             self.probes_in_flight -= 1
             stats.probes_in_flight -= 1
         stats.count_probe_request(module_name, 200)
+        backend.history.add(result, scheduled=False)
         if query.get("debug", "").lower() == "true":
             body = render_probe_result(result, openmetrics=False)
             return _text(probe_debug_text(result, body))
@@ -250,51 +254,75 @@ class _Handlers:
         return await _payload(request, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
 
     async def landing(self, request: web.Request) -> web.Response:
-        exporter = self.exporter
-        shard = exporter.config.shard
+        backend = self.backend
+        config = backend.snapshot().config
         page = landing_page(
-            exporter.scheduler.status(), shard=(shard.count, shard.index), source=exporter.config.source
+            backend.statuses(),
+            backend.history,
+            shard=(config.shard.count, config.shard.index),
+            source=config.source,
+            history_limit=backend.history.limit,
         )
         return await _payload(request, page.encode(), "text/html; charset=utf-8")
 
     async def transcript(self, request: web.Request) -> web.Response:
+        """A history entry by `id`, or the latest probe of a scheduled series (target, module,
+        and mx_host in mx_mode each)."""
         query = request.query
-        state = self.exporter.scheduler.find_series(
-            query.get("target", ""), query.get("module", ""), query.get("mx_host")
-        )
-        if state is None or state.last is None:
+        history = self.backend.history
+        if "id" in query:
+            entry_id = query["id"]
+            entry = history.get(int(entry_id)) if entry_id.isascii() and entry_id.isdigit() else None
+            if entry is None:
+                return _text(
+                    f"no probe result {entry_id[:20]!r} in the history: only the newest "
+                    f"{history.limit} are kept (metrics.history_limit)",
+                    404,
+                )
+            return _text(transcript_text(entry.full_result()))
+        mx_host = query.get("mx_host")
+        state = self.backend.find_series(query.get("target", ""), query.get("module", ""), mx_host)
+        if state is None or state.latest is None:
             return _text("no probe result for this target and module (yet)", 404)
-        return _text(transcript_text(state.last))
+        latest = state.latest
+        kept = history.find(latest)
+        return _text(
+            series_transcript_text(
+                latest, None if kept is None else kept.full_result(), state.latest_failure, history.limit
+            )
+        )
 
     async def config(self, request: web.Request) -> web.Response:
         # YAML dumping is slow for big target lists: keep it off the loop that times probes.
-        return _text(await asyncio.to_thread(effective_config_yaml, self.exporter.config))
+        backend = self.backend
+        return _text(await asyncio.to_thread(backend.effective_config, backend.snapshot().config))
 
     async def healthy(self, request: web.Request) -> web.Response:
         return _text("Healthy")
 
     async def ready(self, request: web.Request) -> web.Response:
-        if self.exporter.ready:
+        if self.backend.ready():
             return _text("Ready")
         return _text("Not ready", 503)
 
     async def reload(self, request: web.Request) -> web.Response:
         try:
-            await self.exporter.reload()
+            await self.backend.reload()
         except ConfigError as exc:
             return _text(f"failed to reload config: {exc}", 500)
         return _text("config reloaded")
 
 
-def create_app(exporter: Exporter) -> web.Application:
-    handlers = _Handlers(exporter)
+def create_app(backend: WebBackend) -> web.Application:
+    handlers = _Handlers(backend)
     # Without a web config file there are no users to check and no headers to add, and never
     # will be: leaving the middleware and the signal out saves a layer of aiohttp's handler chain
     # and a signal on every /probe. With one, they read the web config in force at each request.
-    watched = exporter.options.web_config_file is not None
-    middlewares = [handlers.security] if watched or exporter.web_config.auth_required else []
+    watched = backend.watches_web_config
+    web_config = backend.web_config()
+    middlewares = [handlers.security] if watched or web_config.auth_required else []
     app = web.Application(middlewares=middlewares, client_max_size=MAX_REQUEST_BODY)
-    if watched or exporter.web_config.headers:
+    if watched or web_config.headers:
         app.on_response_prepare.append(handlers.add_configured_headers)
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)

@@ -10,8 +10,8 @@ import pytest
 
 from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
+from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
-from smtp_exporter.probe.command import format_text
 from tests.probe.common import FULL_PHASES, auth, compiled, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
 from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ExpectLine, ScriptedServer, Send, Step
@@ -33,7 +33,7 @@ def secret_forms(username: str, password: str) -> list[str]:
 def assert_no_secret(result: ProbeResult, password: str) -> None:
     shown = [
         "\n".join(line.text for line in result.transcript),
-        json.dumps(result.to_json()),
+        json.dumps(probe_json(result)),
         format_text(result),
         repr(result),
         "" if result.failure is None else result.failure.message,
@@ -99,7 +99,7 @@ async def test_auto_picks_the_strongest_offered(auth_server: AiosmtpdServer, tls
         *compiled(auth_server.target, "m", _auth_module(auth_server, tls_ca, AuthMechanism.AUTO))
     )
     assert result.success, describe(result)
-    assert "CRAM-MD5" in result.server.extension_map["AUTH"]
+    assert "CRAM-MD5" in dict(result.server.extensions)["AUTH"]
     (attempt,) = auth_server.auth_attempts
     assert attempt.mechanism == "CRAM-MD5" and attempt.success
     assert_no_secret(result, TEST_PASSWORD)
@@ -114,7 +114,7 @@ async def test_auto_with_no_auth_offered(
     )
     assert result.failure is not None, describe(result)
     assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, FailureReason.AUTH_FAILED)
-    assert "AUTH" not in result.server.extension_map
+    assert "AUTH" not in dict(result.server.extensions)
     assert b"AUTH" not in bytes(server.connections[0].received)
     assert "mail" not in names(result)
 

@@ -205,7 +205,7 @@ async def test_bare_lf_replies_are_tolerated(scripted_server: ScriptedFactory) -
     )
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "mail", "rcpt", "data", "message", "quit"]
-    assert result.server.extension_map["SIZE"] == ("10240000",)
+    assert dict(result.server.extensions)["SIZE"] == ("10240000",)
     assert result.server.banner == "mail.test ESMTP bare LF"
     received = bytes(server.connections[0].received)
     assert received.count(b"\n") == received.count(b"\r\n"), "the client must send CRLF, always"

@@ -33,7 +33,7 @@ async def test_full_conversation(smtp_sink: SmtpSink) -> None:
     assert names(result) == FULL
     assert [p.reply_code for p in result.phases] == [None, 220, 250, 250, 250, 354, 250, 221]
     assert result.server.ehlo_hostname == "sink.test"
-    assert "PIPELINING" in result.server.extension_map
+    assert "PIPELINING" in dict(result.server.extensions)
     (message,) = smtp_sink.wait_messages(1)
     assert message.helo == "probe.test"
     assert message.mail_args.startswith("<probe@probe.test>")

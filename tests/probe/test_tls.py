@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 
 from smtp_exporter.config.schema import ModuleConfig, StartTLS, TLSConfig
 from smtp_exporter.model import FailureReason, Phase, ProbeResult, TLSInfo
+from smtp_exporter.presentation import probe_json
 from smtp_exporter.probe import Prober
 from tests.helpers import require_module
 from tests.probe.common import Stopwatch, compiled, describe, module, names, trusting
@@ -57,8 +58,8 @@ async def test_starttls_auto_used_when_offered(starttls_server: AiosmtpdServer, 
     assert_facts_of(result.tls, tls_ca.server_cert)
     # Extensions are what the server offered before and inside TLS: STARTTLS is only offered in
     # the clear (RFC 3207), yet it is part of what this server offers.
-    assert "STARTTLS" in result.server.extension_map
-    assert "SIZE" in result.server.extension_map
+    assert "STARTTLS" in dict(result.server.extensions)
+    assert "SIZE" in dict(result.server.extensions)
     assert await starttls_server.wait_closed()
     (connection,) = starttls_server.connections
     assert connection.tls
@@ -104,7 +105,7 @@ async def test_starttls_never_even_if_offered(starttls_server: AiosmtpdServer) -
     assert result.success, describe(result)
     assert names(result) == ["connect", "banner", "ehlo", "quit"]
     assert result.tls is None
-    assert "STARTTLS" in result.server.extension_map
+    assert "STARTTLS" in dict(result.server.extensions)
     (connection,) = starttls_server.connections
     assert not connection.tls
     assert b"STARTTLS" not in bytes(connection.received)
@@ -185,7 +186,7 @@ async def test_invalid_certificate_reported_with_its_facts(
     # TLS 1.3 (these servers' default) has chosen its cipher before the certificate is checked.
     assert tls.cipher.startswith("TLS_")
     assert (
-        result.to_json()["tls"]["cert_not_after_timestamp"]
+        probe_json(result)["tls"]["cert_not_after_timestamp"]
         == cert.certificate.not_valid_after_utc.timestamp()
     )
     assert await server.wait_closed()

@@ -72,7 +72,7 @@ async def test_server_facts_from_banner_and_ehlo(smtp_server_factory: Callable[.
     assert result.success, describe(result)
     assert result.server.banner == "mx.example.test ESMTP aiosmtpd test server"
     assert result.server.ehlo_hostname == "mx.example.test"
-    extensions = result.server.extension_map
+    extensions = dict(result.server.extensions)
     assert extensions["SIZE"] == ("10485760",)
     assert extensions["X-TEST"] == ("a", "b")
     assert "DSN" in extensions and "8BITMIME" in extensions

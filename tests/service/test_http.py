@@ -186,3 +186,77 @@ async def test_graceful_stop_waits_for_running_probes_and_reports_not_ready(
         # The probe ended at its own deadline (2s), well before the 20s grace period.
         assert time.monotonic() - started < 10
         assert len(exporter.store) == 1  # and its result was kept
+
+
+async def test_the_history_feeds_the_status_page_and_transcripts(
+    write_config: Callable[[str], Path], smtp_sink: SmtpSink, fault_server: Callable[..., AiosmtpdServer]
+) -> None:
+    failing = fault_server("mail", 451, "4.3.0", "Try later")
+    config = NO_TARGETS + "metrics: {history_limit: 2}\n"
+    async with running_exporter(write_config(config)) as running:
+        for target in (failing.target, smtp_sink.target, smtp_sink.target):
+            status, _ = await running.get("/probe", params={"target": target, "module": "envelope"})
+            assert status == 200
+        status, page = await running.get("/")
+        assert status == 200
+        recent = page.partition('id="recent"')[2]
+        # The newest two of three /probe results, each linked by its id; the first fell out.
+        assert recent.count('<tr class="recent">') == 2 and "/probe" in recent
+        assert "/transcript?id=3" in recent and "/transcript?id=2" in recent
+        assert "/transcript?id=1" not in recent and failing.target not in recent
+        status, text = await running.get("/transcript", params={"id": "3"})
+        assert status == 200 and f"SUCCESS {smtp_sink.target}" in text and "250" in text
+        status, text = await running.get("/transcript", params={"id": "1"})
+        assert status == 404 and "metrics.history_limit" in text
+        assert (await running.get("/transcript", params={"id": "x" * 100}))[0] == 404
+
+
+async def test_a_transcript_that_left_the_history_still_shows_the_phases(
+    write_config: Callable[[str], Path], smtp_sink: SmtpSink, fault_server: Callable[..., AiosmtpdServer]
+) -> None:
+    failing = fault_server("mail", 451, "4.3.0", "Try later")
+    config = NO_TARGETS + (
+        "metrics: {history_limit: 0}\n"
+        "targets:\n"
+        f"  - {{target: '{smtp_sink.target}', module: envelope, interval: 5s}}\n"
+        f"  - {{target: '{failing.target}', module: envelope, interval: 5s}}\n"
+    )
+    async with running_exporter(write_config(config)) as running:
+        await running.wait_metric("smtp_probe_success", target=smtp_sink.target)
+        await running.wait_metric("smtp_probe_success", target=failing.target)
+        status, text = await running.get(
+            "/transcript", params={"target": smtp_sink.target, "module": "envelope"}
+        )
+        assert status == 200, text
+        assert "no longer kept" in text and "metrics.history_limit" in text
+        assert "Phases:" in text and "rcpt" in text and f"SUCCESS {smtp_sink.target}" in text
+        # A failure keeps its transcript whatever the history holds.
+        status, text = await running.get(
+            "/transcript", params={"target": failing.target, "module": "envelope"}
+        )
+        assert status == 200 and "451 4.3.0 Try later" in text and "no longer kept" not in text
+        status, page = await running.get("/")
+        assert status == 200 and page.partition('id="recent"')[2].count('<tr class="recent">') == 0
+
+
+async def test_a_reload_resizes_the_history(write_config: Callable[[str], Path], smtp_sink: SmtpSink) -> None:
+    path = write_config(NO_TARGETS + "metrics: {history_limit: 3}\n")
+
+    async def recent_rows() -> int:
+        status, page = await running.get("/")
+        assert status == 200
+        return page.partition('id="recent"')[2].count('<tr class="recent">')
+
+    async with running_exporter(path, watch_interval=3600) as running:
+        for _ in range(3):
+            assert (await running.get("/probe", params={"target": smtp_sink.target, "module": "envelope"}))[
+                0
+            ] == 200
+        assert await recent_rows() == 3
+        path.write_text(NO_TARGETS + "metrics: {history_limit: 1}\n")
+        async with running.session.post(running.url + "/-/reload") as response:
+            assert response.status == 200, await response.text()
+        assert await recent_rows() == 1  # the newest kept
+        status, text = await running.get("/transcript", params={"id": "3"})
+        assert status == 200 and f"SUCCESS {smtp_sink.target}" in text
+        assert (await running.get("/transcript", params={"id": "2"}))[0] == 404

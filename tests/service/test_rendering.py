@@ -9,7 +9,14 @@ import time
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore, SeriesState, render_probe_result
+from smtp_exporter.metrics import (
+    Buckets,
+    ExporterStats,
+    HealthMetrics,
+    MetricsStore,
+    SeriesState,
+    render_probe_result,
+)
 from smtp_exporter.metrics.families import MAX_EXTENSIONS, MAX_LABEL_VALUE_CHARS
 from smtp_exporter.model import (
     AddressInfo,
@@ -67,7 +74,7 @@ def test_hostile_label_values_are_bounded_escaped_and_parse() -> None:
     for i, success in enumerate((True, False)):
         state = SeriesState(
             (("target", f"t{i}"), ("module", "m"), ("mx_host", "mx1.test"), ("team", 'a"b\\c\nd')),
-            buckets=(0.01, 0.1, 1.0),
+            buckets=Buckets((0.01, 0.1, 1.0)),
             phase_histograms=True,
         )
         state.observe(_result(success=success))
@@ -115,13 +122,15 @@ def test_hostile_label_values_are_bounded_escaped_and_parse() -> None:
 
 
 def test_histograms_restart_only_when_their_buckets_change() -> None:
-    state = SeriesState((("target", "t"), ("module", "m")), buckets=(0.01, 1.0), phase_histograms=False)
+    state = SeriesState(
+        (("target", "t"), ("module", "m")), buckets=Buckets((0.01, 1.0)), phase_histograms=False
+    )
     state.observe(_result(success=True))
-    state.reconfigure(buckets=(0.01, 1.0), phase_histograms=False)
+    state.reconfigure(buckets=Buckets((0.01, 1.0)), phase_histograms=False)
     text = b"".join(state.fragments).decode()
     assert 'smtp_probe_duration_distribution_seconds_bucket{target="t",module="m",le="0.01"} 0' in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 1' in text
-    state.reconfigure(buckets=(0.5, 5.0), phase_histograms=True)
+    state.reconfigure(buckets=Buckets((0.5, 5.0)), phase_histograms=True)
     text = b"".join(state.fragments).decode()
     assert 'le="0.01"' not in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 0' in text
@@ -187,7 +196,9 @@ def test_the_start_step_holds_about_ten_probes_within_its_bounds() -> None:
 
 
 def test_histogram_lines_are_exact_and_cumulative() -> None:
-    state = SeriesState((("target", "t"), ("module", "m")), buckets=(0.01, 1.0), phase_histograms=False)
+    state = SeriesState(
+        (("target", "t"), ("module", "m")), buckets=Buckets((0.01, 1.0)), phase_histograms=False
+    )
     for duration in (0.0078125, 0.5, 0.5, 7.0):  # exact in binary: an exact sum
         state.observe(dataclasses.replace(_result(success=True), duration_seconds=duration))
     name = "smtp_probe_duration_distribution_seconds"

@@ -1,0 +1,115 @@
+"""What a series keeps of its probes, and the shared result history."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from smtp_exporter.history import ResultHistory
+from smtp_exporter.metrics import Buckets, SeriesState
+from smtp_exporter.metrics.exposition import RECENT_DURATIONS
+from smtp_exporter.model import Failure, FailureReason, Phase, PhaseResult, ProbeResult, Transcript
+from smtp_exporter.presentation import series_transcript_text
+
+LABELS = (("target", "mx.test:25"), ("module", "m"))
+
+
+def _result(
+    *, success: bool, start: float = 1000.0, duration: float = 0.01, target: str = "mx.test:25"
+) -> ProbeResult:
+    failure = None if success else Failure(Phase.RCPT, FailureReason.REPLY_PERMANENT, "550 no such user")
+    return ProbeResult(
+        target=target,
+        module="m",
+        success=success,
+        start_timestamp=start,
+        duration_seconds=duration,
+        phases=(PhaseResult(Phase.CONNECT, 0.001), PhaseResult(Phase.RCPT, 0.002, 250 if success else 550)),
+        failure=failure,
+        transcript=Transcript(
+            [(start + 0.001, "S", "220 mx.test ESMTP"), (start + 0.002, "C", b"QUIT\r\n")], start
+        ),
+    )
+
+
+def _state() -> SeriesState:
+    return SeriesState(LABELS, buckets=Buckets((0.01, 1.0)), phase_histograms=False)
+
+
+def test_a_series_keeps_its_latest_failure_while_successes_follow() -> None:
+    state = _state()
+    assert state.status is None and state.latest is None and state.latest_failure is None
+    failed = _result(success=False, start=1.0)
+    state.observe(failed)
+    assert state.latest is failed and state.latest_failure is failed
+    assert state.status is not None and state.status.reason is FailureReason.REPLY_PERMANENT
+    assert state.status.failure_phase is Phase.RCPT and not state.status.success
+    state.observe(_result(success=True, start=2.0))
+    assert state.latest is not None and state.latest.success and state.latest.start_timestamp == 2.0
+    assert state.latest_failure is failed  # kept, with its transcript
+    assert len(state.latest_failure.transcript) == 2
+    assert len(state.latest.transcript) == 0  # a success keeps its transcript only in the history
+    assert state.status.success and state.status.reason is None and state.status.start_timestamp == 2.0
+
+
+def test_a_series_keeps_the_durations_of_its_last_probes_oldest_first() -> None:
+    state = _state()
+    assert list(state.recent_durations()) == []
+    for n in range(3):
+        state.observe(_result(success=True, duration=n / 1000))
+    assert list(state.recent_durations()) == [0.0, 0.001, 0.002]
+    for n in range(3, RECENT_DURATIONS + 10):
+        state.observe(_result(success=True, duration=n / 1000))
+    assert list(state.recent_durations()) == [n / 1000 for n in range(10, RECENT_DURATIONS + 10)]
+
+
+def test_the_history_keeps_the_newest_results_and_resizes() -> None:
+    history = ResultHistory(3)
+    results = [_result(success=n % 2 == 0, start=float(n)) for n in range(5)]
+    for result in results:
+        history.add(result, scheduled=True)
+    assert [entry.result for entry in history] == results[:1:-1]  # newest first, the last 3
+    assert [entry.id for entry in history] == [5, 4, 3]
+    assert history.get(2) is None and history.get(6) is None
+    entry = history.get(4)
+    assert entry is not None and entry.result is results[3]
+    history.resize(2)
+    assert [entry.id for entry in history] == [5, 4] and history.limit == 2
+    history.resize(10)
+    history.add(results[0], scheduled=False)
+    assert [entry.id for entry in history] == [6, 5, 4]
+    assert history.get(6) is not None and not history.get(6).scheduled  # type: ignore[union-attr]
+
+
+def test_a_history_of_zero_keeps_nothing() -> None:
+    history = ResultHistory(0)
+    history.add(_result(success=True), scheduled=True)
+    assert len(history) == 0 and list(history) == [] and history.get(1) is None
+
+
+def test_the_history_keeps_a_series_result_once_and_its_transcript_beside_it() -> None:
+    history = ResultHistory(10)
+    state = _state()
+    full = _result(success=True, start=5.0)
+    kept = state.observe(full)
+    assert kept is state.latest and len(kept.transcript) == 0
+    history.add(kept, scheduled=True, transcript=full.transcript, mx_host="mx1.test")
+    history.add(dataclasses.replace(full), scheduled=False)  # a /probe of the same target
+    entry = history.find(kept)
+    assert entry is not None and entry.result is kept and entry.mx_host == "mx1.test"
+    assert entry.full_result().transcript is full.transcript
+    assert [line.text for line in entry.full_result().transcript] == ["220 mx.test ESMTP", "QUIT"]
+    assert history.find(dataclasses.replace(kept)) is None  # the very object, not an equal one
+    probe = history.get(2)
+    assert probe is not None and probe.full_result() is probe.result  # kept whole
+
+
+def test_a_transcript_that_aged_out_says_so_and_keeps_the_phase_table() -> None:
+    state = _state()
+    state.observe(_result(success=False, start=1.0))
+    state.observe(_result(success=True, start=2.0))
+    assert state.latest is not None
+    text = series_transcript_text(state.latest, None, state.latest_failure, 1000)
+    head, _, failure = text.partition("The latest failed probe:")
+    assert "no longer kept" in head and "metrics.history_limit" in head and "1000" in head
+    assert "Phases:" in head and "rcpt" in head and "SUCCESS mx.test:25" in head
+    assert "220 mx.test ESMTP" in failure and "FAILURE mx.test:25" in failure  # its transcript is kept
