@@ -13,7 +13,8 @@ import asyncio
 import ssl
 import time
 
-from smtp_exporter.protocol import ClientSession, Status
+from smtp_exporter.protocol import ClientSession
+from smtp_exporter.protocol.exchange import DONE, TALKING
 
 perf_counter = time.perf_counter
 
@@ -55,7 +56,7 @@ class SMTPClientProtocol(asyncio.Protocol):
         session.data_received(data, now)
         if session.has_output:
             self.flush()
-        if session.status is not Status.TALKING:
+        if session.status is not TALKING:
             self._wake()
 
     def eof_received(self) -> bool:
@@ -77,7 +78,7 @@ class SMTPClientProtocol(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the session needs the task: to start TLS, or at its end (CLOSING, DONE)."""
-        while self.session.status is Status.TALKING:
+        while self.session.status is TALKING:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -85,7 +86,7 @@ class SMTPClientProtocol(asyncio.Protocol):
                 self._waiter = None
 
     async def wait_done(self) -> None:
-        while self.session.status is not Status.DONE:
+        while self.session.status is not DONE:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter

@@ -35,7 +35,8 @@ from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
 from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
-from smtp_exporter.protocol import ClientSession, Status, build_message
+from smtp_exporter.protocol import ClientSession, build_message
+from smtp_exporter.protocol.exchange import CLOSING, TALKING, TLS
 from smtp_exporter.targets import Target
 
 log = logging.getLogger("smtp_exporter.probe")
@@ -112,7 +113,7 @@ class Conversation:
             except Exception as exc:  # a bug or an exporter-side failure: a result all the same
                 log.exception("probe of %s failed on the exporter's side", self.target_text)
                 session.fail(perf_counter(), FailureReason.LOCAL_ERROR, f"{LOCAL_ERROR}: {_describe(exc)}")
-            if session.status is Status.CLOSING:
+            if session.status is CLOSING:
                 await self._goodbye(session)
         finally:
             if self.conn is not None:
@@ -158,9 +159,9 @@ class Conversation:
             return
         while True:
             status = session.status
-            if status is Status.TLS:
+            if status is TLS:
                 await self._tls(session, conn)
-            elif status is Status.TALKING:
+            elif status is TALKING:
                 await conn.wait()
             else:
                 return

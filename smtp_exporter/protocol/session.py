@@ -29,7 +29,16 @@ from smtp_exporter.model import (
 from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
-from smtp_exporter.protocol.exchange import Command, Exchange, Outcome, Status
+from smtp_exporter.protocol.exchange import (
+    CLOSING,
+    DONE,
+    TALKING,
+    TLS,
+    Command,
+    Exchange,
+    Outcome,
+    Status,
+)
 from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode
 
 __all__ = ["ClientSession", "Outcome", "Status"]
@@ -79,31 +88,31 @@ class ClientSession(Exchange):
     def connection_made(self, started: float, ended: float) -> None:
         self.phases.append(PhaseResult(Phase.CONNECT, round_to_ns(ended - started)))
         if self.module.implicit_tls:
-            self.status = Status.TLS
+            self.status = TLS
             self.phase = Phase.TLS
         else:
             self._await_banner(ended)
 
     def tls_established(self, started: float, ended: float) -> None:
-        if self.status is not Status.TLS:
+        if self.status is not TLS:
             return
         self.phases.append(PhaseResult(Phase.TLS, round_to_ns(ended - started)))
         self._tls_up = True
         if self.module.implicit_tls:
             self._await_banner(ended)
         else:
-            self.status = Status.TALKING
+            self.status = TALKING
             self._send_ehlo(Phase.EHLO_TLS)
 
     def data_received(self, data: bytes, at: float) -> None:
         self._now = at
         status = self.status
-        if status is Status.TLS:
+        if status is TLS:
             if self.module.implicit_tls:
                 return  # bytes before the handshake are not SMTP over TLS: the handshake judges them
             self._injected()
             return
-        if (status is not Status.TALKING and status is not Status.CLOSING) or self._parser.broken:
+        if (status is not TALKING and status is not CLOSING) or self._parser.broken:
             return
         try:
             replies = self._parser.feed(data)
@@ -115,7 +124,7 @@ class ClientSession(Exchange):
             return
         for reply in replies:
             self._reply(reply, at)
-        if self.status is Status.TLS and self._parser.pending:
+        if self.status is TLS and self._parser.pending:
             self._injected()
 
     def connection_lost(self, at: float, detail: str | None = None) -> None:
@@ -123,9 +132,9 @@ class ClientSession(Exchange):
         self._now = at
         self._lost = True
         status = self.status
-        if status is Status.CLOSING:
-            self.status = Status.DONE
-        elif status is Status.TALKING:
+        if status is CLOSING:
+            self.status = DONE
+        elif status is TALKING:
             suffix = f": {detail}" if detail else ""
             self._fail(
                 self._current_phase(),
@@ -137,10 +146,10 @@ class ClientSession(Exchange):
     def deadline_reached(self, at: float) -> None:
         self._now = at
         status = self.status
-        if status is Status.DONE:
+        if status is DONE:
             return
-        if status is Status.CLOSING:
-            self.status = Status.DONE
+        if status is CLOSING:
+            self.status = DONE
         elif self._quitting:
             self._not_a_failure("no reply")
         else:
@@ -151,12 +160,12 @@ class ClientSession(Exchange):
     def fail(self, at: float, reason: FailureReason, message: str, phase: Phase | None = None) -> None:
         """A failure the driver found (connect, TLS, DNS, the exporter's own side): no QUIT follows."""
         self._now = at
-        if self.status is Status.DONE:
+        if self.status is DONE:
             return
         self._outbox.clear()
         self._awaiting.clear()
         self._fail(phase or self.phase, reason, message, say_quit=False)
-        self.status = Status.DONE  # whatever came first, the driver is done with this connection
+        self.status = DONE  # whatever came first, the driver is done with this connection
 
     # Outputs
 
@@ -179,7 +188,7 @@ class ClientSession(Exchange):
     def _fail(
         self, phase: Phase, reason: FailureReason, message: str, *, say_quit: bool | None = None
     ) -> None:
-        if self.failure is not None or self.status is Status.DONE:
+        if self.failure is not None or self.status is DONE:
             return
         if self._quitting and phase is Phase.QUIT:
             self._not_a_failure(message)
@@ -187,14 +196,14 @@ class ClientSession(Exchange):
         self.failure = Failure(phase, reason, message)
         self._outbox.clear()
         if say_quit is None:
-            say_quit = self.status is Status.TALKING and reason is not FailureReason.TIMEOUT
+            say_quit = self.status is TALKING and reason is not FailureReason.TIMEOUT
         if not say_quit or self._lost:
-            self.status = Status.DONE
+            self.status = DONE
             return
         # Say goodbye, briefly: replies still due to earlier commands are only noted.
         for command in self._awaiting:
             command.on_reply = _ignore
-        self.status = Status.CLOSING
+        self.status = CLOSING
         self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_goodbye, shown="QUIT")
 
     def _refused(self, phase: Phase, reply: Reply, reason: FailureReason | None = None) -> None:
@@ -207,7 +216,7 @@ class ClientSession(Exchange):
         self._note(self._now, "*", f"QUIT: {detail} (not a failure: fail_on_quit is off)")
         self._outbox.clear()
         self._awaiting.clear()
-        self.status = Status.DONE
+        self.status = DONE
 
     def _injected(self) -> None:
         """Bytes the server sent in the clear after its 220 to STARTTLS (CVE-2011-0411): they
@@ -222,7 +231,7 @@ class ClientSession(Exchange):
     # Replies
 
     def _reply(self, reply: Reply, at: float) -> None:
-        if self.status is Status.DONE:
+        if self.status is DONE:
             return
         if self._auth is not None:
             reply = self._auth.redact(reply)
@@ -234,9 +243,9 @@ class ClientSession(Exchange):
         command.on_reply(self, command, reply, at)
 
     def _unsolicited(self, reply: Reply) -> None:
-        if self.status is Status.TLS:
+        if self.status is TLS:
             self._injected()
-        elif self.status is Status.TALKING:
+        elif self.status is TALKING:
             phase = self._outbox[0].phase if self._outbox else self.phase
             self._fail(
                 phase,
@@ -247,7 +256,7 @@ class ClientSession(Exchange):
 
     def _await_banner(self, ready: float) -> None:
         # Waited for from the moment the connection (or implicit TLS on it) was up.
-        self.status = Status.TALKING
+        self.status = TALKING
         self.phase = self._sent_phase = Phase.BANNER
         self._started = ready
         self._awaiting.append(Command(Phase.BANNER, b"", ClientSession._on_banner))
@@ -328,7 +337,7 @@ class ClientSession(Exchange):
             self._refused(Phase.STARTTLS, reply)
             return
         # Whatever else this chunk holds is checked by data_received (the injection guard).
-        self.status = Status.TLS
+        self.status = TLS
         self.phase = Phase.TLS
 
     # AUTH (RFC 4954)
@@ -425,12 +434,12 @@ class ClientSession(Exchange):
         self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_quit)
 
     def _on_goodbye(self, command: Command, reply: Reply, at: float) -> None:
-        self.status = Status.DONE
+        self.status = DONE
 
     def _on_quit(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.QUIT, reply, at)
         self._quitting = False
-        self.status = Status.DONE
+        self.status = DONE
 
 
 _OK = (ReplyCode.OK,)
