@@ -67,18 +67,11 @@ def _wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def _require_peers() -> None:
-    for binary in ("smtp-sink", "prometheus-blackbox-exporter", "wrk"):
-        require_binary(binary)
-
-
-def test_quick_run_prints_a_well_formed_table_per_benchmark(tmp_path: Path) -> None:
-    _require_peers()
+def _run_to_completion(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks ARGV`, which must exit 0 and leave no process of its own behind."""
     marker = uuid.uuid4().hex
-    report = tmp_path / "report.json"
-    markdown = tmp_path / "report.md"
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", f"--json={report}", f"--output={markdown}"],
+        [sys.executable, "-m", "benchmarks", *argv],
         cwd=REPO_ROOT,
         env=_env(marker),
         capture_output=True,
@@ -87,6 +80,19 @@ def test_quick_run_prints_a_well_formed_table_per_benchmark(tmp_path: Path) -> N
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     assert _wait_gone(marker) == [], "processes left behind by the benchmark run"
+    return completed
+
+
+def _require_peers() -> None:
+    for binary in ("smtp-sink", "prometheus-blackbox-exporter", "wrk"):
+        require_binary(binary)
+
+
+def test_quick_run_prints_a_well_formed_table_per_benchmark(tmp_path: Path) -> None:
+    _require_peers()
+    report = tmp_path / "report.json"
+    markdown = tmp_path / "report.md"
+    completed = _run_to_completion(["--quick", f"--json={report}", f"--output={markdown}"])
 
     data = json.loads(report.read_text())
     assert any(line.startswith("- CPU: ") for line in data["machine"])
@@ -124,19 +130,10 @@ def test_quick_run_against_a_baseline_checkout_shows_both_trees(tmp_path: Path) 
     shutil.copytree(
         REPO_ROOT / "smtp_exporter", baseline / "smtp_exporter", ignore=shutil.ignore_patterns("__pycache__")
     )
-    marker = uuid.uuid4().hex
     report = tmp_path / "report.json"
-    argv = ["--quick", "--only=cpu,memory", f"--baseline={baseline}", f"--json={report}"]
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *argv],
-        cwd=REPO_ROOT,
-        env=_env(marker),
-        capture_output=True,
-        text=True,
-        timeout=240,
+    completed = _run_to_completion(
+        ["--quick", "--only=cpu,memory", f"--baseline={baseline}", f"--json={report}"]
     )
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    assert _wait_gone(marker) == [], "processes left behind by the benchmark run"
     for benchmark in ("1 (cpu)", "5 (memory)"):
         for tree in ("this tree", "baseline"):
             assert f"benchmark {benchmark}, {tree}, round 1" in completed.stderr
