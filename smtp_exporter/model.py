@@ -247,22 +247,3 @@ class ProbeResult:
             if result.phase is phase:
                 return result
         return None
-
-
-class ProbeStatus(NamedTuple):
-    """A probe's outcome in brief: what a scheduled target keeps of every result it had."""
-
-    success: bool
-    failure_phase: Phase | None
-    reason: FailureReason | None
-    start_timestamp: float
-    duration_seconds: float
-
-    @classmethod
-    def of(cls, result: ProbeResult) -> ProbeStatus:
-        failure = result.failure
-        if failure is None:
-            return cls(result.success, None, None, result.start_timestamp, result.duration_seconds)
-        return cls(
-            result.success, failure.phase, failure.reason, result.start_timestamp, result.duration_seconds
-        )

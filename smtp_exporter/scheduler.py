@@ -30,7 +30,7 @@ from smtp_exporter.config.schema import MXMode
 from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import Buckets, ExporterStats, MetricsStore, SeriesState
 from smtp_exporter.metrics.health import LAG_INTERVAL
-from smtp_exporter.model import ProbeResult, ProbeStatus
+from smtp_exporter.model import ProbeResult
 from smtp_exporter.presentation import transcript_lines
 from smtp_exporter.probe import Prober
 from smtp_exporter.snapshot import CompiledTarget, Snapshot
@@ -293,7 +293,7 @@ class Scheduler:
                     job.series_labels(mx_host), buckets=self._buckets, phase_histograms=self._phase_histograms
                 )
                 self._store.put((job.key, mx_host), state)
-            previous = state.status
+            previous = state.latest
             kept = state.observe(result)
             self._history.add(kept, scheduled=True, transcript=result.transcript, mx_host=mx_host)
             _log_result(previous, result, mx_host)
@@ -330,17 +330,17 @@ class Scheduler:
             await asyncio.wait(pending)
 
 
-def _state(status: ProbeStatus | None) -> tuple[str, str, str]:
-    if status is None:
+def _state(result: ProbeResult | None) -> tuple[str, str, str]:
+    if result is None:
         return ("unknown", "", "")
-    if status.failure_phase is None or status.reason is None:
+    if result.failure is None:
         return ("up", "", "")
-    return ("down", status.failure_phase.value, status.reason.value)
+    return ("down", result.failure.phase.value, result.failure.reason.value)
 
 
-def _log_result(previous: ProbeStatus | None, result: ProbeResult, mx_host: str | None) -> None:
+def _log_result(previous: ProbeResult | None, result: ProbeResult, mx_host: str | None) -> None:
     """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
-    before, after = _state(previous), _state(ProbeStatus.of(result))
+    before, after = _state(previous), _state(result)
     fields: dict[str, object] = {"target": result.target, "module": result.module}
     if mx_host is not None:
         fields["mx_host"] = mx_host

@@ -33,7 +33,7 @@ from smtp_exporter.metrics.families import (
     escape_label_value,
     result_samples,
 )
-from smtp_exporter.model import ProbeResult, ProbeStatus
+from smtp_exporter.model import ProbeResult
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _go_float: Callable[[float], str] = floatToGoString  # the client library's float spelling (le="1.0")
@@ -117,8 +117,8 @@ class SeriesState:
     """What is kept of one scheduled series (one target and module, or one MX host of it).
 
     For /metrics: its rendered lines (`fragments`), with the counters and histograms they are
-    rendered from. For the pages and logs: its latest probe's result (and `status`, its outcome),
-    its latest failed result (kept while successes follow, since that is what an operator looks
+    rendered from. For the pages and logs: its latest probe's result (whose outcome, success or
+    failure phase and reason, and times, is the target's state), its latest failed result (kept while successes follow, since that is what an operator looks
     for), and the durations of its last RECENT_DURATIONS probes. The latest failure keeps its
     transcript; a successful result is kept without one: its transcript lives only in the
     shared result history, which keeps the newest `metrics.history_limit` of them.
@@ -188,11 +188,6 @@ class SeriesState:
             self.latest_failure = result
         self.fragments = self._render(result)
         return kept
-
-    @property
-    def status(self) -> ProbeStatus | None:
-        """The latest probe's outcome in brief (a view of `latest`, not a copy of it)."""
-        return None if self.latest is None else ProbeStatus.of(self.latest)
 
     def recent_durations(self) -> array[float]:
         """The durations of the last probes (RECENT_DURATIONS at most), oldest first."""

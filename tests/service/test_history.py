@@ -37,18 +37,18 @@ def _state() -> SeriesState:
 
 def test_a_series_keeps_its_latest_failure_while_successes_follow() -> None:
     state = _state()
-    assert state.status is None and state.latest is None and state.latest_failure is None
+    assert state.latest is None and state.latest_failure is None
     failed = _result(success=False, start=1.0)
     state.observe(failed)
     assert state.latest is failed and state.latest_failure is failed
-    assert state.status is not None and state.status.reason is FailureReason.REPLY_PERMANENT
-    assert state.status.failure_phase is Phase.RCPT and not state.status.success
+    assert failed.failure is not None and failed.failure.reason is FailureReason.REPLY_PERMANENT
+    assert failed.failure.phase is Phase.RCPT and not state.latest.success
     state.observe(_result(success=True, start=2.0))
     assert state.latest is not None and state.latest.success and state.latest.start_timestamp == 2.0
     assert state.latest_failure is failed  # kept, with its transcript
     assert len(state.latest_failure.transcript) == 2
     assert len(state.latest.transcript) == 0  # a success keeps its transcript only in the history
-    assert state.status.success and state.status.reason is None and state.status.start_timestamp == 2.0
+    assert state.latest.failure is None
 
 
 def test_a_series_keeps_the_durations_of_its_last_probes_oldest_first() -> None:
