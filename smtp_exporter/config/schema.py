@@ -20,7 +20,7 @@ class StartTLS(enum.StrEnum):
 
 
 class IPProtocol(enum.StrEnum):
-    AUTO = "auto"  # the resolver's order, falling back to the other family
+    AUTO = "auto"  # A and AAAA looked up independently; IPv6 addresses first, then IPv4
     IP4 = "ip4"
     IP6 = "ip6"
 

@@ -130,17 +130,38 @@ class DNSClient:
             return []
         return [Address(rdata.address, family) for rdata in answer.rrset][:MAX_ADDRESSES]
 
+    async def _families(self, name: str, families: tuple[int, ...]) -> list[Address]:
+        """The addresses of each family, in the order given. The lookups are independent, as a
+        sending MTA's are: an AAAA lookup that fails does not hide a good A answer. Only when no
+        address was found does a failed lookup fail the probe, naming every lookup that failed."""
+        answers = await asyncio.gather(*(self._family(name, f) for f in families), return_exceptions=True)
+        found: list[Address] = []
+        failures: list[ProbeError] = []
+        for answer in answers:
+            if isinstance(answer, ProbeError):
+                failures.append(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                found += answer
+        if found or not failures:
+            return found
+        if len(failures) == 1:
+            raise failures[0]
+        reasons = {failure.reason for failure in failures}
+        reason = reasons.pop() if len(reasons) == 1 else FailureReason.DNS_ERROR
+        raise ProbeError(Phase.RESOLVE, reason, "; ".join(failure.message for failure in failures))
+
     async def addresses(self, name: str, ip_protocol: IPProtocol) -> list[Address]:
         """The addresses to try, in order; raises ProbeError when there are none."""
         found: list[Address] = []
         if self._use_hosts:
             found = _HOSTS.lookup(name)
         if not found:
-            if ip_protocol is IPProtocol.AUTO:
-                v6, v4 = await asyncio.gather(self._family(name, 6), self._family(name, 4))
-                found = v6 + v4
-            else:
-                found = await self._family(name, 6 if ip_protocol is IPProtocol.IP6 else 4)
+            families = (
+                (6, 4) if ip_protocol is IPProtocol.AUTO else (6 if ip_protocol is IPProtocol.IP6 else 4,)
+            )
+            found = await self._families(name, families)
         elif ip_protocol is not IPProtocol.AUTO:
             wanted = 6 if ip_protocol is IPProtocol.IP6 else 4
             found = [a for a in found if a.family == wanted]

@@ -17,7 +17,7 @@ The probe module's `dns.nameservers` takes `dns_server.nameserver` ("127.0.0.1:P
 Answers are authoritative (AA). For a name inside one of `zones` (default "test."): its
 records; a CNAME is followed inside the zone data; a name with no record of the asked type
 gets NOERROR with no answer (and the zone's SOA); an unknown name gets NXDOMAIN. Names in
-`servfail` get SERVFAIL, names in `drop` get no answer at all (a resolver times out), names
+`servfail` get SERVFAIL (an entry "name TYPE", e.g. "dual.test AAAA", only for that type), names in `drop` get no answer at all (a resolver times out), names
 in `delays` are answered after that many seconds. Names outside the zones are REFUSED.
 Every query is recorded in `queries`. `truncate_udp=True` answers every UDP query with
 TC set and no records, so resolvers must retry over TCP.
@@ -81,7 +81,10 @@ class DnsServer(StartStop):
     ) -> None:
         self.host = host
         self.zones = tuple(_absolute(z) for z in zones)
-        self._servfail = {_absolute(n) for n in servfail}
+        self._servfail = {_absolute(n) for n in servfail if " " not in n}
+        self._servfail_types = {
+            (_absolute(n), dns.rdatatype.from_text(t)) for n, t in (e.split() for e in servfail if " " in e)
+        }
         self._drop = {_absolute(n) for n in drop}
         self._delays = {_absolute(n): d for n, d in (delays or {}).items()}
         self._truncate_udp = truncate_udp
@@ -142,7 +145,7 @@ class DnsServer(StartStop):
         question = query.question[0]
         name, rdtype = question.name, question.rdtype
         zone = next((z for z in self.zones if name.is_subdomain(z)), None)
-        if name in self._servfail:
+        if name in self._servfail or (name, rdtype) in self._servfail_types:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response
         if zone is None:
