@@ -20,13 +20,23 @@ AUTO_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")
 
 
 def choose_mechanism(auth: AuthConfig, offered: tuple[str, ...]) -> str | None:
-    """The mechanism to use given the server's AUTH parameters; None when `auto` finds none."""
-    if auth.mechanism is not AuthMechanism.AUTO:
-        # Issue 13: an explicit mechanism is sent even when the server does not offer it; the
-        # fix is `return mechanism if mechanism in server_mechanisms else None` (auth_failed).
-        return auth.mechanism.value
+    """The mechanism to use given the server's AUTH parameters; None when the server offers
+    none that fits (an explicit mechanism is used only when offered, so that credentials never
+    go to a server that did not ask for them: RFC 4954 4, and swaks refuses likewise)."""
     server_mechanisms = {m.upper() for m in offered}
+    if auth.mechanism is not AuthMechanism.AUTO:
+        mechanism = auth.mechanism.value
+        return mechanism if mechanism in server_mechanisms else None
     return next((m for m in AUTO_MECHANISMS if m in server_mechanisms), None)
+
+
+def no_mechanism_message(auth: AuthConfig, offered: tuple[str, ...]) -> str:
+    """Why `choose_mechanism` found nothing, for the failure message."""
+    if not offered:
+        return "the server offers no AUTH mechanism"
+    if auth.mechanism is AuthMechanism.AUTO:
+        return f"the server offers no AUTH mechanism this probe speaks (offers: {' '.join(offered)})"
+    return f"the server does not offer AUTH {auth.mechanism.value} (offers: {' '.join(offered)})"
 
 
 class AuthExchange:

@@ -26,7 +26,7 @@ from smtp_exporter.model import (
     Transaction,
     round_to_ns,
 )
-from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism
+from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism, no_mechanism_message
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
 from smtp_exporter.protocol.exchange import (
@@ -346,9 +346,10 @@ class ClientSession(Exchange):
         auth = self.module.auth
         assert auth is not None
         self.phase = Phase.AUTH
-        mechanism = choose_mechanism(auth, offered.get("AUTH", ()))
+        server_mechanisms = offered.get("AUTH", ())
+        mechanism = choose_mechanism(auth, server_mechanisms)
         if mechanism is None:
-            message = "the server offers no AUTH mechanism this probe speaks"
+            message = no_mechanism_message(auth, server_mechanisms)
             self._fail(Phase.AUTH, FailureReason.AUTH_FAILED, message)
             return
         exchange = self._auth = AuthExchange(auth, mechanism)

@@ -114,6 +114,8 @@ def _implicit_tls(cert: Callable[[Material], ssl.SSLContext]) -> Callable[[Mater
     return lambda m: [StartTLS(cert(m)), *minimal_conversation()]
 
 
+# An EHLO offering what the AUTH entries use: the probe sends AUTH only for an offered mechanism.
+AUTH_OFFERED = b"250-mail.test\r\n250-AUTH CRAM-MD5 PLAIN LOGIN\r\n250 8BITMIME\r\n"
 ENVELOPE = {"transaction": "envelope"}
 MESSAGE = {"transaction": "message"}
 IMPLICIT = {"implicit_tls": True}
@@ -526,7 +528,7 @@ CATALOGUE: tuple[Hostile, ...] = (
     Hostile(
         "auth_endless_challenge",
         "AUTH LOGIN answered 334 forever",
-        _answer(default=b"334 UGFzc3dvcmQ6\r\n", AUTH=b"334 VXNlcm5hbWU6\r\n"),
+        _answer(default=b"334 UGFzc3dvcmQ6\r\n", EHLO=AUTH_OFFERED, AUTH=b"334 VXNlcm5hbWU6\r\n"),
         P.AUTH,
         R.AUTH_FAILED,
         module={"auth": "LOGIN"},
@@ -534,7 +536,7 @@ CATALOGUE: tuple[Hostile, ...] = (
     Hostile(
         "auth_cram_md5_bad_challenge",
         "a CRAM-MD5 challenge that is not base64",
-        _answer(AUTH=b"334 !!!not base64!!!\r\n"),
+        _answer(EHLO=AUTH_OFFERED, AUTH=b"334 !!!not base64!!!\r\n"),
         P.AUTH,
         R.PROTOCOL_ERROR,
         module={"auth": "CRAM-MD5"},

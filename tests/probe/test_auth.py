@@ -14,7 +14,17 @@ from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
 from tests.probe.common import FULL_PHASES, auth, compiled, describe, module, names, trusting
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
-from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ExpectLine, ScriptedServer, Send, Step
+from tests.servers.scripted import (
+    BANNER,
+    DEFAULT_REPLIES,
+    EHLO_REPLY,
+    Answer,
+    ExpectLine,
+    ScriptedServer,
+    Send,
+    Step,
+    starttls_conversation,
+)
 from tests.servers.tls import TestCA
 
 MECHANISMS = [AuthMechanism.PLAIN, AuthMechanism.LOGIN, AuthMechanism.CRAM_MD5]
@@ -169,4 +179,42 @@ async def test_odd_auth_exchanges(
     assert (result.failure.phase, result.failure.reason) == (Phase.AUTH, reason)
     assert "mail" not in names(result)
     assert result.duration_seconds < 2.0
+    assert_no_secret(result, TEST_PASSWORD)
+
+
+@pytest.mark.parametrize(
+    ("ehlo_tls", "message"),
+    [
+        (EHLO_REPLY, "the server offers no AUTH mechanism"),
+        (
+            b"250-mail.test\r\n250-AUTH LOGIN\r\n250 8BITMIME\r\n",
+            "the server does not offer AUTH PLAIN (offers: LOGIN)",
+        ),
+    ],
+    ids=["no-auth", "not-plain"],
+)
+async def test_explicit_mechanism_not_offered_after_starttls(
+    scripted_server: Callable[..., Awaitable[ScriptedServer]], tls_ca: TestCA, ehlo_tls: bytes, message: str
+) -> None:
+    """The EHLO inside TLS decides: no AUTH PLAIN in it, no credentials on the wire, only QUIT."""
+    server = await scripted_server(
+        starttls_conversation(tls_ca.server_cert.server_context(), EHLO=ehlo_tls, AUTH=b"235 2.7.0 ok\r\n")
+    )
+    settings = module(
+        port=server.port,
+        starttls=StartTLS.REQUIRED,
+        tls_config=trusting(tls_ca),
+        auth=auth(AuthMechanism.PLAIN),
+    )
+    result = await Prober().probe(*compiled(server.target, "m", settings))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason, result.failure.message) == (
+        Phase.AUTH,
+        FailureReason.AUTH_FAILED,
+        message,
+    )
+    assert await server.wait_closed(5)
+    (connection,) = server.connections
+    after_tls = [line.split()[0] for line in connection.lines[2:]]  # EHLO and STARTTLS in the clear
+    assert after_tls == [b"EHLO", b"QUIT"]
     assert_no_secret(result, TEST_PASSWORD)

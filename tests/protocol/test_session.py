@@ -375,25 +375,25 @@ CASES: dict[str, tuple[ModuleConfig, dict[str, Any], tuple[Phase, FailureReason]
     ),
     "auth_refused": (
         module(auth=auth(AuthMechanism.PLAIN)),
-        {"AUTH": b"535 5.7.8 no\r\n"},
+        {"EHLO": EHLO_AUTH, "AUTH": b"535 5.7.8 no\r\n"},
         (P.AUTH, R.AUTH_FAILED),
         ["connect", "banner", "ehlo", "auth"],
     ),
     "auth_temporary": (
         module(auth=auth(AuthMechanism.PLAIN)),
-        {"AUTH": b"454 4.7.0 later\r\n"},
+        {"EHLO": EHLO_AUTH, "AUTH": b"454 4.7.0 later\r\n"},
         (P.AUTH, R.REPLY_TEMPORARY),
         ["connect", "banner", "ehlo", "auth"],
     ),
     "auth_login_asks_forever": (
         module(auth=auth(AuthMechanism.LOGIN)),
-        {"AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": b"334 UGFzc3dvcmQ6\r\n"},
+        {"EHLO": EHLO_AUTH, "AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": b"334 UGFzc3dvcmQ6\r\n"},
         (P.AUTH, R.AUTH_FAILED),
         ["connect", "banner", "ehlo", "auth"],
     ),
     "auth_cram_md5_bad_challenge": (
         module(auth=auth(AuthMechanism.CRAM_MD5)),
-        {"AUTH": b"334 !!!not base64!!!\r\n"},
+        {"EHLO": EHLO_AUTH, "AUTH": b"334 !!!not base64!!!\r\n"},
         (P.AUTH, R.PROTOCOL_ERROR),
         ["connect", "banner", "ehlo"],
     ),
@@ -487,7 +487,7 @@ def test_auth_plain_is_redacted() -> None:
             b"535 5.7.8 bad " + peer.sent[-1].split()[-1] + b" " + PASSWORD.encode() + b"\r\n"
         )
     }
-    peer = Peer(module(auth=auth(AuthMechanism.PLAIN)), quoting)
+    peer = Peer(module(auth=auth(AuthMechanism.PLAIN)), {"EHLO": EHLO_AUTH, **quoting})
     outcome = peer.run()
     assert failure(outcome) == (Phase.AUTH, FailureReason.AUTH_FAILED)
     plain = base64.b64encode(f"\x00{USER}\x00{PASSWORD}".encode()).decode()
@@ -500,7 +500,7 @@ def test_auth_plain_is_redacted() -> None:
 
 
 def test_auth_login_steps_and_cancel() -> None:
-    replies = {"AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": b"334 UGFzc3dvcmQ6\r\n"}
+    replies = {"EHLO": EHLO_AUTH, "AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": b"334 UGFzc3dvcmQ6\r\n"}
     peer = Peer(module(auth=auth(AuthMechanism.LOGIN)), replies)
     outcome = peer.run()
     assert failure(outcome) == (Phase.AUTH, FailureReason.AUTH_FAILED)
@@ -519,7 +519,7 @@ def test_auth_login_steps_and_cancel() -> None:
 
 
 def test_auth_login_success() -> None:
-    replies = {"AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": _login_step}
+    replies = {"EHLO": EHLO_AUTH, "AUTH": b"334 VXNlcm5hbWU6\r\n", "AUTH-STEP": _login_step}
     peer = Peer(module(auth=auth(AuthMechanism.LOGIN)), replies)
     outcome = peer.run()
     assert outcome.failure is None, outcome.failure
@@ -532,7 +532,7 @@ def _login_step(peer: Peer) -> bytes:
 
 def test_auth_cram_md5_answer() -> None:
     challenge = base64.b64encode(b"<1896.697170952@mail.test>")
-    replies = {"AUTH": b"334 " + challenge + b"\r\n", "AUTH-STEP": b"235 2.7.0 ok\r\n"}
+    replies = {"EHLO": EHLO_AUTH, "AUTH": b"334 " + challenge + b"\r\n", "AUTH-STEP": b"235 2.7.0 ok\r\n"}
     peer = Peer(module(auth=auth(AuthMechanism.CRAM_MD5)), replies)
     outcome = peer.run()
     assert outcome.failure is None
@@ -551,12 +551,25 @@ def test_auth_auto_prefers_cram_md5_then_plain_then_login() -> None:
     assert peer.sent[1] == b"AUTH LOGIN\r\n"
 
 
-def test_explicit_auth_mechanism_is_sent_even_when_not_offered() -> None:
-    """Today's behaviour (issue 13 will refuse it): the configured mechanism goes out regardless."""
-    peer = Peer(module(auth=auth(AuthMechanism.PLAIN)))
+@pytest.mark.parametrize(
+    ("ehlo", "message"),
+    [
+        (EHLO, "the server offers no AUTH mechanism"),
+        (b"250-mail.test\r\n250 AUTH LOGIN\r\n", "the server does not offer AUTH PLAIN (offers: LOGIN)"),
+    ],
+    ids=["no-auth", "not-plain"],
+)
+def test_explicit_auth_mechanism_is_not_sent_when_not_offered(ehlo: bytes, message: str) -> None:
+    """Credentials never leave for a mechanism the server did not offer: only QUIT follows."""
+    peer = Peer(module(auth=auth(AuthMechanism.PLAIN)), {"EHLO": ehlo})
     outcome = peer.run()
-    assert outcome.failure is None
-    assert peer.sent[1].startswith(b"AUTH PLAIN ")
+    assert outcome.failure is not None
+    assert (outcome.failure.phase, outcome.failure.reason, outcome.failure.message) == (
+        Phase.AUTH,
+        FailureReason.AUTH_FAILED,
+        message,
+    )
+    assert peer.sent[1:] == [b"QUIT\r\n"]
 
 
 def test_both_ehlo_replies_are_merged() -> None:
