@@ -46,6 +46,7 @@ __all__ = ["ClientSession", "Outcome", "Status"]
 QUIT_LINE = b"QUIT\r\n"
 
 Extensions = dict[str, tuple[str, ...]]
+ExtensionList = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 class ClientSession(Exchange):
@@ -68,7 +69,7 @@ class ClientSession(Exchange):
         self.message = message
         self.banner: str | None = None
         self.ehlo_hostname: str | None = None
-        self.extensions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self.extensions: ExtensionList = ()  # of the latest EHLO (inside TLS once it is up)
         self._steps: deque[Command] = deque()  # the rest of the mail transaction
         self._tls_up = False
         self._lost = False
@@ -286,17 +287,14 @@ class ClientSession(Exchange):
         if reply.code == ReplyCode.OK:
             ehlo = parse_ehlo(reply)
             self.ehlo_hostname = ehlo.hostname
-            # What the server offers, before and inside TLS: STARTTLS is only offered in the clear
-            # (RFC 3207), AUTH often only inside TLS. The later EHLO's parameters win.
-            # Issue 13: RFC 3207 4.2 says to forget what was offered before TLS: `before = ()`.
-            before = self.extensions
-            if before:
-                offered = dict(before)
-                offered.update(ehlo.extensions)
-                self.extensions = tuple(offered.items())
-            else:
-                self.extensions = ehlo.extensions  # the parsed reply's tuple, shared
-                offered = dict(ehlo.extensions)
+            extensions = ehlo.extensions  # the parsed reply's tuple, shared
+            if phase is Phase.EHLO_TLS:
+                # RFC 3207 4.2: what the clear-text EHLO said is forgotten (a server may offer
+                # AUTH only before TLS, or other parameters). Only STARTTLS, offered there and
+                # used, stays a fact of the server.
+                extensions = _with_starttls(extensions, self.extensions)
+            self.extensions = extensions
+            offered = dict(extensions)
             self._after_greeting(offered)
         elif phase is Phase.EHLO and reply.code_class == 5 and self.module.helo_fallback:
             self._send(Phase.HELO, encode_command("HELO", self.ehlo_name), ClientSession._on_helo)
@@ -447,6 +445,14 @@ _OK = (ReplyCode.OK,)
 _RCPT_OK = (ReplyCode.OK, ReplyCode.USER_NOT_LOCAL)
 _DATA_OK = (ReplyCode.START_MAIL_INPUT,)
 _REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}
+
+
+def _with_starttls(inside_tls: ExtensionList, in_clear: ExtensionList) -> ExtensionList:
+    """The extensions offered inside TLS, and STARTTLS as the clear-text EHLO offered it."""
+    if any(keyword == "STARTTLS" for keyword, _ in inside_tls):
+        return inside_tls
+    starttls = [entry for entry in in_clear if entry[0] == "STARTTLS"]
+    return (*inside_tls, *starttls)
 
 
 def _ignore(session: ClientSession, command: Command, reply: Reply, at: float) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
+from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
@@ -25,6 +28,7 @@ from tests.servers.scripted import (
     Step,
     starttls_conversation,
 )
+from tests.servers.scripted import StartTLS as StartTLSStep
 from tests.servers.tls import TestCA
 
 MECHANISMS = [AuthMechanism.PLAIN, AuthMechanism.LOGIN, AuthMechanism.CRAM_MD5]
@@ -218,3 +222,60 @@ async def test_explicit_mechanism_not_offered_after_starttls(
     after_tls = [line.split()[0] for line in connection.lines[2:]]  # EHLO and STARTTLS in the clear
     assert after_tls == [b"EHLO", b"QUIT"]
     assert_no_secret(result, TEST_PASSWORD)
+
+
+# Exim with `auth_advertise_hosts` unset for clear text, inverted: AUTH and a private keyword
+# offered only before STARTTLS, another SIZE inside TLS.
+EHLO_CLEAR_WITH_AUTH = (
+    b"250-mail.test\r\n250-AUTH CRAM-MD5 PLAIN\r\n250-X-CLEAR\r\n250-SIZE 100\r\n250 STARTTLS\r\n"
+)
+EHLO_TLS_WITHOUT_AUTH = b"250-mail.test\r\n250-PIPELINING\r\n250 SIZE 2000\r\n"
+
+
+def _clear_auth_script(context: ssl.SSLContext) -> list[Step]:
+    return [
+        Send(BANNER),
+        ExpectLine(),
+        Send(EHLO_CLEAR_WITH_AUTH),
+        ExpectLine(),
+        Send(b"220 2.0.0 Ready to start TLS\r\n"),
+        StartTLSStep(context),
+        Answer({**DEFAULT_REPLIES, "EHLO": EHLO_TLS_WITHOUT_AUTH, "AUTH": b"503 5.5.1 not advertised\r\n"}),
+    ]
+
+
+async def test_auth_offered_only_before_starttls_is_not_used(
+    scripted_server: Callable[..., Awaitable[ScriptedServer]], tls_ca: TestCA
+) -> None:
+    """RFC 3207 4.2: the clear-text EHLO is forgotten, so its AUTH is not used inside TLS."""
+    server = await scripted_server(_clear_auth_script(tls_ca.server_cert.server_context()))
+    settings = module(port=server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca), auth=auth())
+    result = await Prober().probe(*compiled(server.target, "m", settings))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason, result.failure.message) == (
+        Phase.AUTH,
+        FailureReason.AUTH_FAILED,
+        "the server offers no AUTH mechanism",
+    )
+    assert await server.wait_closed(5)
+    (connection,) = server.connections
+    assert [line.split()[0] for line in connection.lines] == [b"EHLO", b"STARTTLS", b"EHLO", b"QUIT"]
+
+
+async def test_server_facts_are_those_of_the_ehlo_inside_tls(
+    scripted_server: Callable[..., Awaitable[ScriptedServer]], tls_ca: TestCA
+) -> None:
+    server = await scripted_server(_clear_auth_script(tls_ca.server_cert.server_context()))
+    settings = module(port=server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca))
+    result = await Prober().probe(*compiled(server.target, "m", settings))
+    assert result.success, describe(result)
+    assert probe_json(result)["server"]["extensions"] == {"PIPELINING": [], "SIZE": ["2000"], "STARTTLS": []}
+    text = render_probe_result(result, openmetrics=False).decode()
+    offered = {
+        s.labels["extension"]
+        for f in parse_text(text)
+        for s in f.samples
+        if s.name == "smtp_probe_extension_info"
+    }
+    assert offered == {"PIPELINING", "SIZE", "STARTTLS"}
+    assert "smtp_probe_max_message_size_bytes 2000" in text

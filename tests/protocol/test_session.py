@@ -572,14 +572,49 @@ def test_explicit_auth_mechanism_is_not_sent_when_not_offered(ehlo: bytes, messa
     assert peer.sent[1:] == [b"QUIT\r\n"]
 
 
-def test_both_ehlo_replies_are_merged() -> None:
-    """Today's behaviour (issue 13 will keep only the EHLO inside TLS)."""
+def test_only_the_ehlo_inside_tls_counts() -> None:
+    """RFC 3207 4.2: the clear-text EHLO is forgotten after STARTTLS, STARTTLS itself aside."""
     peer = Peer(module(), {"EHLO": _ehlo_by_tls})
     outcome = peer.run()
     assert outcome.failure is None
-    keywords = [keyword for keyword, _ in outcome.server.extensions]
-    assert keywords == ["SIZE", "STARTTLS", "AUTH"]
-    assert dict(outcome.server.extensions)["SIZE"] == ("2000",)
+    assert outcome.server.extensions == (
+        ("AUTH", ("LOGIN", "PLAIN", "CRAM-MD5")),
+        ("SIZE", ("2000",)),
+        ("STARTTLS", ()),
+    )
+    assert outcome.server.max_message_size == 2000
+
+
+def _auth_only_in_clear(peer: Peer) -> bytes:
+    if peer.tls_done:
+        return b"250-mail.test\r\n250 SIZE 2000\r\n"
+    return b"250-mail.test\r\n250-AUTH CRAM-MD5 PLAIN\r\n250-X-CLEAR\r\n250 STARTTLS\r\n"
+
+
+@pytest.mark.parametrize("mechanism", [AuthMechanism.AUTO, AuthMechanism.CRAM_MD5])
+def test_auth_offered_only_before_tls_is_not_used(mechanism: AuthMechanism) -> None:
+    peer = Peer(module("submission", auth=auth(mechanism)), {"EHLO": _auth_only_in_clear})
+    outcome = peer.run()
+    assert outcome.failure is not None
+    assert (outcome.failure.phase, outcome.failure.reason, outcome.failure.message) == (
+        Phase.AUTH,
+        FailureReason.AUTH_FAILED,
+        "the server offers no AUTH mechanism",
+    )
+    assert [line.split()[0] for line in peer.sent] == [b"EHLO", b"STARTTLS", b"EHLO", b"QUIT"]
+    assert [keyword for keyword, _ in outcome.server.extensions] == ["SIZE", "STARTTLS"]
+
+
+def test_expected_extensions_are_those_inside_tls() -> None:
+    expect = ExpectConfig(extensions=("STARTTLS", "X-CLEAR"))
+    outcome = Peer(module(expect=expect), {"EHLO": _auth_only_in_clear}).run()
+    assert outcome.failure is not None
+    assert (outcome.failure.reason, outcome.failure.message) == (
+        FailureReason.EXPECTATION_FAILED,
+        "extensions not offered: X-CLEAR",
+    )
+    expect = ExpectConfig(extensions=("STARTTLS", "SIZE"))
+    assert Peer(module(expect=expect), {"EHLO": _auth_only_in_clear}).run().failure is None
 
 
 def test_starttls_injection_in_a_later_chunk_and_quit_in_the_clear() -> None:
