@@ -6,7 +6,8 @@
     smtp-exporter probe [...]    one probe from a shell (see `smtp-exporter probe --help`)
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a valid `--config.check`; 2 for usage
-and config errors (one line on stderr, no traceback); 1 when the server cannot start.
+and config errors (one line on stderr per error, no traceback: every independent error of the
+config file and of the web config is listed); 1 when the server cannot start.
 """
 
 from __future__ import annotations
@@ -156,18 +157,29 @@ def main(argv: list[str] | None = None) -> int:
             parse_listen_address(address)
         except ValueError as exc:
             return _error(f"--web.listen-address: {exc}")
+    # Both files are checked, so that one run reports the errors of each.
+    errors: list[ConfigError] = []
+    web_config = WebConfig()
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            errors.append(exc)
+    options = ServiceOptions(
+        config_file=args.config_file,
+        listen_addresses=listen,
+        web_config=web_config,
+        web_config_file=args.web_config_file,
+        shard=ShardOverride(count=args.shard_count, index=args.shard_index),
+    )
     try:
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else WebConfig()
-        options = ServiceOptions(
-            config_file=args.config_file,
-            listen_addresses=listen,
-            web_config=web_config,
-            web_config_file=args.web_config_file,
-            shard=ShardOverride(count=args.shard_count, index=args.shard_index),
-        )
         config = load(options)
     except ConfigError as exc:
-        return _error(str(exc))
+        errors.insert(0, exc)
+    if errors:
+        for line in "\n".join(str(error) for error in errors).splitlines():
+            _error(line)
+        return 2
     if args.config_check:
         print("config OK")
         return 0

@@ -12,10 +12,15 @@ T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Usage errors exit with status 2 and one line on stderr, `<prog>: <message>`, no usage text."""
+    """Usage errors exit with `usage_status` (2; the Nagios plugin API's UNKNOWN is 3) and one
+    line on stderr, `<prog>: <message>`, no usage text."""
+
+    def __init__(self, *args: Any, usage_status: int = 2, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.usage_status = usage_status
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: {message}\n")
+        self.exit(self.usage_status, f"{self.prog}: {message}\n")
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -38,6 +38,7 @@ from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
 from smtp_exporter.snapshot import Snapshot, compile_snapshot
 from smtp_exporter.targets import parse_listen_address as parse_listen_address
 from smtp_exporter.web import WebBackend, create_app, runner_options
+from smtp_exporter.web.exposure import UNRESTRICTED_PROBE_WARNING, exposed_addresses
 
 log = logging.getLogger("smtp_exporter")
 
@@ -129,6 +130,7 @@ class Exporter:
         self._signature = self._config_signature()
         self._tls_context: ssl.SSLContext | None = None  # the one new TLS connections get
         self._web_signature = self._web_config_signature()
+        self._exposed: tuple[str, ...] = ()  # the listen addresses with an unrestricted /probe
 
     @property
     def config(self) -> Config:
@@ -168,6 +170,7 @@ class Exporter:
         if self.options.web_config_file:
             self._spawn(self._watch_web_config(self.options.web_config_file))
         self.ready = True
+        self._check_exposure()
         log.info(
             "exporter started",
             extra={
@@ -222,10 +225,19 @@ class Exporter:
                 self._signature = self._config_signature()
             self.stats.reload_succeeded()
             settle_heap()
+            self._check_exposure()
             log.info(
                 "config reloaded",
                 extra={"fields": {"config": snapshot.config.source, "targets": self.stats.targets}},
             )
+
+    def _check_exposure(self) -> None:
+        """Warn once when `/probe` becomes unrestricted on a non-loopback address: at start, or
+        when a reload of the config or the web config removes the last restriction."""
+        exposed = exposed_addresses(self.options.listen_addresses, self.allowlist, self.web_config)
+        if exposed and not self._exposed:
+            log.warning(UNRESTRICTED_PROBE_WARNING, extra={"fields": {"listen": " ".join(exposed)}})
+        self._exposed = exposed
 
     def request_reload(self) -> None:
         """Reload in the background (SIGHUP); errors are logged and shown by the reload gauge."""
@@ -304,6 +316,7 @@ class Exporter:
             self._tls_context = context
             self.stats.web_config_reload_successful = True
             self._web_signature = self._web_config_signature()
+            self._check_exposure()
             log.info(
                 "web config reloaded",
                 extra={

@@ -19,15 +19,17 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import yaml
 
 from smtp_exporter.config.allowlist import TargetAllowlist
 from smtp_exporter.config.builtin import BUILTIN_MODULES
+from smtp_exporter.config.durations import quote_value
 from smtp_exporter.config.errors import ConfigError
 from smtp_exporter.config.files import load_client_context
 from smtp_exporter.config.modules import MAX_TIMEOUT, ModulesDocument, parse_modules, uses_tls
-from smtp_exporter.config.nodes import EMPTY, fields, kind, section
+from smtp_exporter.config.nodes import EMPTY, Check, Parser, checked, is_null, kind, pairs, section, suggest
 from smtp_exporter.config.render import effective_config_yaml
 from smtp_exporter.config.schema import (
     Config,
@@ -36,6 +38,7 @@ from smtp_exporter.config.schema import (
     MetricsConfig,
     SchedulerConfig,
     ShardConfig,
+    TargetConfig,
     TLSConfig,
 )
 from smtp_exporter.config.sections import (
@@ -72,6 +75,8 @@ targets:
     interval: 30s
 """
 
+_S = TypeVar("_S")
+
 _TOP_LEVEL = ("modules", "defaults", "targets", "scheduler", "metrics", "http_probe", "shard")
 assert set(_TOP_LEVEL) == {field.name for field in dataclasses.fields(Config)} - {"source"}
 
@@ -101,36 +106,61 @@ def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedC
         doc.fail(
             root, "", f"the top level must be a mapping of sections (modules, targets, ...), not {kind(root)}"
         )
-    sections = {key: value for key, _, value in fields(doc, root, "", _TOP_LEVEL)} if root is not None else {}
+    sections: dict[str, yaml.Node] = {}
+    for key, key_node, value in pairs(doc, root, "") if root is not None else ():
+        # An unknown section is one error among others: the known ones are still read.
+        if key not in _TOP_LEVEL:
+            doc.errors.append(
+                doc.error(key_node, "", f"unknown key {quote_value(key)}{suggest(key, _TOP_LEVEL)}")
+            )
+        elif not is_null(value):
+            sections[key] = value
     modules = (
         parse_modules(doc, sections["modules"], "modules") if "modules" in sections else dict(BUILTIN_MODULES)
     )
-    defaults = (
-        parse_defaults(doc, sections["defaults"], "defaults", modules)
-        if "defaults" in sections
-        else DefaultsConfig()
-    )
-    targets, parsed = (
-        parse_targets(doc, sections["targets"], "targets", modules, defaults)
-        if "targets" in sections
-        else ((), ())
-    )
+    defaults, defaults_ok = DefaultsConfig(), True
+    if "defaults" in sections:
+        defaults, defaults_ok = checked(
+            doc, defaults, parse_defaults, doc, sections["defaults"], "defaults", modules
+        )
+    no_targets: tuple[tuple[TargetConfig, ...], tuple[Target, ...]] = ((), ())
+    targets, parsed = no_targets
+    if "targets" in sections:
+        (targets, parsed), _ = checked(
+            doc,
+            no_targets,
+            parse_targets,
+            doc,
+            sections["targets"],
+            "targets",
+            modules,
+            defaults,
+            broken=doc.broken_modules,
+            defaults_ok=defaults_ok,
+        )
+
+    def read(name: str, default: _S, parsers: Mapping[str, Parser], check: Check[_S] | None = None) -> _S:
+        node = sections.get(name, EMPTY)
+        return checked(doc, default, section, doc, node, name, default, parsers, check)[0]
+
     config = Config(
         modules=modules,
         targets=targets,
         defaults=defaults,
-        scheduler=section(doc, sections.get("scheduler", EMPTY), "scheduler", SchedulerConfig(), SCHEDULER),
-        metrics=section(doc, sections.get("metrics", EMPTY), "metrics", MetricsConfig(), METRICS),
-        http_probe=section(
-            doc, sections.get("http_probe", EMPTY), "http_probe", HttpProbeConfig(), HTTP_PROBE
-        ),
-        shard=section(doc, sections.get("shard", EMPTY), "shard", ShardConfig(), SHARD, check_shard),
+        scheduler=read("scheduler", SchedulerConfig(), SCHEDULER),
+        metrics=read("metrics", MetricsConfig(), METRICS),
+        http_probe=read("http_probe", HttpProbeConfig(), HTTP_PROBE),
+        shard=read("shard", ShardConfig(), SHARD, check_shard),
         source=source,
     )
     contexts = doc.client_contexts
-    for module in modules.values():
-        if uses_tls(module) and module.tls_config not in contexts:  # no tls_config: the defaults
-            contexts[module.tls_config] = load_client_context(doc, module.tls_config, {}, "")
+    for name, module in modules.items():
+        if name in doc.broken_modules or not uses_tls(module) or module.tls_config in contexts:
+            continue  # no tls_config: the defaults
+        context, _ = checked(doc, None, load_client_context, doc, module.tls_config, {}, "")
+        if context is not None:
+            contexts[module.tls_config] = context
+    doc.raise_errors()
     return LoadedConfig(
         config=config,
         targets=parsed,

@@ -21,6 +21,7 @@ from smtp_exporter.config.nodes import (
     Document,
     Parser,
     boolean,
+    checked,
     duration_upto,
     fields,
     integer_in,
@@ -60,11 +61,13 @@ _GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject"})
 class ModulesDocument(Document):
     """A main config being loaded: also the SSL context built for each `tls_config` read."""
 
-    __slots__ = ("client_contexts",)
+    __slots__ = ("broken_modules", "client_contexts")
 
     def __init__(self, source: str, base_dir: str | None) -> None:
         super().__init__(source, base_dir)
         self.client_contexts: dict[TLSConfig, ssl.SSLContext] = {}
+        # The modules whose errors are in `errors`: what refers to them is not checked again.
+        self.broken_modules: set[str] = set()
 
 
 def uses_tls(module: ModuleConfig) -> bool:
@@ -279,14 +282,33 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
 
 
 def parse_modules(doc: ModulesDocument, node: yaml.Node, path: str) -> dict[str, ModuleConfig]:
-    """The built-in modules, and those of the file (which replace built-ins of the same name)."""
+    """The built-in modules, and those of the file (which replace built-ins of the same name).
+    A module with an error has it kept in `doc.errors`, and a placeholder under its name in
+    `doc.broken_modules`, so that the other modules are checked too."""
     modules = dict(BUILTIN_MODULES)
     for name, name_node, value in pairs(doc, node, path):
         if not _MODULE_NAME_RE.fullmatch(name):
-            doc.fail(
-                name_node,
-                path,
-                f"invalid module name {quote_value(name)}: use letters, digits, _, . and - (at most 128)",
+            doc.errors.append(
+                doc.error(
+                    name_node,
+                    path,
+                    f"invalid module name {quote_value(name)}: use letters, digits, _, . and - (at most 128)",
+                )
             )
-        modules[name] = section(doc, value, join(path, name), ModuleConfig(), _MODULE, _check_module)
+            ok = False
+        else:
+            modules[name], ok = checked(
+                doc,
+                ModuleConfig(),
+                section,
+                doc,
+                value,
+                join(path, name),
+                ModuleConfig(),
+                _MODULE,
+                _check_module,
+            )
+        if not ok:
+            modules[name] = ModuleConfig()
+            doc.broken_modules.add(name)
     return modules

@@ -17,12 +17,12 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import yaml
 
 from smtp_exporter.config.durations import format_duration, parse_duration, quote_value
-from smtp_exporter.config.errors import ConfigError
+from smtp_exporter.config.errors import ConfigError, raise_errors
 
 NULL_TAG = "tag:yaml.org,2002:null"
 BOOL_TAG = "tag:yaml.org,2002:bool"
@@ -37,19 +37,28 @@ EMPTY = yaml.ScalarNode(NULL_TAG, "")
 
 
 class Document:
-    """The document being loaded: where it came from, for messages and relative paths, and
-    the files it names (`config.files` records them), which are watched like it."""
+    """The document being loaded: where it came from, for messages and relative paths, the
+    files it names (`config.files` records them), which are watched like it, and the errors
+    found so far in the parts checked independently (`errors`, in line order at the end)."""
 
-    __slots__ = ("base_dir", "files", "source")
+    __slots__ = ("base_dir", "errors", "files", "source")
 
     def __init__(self, source: str, base_dir: str | None) -> None:
         self.source = source
         self.base_dir = base_dir
         self.files: list[str] = []
+        self.errors: list[ConfigError] = []
+
+    def raise_errors(self) -> None:
+        """Raise what `errors` holds (see `config.errors.raise_errors`), by line."""
+        raise_errors(sorted(self.errors, key=lambda error: error.line or 0))
+
+    def error(self, node: yaml.Node | int | None, path: str, message: str) -> ConfigError:
+        line = node if isinstance(node, int) or node is None else line_of(node)
+        return ConfigError(self.source, message, line=line, path=path)
 
     def fail(self, node: yaml.Node | int | None, path: str, message: str) -> NoReturn:
-        line = node if isinstance(node, int) or node is None else line_of(node)
-        raise ConfigError(self.source, message, line=line, path=path)
+        raise self.error(node, path, message)
 
     def path(self, value: str) -> str:
         """A file name from the document, relative ones anchored at its directory."""
@@ -59,6 +68,22 @@ class Document:
 
 
 Parser = Callable[[Document, yaml.Node, str], Any]
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def checked(
+    doc: Document, fallback: _T, parse: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> tuple[_T, bool]:
+    """`(parse(*args, **kwargs), True)`, or `(fallback, False)` with the error kept in
+    `doc.errors`: for the parts of a document checked independently of each other (each module,
+    each target, each section), so that one pass finds the error of every part."""
+    try:
+        return parse(*args, **kwargs), True
+    except ConfigError as exc:
+        doc.errors.append(exc)
+        return fallback, False
 
 
 def line_of(node: yaml.Node) -> int:
@@ -133,13 +158,17 @@ def suggest(key: str, allowed: Collection[str]) -> str:
 _D = TypeVar("_D")
 
 
+# A section's cross-check between keys: (doc, the section read, its key nodes, its path).
+Check = Callable[[Document, _D, dict[str, yaml.Node], str], None]
+
+
 def section(
     doc: Document,
     node: yaml.Node,
     path: str,
     default: _D,
     parsers: Mapping[str, Parser],
-    check: Callable[[Document, _D, dict[str, yaml.Node], str], None] | None = None,
+    check: Check[_D] | None = None,
 ) -> _D:
     """A dataclass section: `default` with each key the file sets read by its parser. `check`,
     when given, then sees the result and the key nodes (for lines), for the cross-checks

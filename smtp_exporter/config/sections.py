@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import yaml
 
@@ -21,6 +21,7 @@ from smtp_exporter.config.nodes import (
     Document,
     Parser,
     boolean,
+    checked,
     choice,
     duration,
     duration_upto,
@@ -140,8 +141,14 @@ def parse_targets(
     path: str,
     modules: Mapping[str, ModuleConfig],
     defaults: DefaultsConfig,
+    *,
+    broken: Collection[str] = (),
+    defaults_ok: bool = True,
 ) -> tuple[tuple[TargetConfig, ...], tuple[Target, ...]]:
-    """The targets, and each one's parsed `Target` (in the same order)."""
+    """The targets, and each one's parsed `Target` (in the same order). Each target is checked
+    on its own: its error is kept in `doc.errors` and the next one is read. A target using a
+    module in `broken` (whose error is kept already), or a default when the defaults section
+    has an error (`defaults_ok` false), is checked only as far as it does not depend on them."""
     items = sequence(doc, node, path)
     if len(items) > MAX_TARGETS:  # compose_yaml stops most such files sooner; an alias gets here
         doc.fail(node, path, f"too many targets (more than {MAX_TARGETS}: shard them with shard.count)")
@@ -149,74 +156,93 @@ def parse_targets(
     targets = []
     parsed_targets = []
     for item_path, item in items:
-        if not isinstance(item, yaml.MappingNode):
-            doc.fail(item, item_path, f"must be a mapping with a target key, not {kind(item)}")
-        entry = {
-            key: (key_node, value) for key, key_node, value in fields(doc, item, item_path, _TARGET_KEYS)
-        }
-        if "target" not in entry:
-            doc.fail(item, item_path, 'missing required key "target"')
-        name = defaults.module
-        if "module" in entry:
-            name = module_name(doc, entry["module"][1], join(item_path, "module"), modules)
-        module = modules[name]
-        target_node = entry["target"][1]
-        target_path = join(item_path, "target")
-        text = string(doc, target_node, target_path).strip()
-        try:
-            parsed = parse_target(text, module.port)
-        except TargetError as exc:
-            doc.fail(target_node, target_path, str(exc))
-        if module.mx and (parsed.ip is not None or ":" in text):
-            doc.fail(
-                target_node,
-                target_path,
-                f"module {quote_value(name)} has mx: true, so the target must be a mail domain "
-                f"without port, not {quote_value(text)}",
-            )
-        key = (parsed.host if module.mx else str(parsed), name)
-        if key in seen:
-            doc.fail(
-                item,
-                item_path,
-                f"duplicate target {quote_value(text)} with module {quote_value(name)} (also at line {seen[key]})",
-            )
-        seen[key] = line_of(item)
-        interval = defaults.interval
-        if "interval" in entry:
-            interval = duration(doc, entry["interval"][1], join(item_path, "interval"), MAX_INTERVAL)
-        if module.timeout >= interval:
-            doc.fail(
-                item,
-                item_path,
-                f"the timeout {format_duration(module.timeout)} of module {quote_value(name)} must be "
-                f"shorter than the interval {format_duration(interval)}",
-            )
-        mx_mode = MXMode.PRIMARY
-        if "mx_mode" in entry:
-            mode_node = entry["mx_mode"][1]
-            mx_mode = choice(doc, mode_node, join(item_path, "mx_mode"), list(MXMode))
-            if mx_mode is MXMode.EACH and not module.mx:
-                doc.fail(
-                    mode_node,
-                    join(item_path, "mx_mode"),
-                    f"mx_mode: each needs a module with mx: true ({quote_value(name)} has mx: false)",
-                )
-        labels = _labels(doc, entry["labels"][1], join(item_path, "labels")) if "labels" in entry else ()
-        kept_text = _fresh(text)
-        targets.append(
-            TargetConfig(
-                target=kept_text,
-                module=sys.intern(name),
-                interval=interval,
-                labels=labels,
-                mx_mode=mx_mode,
-                line=line_of(item),
-            )
+        both, _ = checked(
+            doc, None, _parse_target, doc, item, item_path, modules, defaults, seen, broken, defaults_ok
         )
-        # The parsed host shares the kept text when they are equal (a host without port).
-        parsed_targets.append(parsed._replace(host=kept_text) if parsed.host == text else parsed)
+        if both is not None:
+            targets.append(both[0])
+            parsed_targets.append(both[1])
     return tuple(targets), tuple(parsed_targets)
+
+
+def _parse_target(
+    doc: Document,
+    item: yaml.Node,
+    item_path: str,
+    modules: Mapping[str, ModuleConfig],
+    defaults: DefaultsConfig,
+    seen: dict[tuple[str, str], int],
+    broken: Collection[str],
+    defaults_ok: bool,
+) -> tuple[TargetConfig, Target] | None:
+    """One target and its parsed `Target`; None when it is not checked further (see above)."""
+    if not isinstance(item, yaml.MappingNode):
+        doc.fail(item, item_path, f"must be a mapping with a target key, not {kind(item)}")
+    entry = {key: (key_node, value) for key, key_node, value in fields(doc, item, item_path, _TARGET_KEYS)}
+    if "target" not in entry:
+        doc.fail(item, item_path, 'missing required key "target"')
+    name = defaults.module
+    if "module" in entry:
+        name = module_name(doc, entry["module"][1], join(item_path, "module"), modules)
+    elif not defaults_ok:
+        return None
+    if name in broken:
+        return None
+    module = modules[name]
+    target_node = entry["target"][1]
+    target_path = join(item_path, "target")
+    text = string(doc, target_node, target_path).strip()
+    try:
+        parsed = parse_target(text, module.port)
+    except TargetError as exc:
+        doc.fail(target_node, target_path, str(exc))
+    if module.mx and (parsed.ip is not None or ":" in text):
+        doc.fail(
+            target_node,
+            target_path,
+            f"module {quote_value(name)} has mx: true, so the target must be a mail domain "
+            f"without port, not {quote_value(text)}",
+        )
+    key = (parsed.host if module.mx else str(parsed), name)
+    if key in seen:
+        doc.fail(
+            item,
+            item_path,
+            f"duplicate target {quote_value(text)} with module {quote_value(name)} (also at line {seen[key]})",
+        )
+    seen[key] = line_of(item)
+    interval = defaults.interval
+    if "interval" in entry:
+        interval = duration(doc, entry["interval"][1], join(item_path, "interval"), MAX_INTERVAL)
+    if module.timeout >= interval and ("interval" in entry or defaults_ok):
+        doc.fail(
+            item,
+            item_path,
+            f"the timeout {format_duration(module.timeout)} of module {quote_value(name)} must be "
+            f"shorter than the interval {format_duration(interval)}",
+        )
+    mx_mode = MXMode.PRIMARY
+    if "mx_mode" in entry:
+        mode_node = entry["mx_mode"][1]
+        mx_mode = choice(doc, mode_node, join(item_path, "mx_mode"), list(MXMode))
+        if mx_mode is MXMode.EACH and not module.mx:
+            doc.fail(
+                mode_node,
+                join(item_path, "mx_mode"),
+                f"mx_mode: each needs a module with mx: true ({quote_value(name)} has mx: false)",
+            )
+    labels = _labels(doc, entry["labels"][1], join(item_path, "labels")) if "labels" in entry else ()
+    kept_text = _fresh(text)
+    target = TargetConfig(
+        target=kept_text,
+        module=sys.intern(name),
+        interval=interval,
+        labels=labels,
+        mx_mode=mx_mode,
+        line=line_of(item),
+    )
+    # The parsed host shares the kept text when they are equal (a host without port).
+    return target, parsed._replace(host=kept_text) if parsed.host == text else parsed
 
 
 # --- scheduler, metrics, http_probe, shard ------------------------------------------------------------

@@ -9,6 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtp_exporter.config.errors import MAX_LISTED_ERRORS, ConfigErrors
 from smtp_exporter.config.loader import ConfigError, load_config_text
 from smtp_exporter.config.schema import (
     AuthConfig,
@@ -27,9 +28,12 @@ def load_or_error(text: str) -> None:
     try:
         config = load_config_text(text, source="fuzz.yml")
     except ConfigError as exc:
-        message = str(exc)
-        assert message.startswith("fuzz.yml")
-        assert len(message.splitlines()) == 1
+        # One line per independent error (`ConfigErrors`), each naming the file.
+        errors = exc.errors if isinstance(exc, ConfigErrors) else (exc,)
+        lines = str(exc).splitlines()
+        assert len(lines) == min(len(errors), MAX_LISTED_ERRORS + 1)
+        assert all(line.startswith("fuzz.yml") for line in lines)
+        assert all(len(str(error).splitlines()) == 1 for error in errors)
     else:
         assert isinstance(config, Config)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from smtp_exporter.config.errors import MAX_LISTED_ERRORS, ConfigErrors
 from smtp_exporter.config.loader import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 TESTDATA = Path(__file__).parent / "testdata"
 F = TESTDATA / "files"
@@ -359,3 +364,97 @@ def test_unreadable_password_file(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f'{config}:6: modules.sub.auth.password_file: cannot read "{tmp_path}/secrets/password": Not a directory'
     )
+
+
+# testdata/several_errors.yml: errors in different modules, targets and sections, found in one
+# pass, one line each, by line. What refers to a broken part is not reported again: targets[2]
+# uses the broken module "slow", targets[3] the broken defaults.
+SEVERAL = [
+    (3, "modules.slow", 'unknown key "timout" (did you mean "timeout"?)'),
+    (7, "modules.bad_port.port", "must be between 1 and 65535, not 70000"),
+    (9, "defaults.interval", "must be at most 1d, not 2d"),
+    (14, "targets[1].target", "invalid port '99999' in target 'mx2.example.org:99999'"),
+    (21, "targets[4]", 'duplicate target "mx1.example.org" with module "fine" (also at line 11)'),
+    (25, "targets[5].module", 'unknown module "nosuch"'),
+    (28, "scheduler.max_concurrency", "must be between 1 and 100000, not 0"),
+    (30, "metrics.phase_histograms", 'must be true or false, not "maybe"'),
+    (31, "", 'unknown key "unknown_section"'),
+    (34, "shard.index", "must be less than shard.count (2), not 5"),
+]
+
+
+def several_lines(path: str) -> list[str]:
+    return [
+        f"{path}:{line}: {key}: {message}" if key else f"{path}:{line}: {message}"
+        for line, key, message in SEVERAL
+    ]
+
+
+def test_every_independent_error_on_its_own_line() -> None:
+    path = str(TESTDATA / "several_errors.yml")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(path)
+    assert str(caught.value).splitlines() == several_lines(path)
+    assert [(error.line, error.path) for error in caught.value.errors] == [
+        (line, key) for line, key, _ in SEVERAL
+    ]
+    assert (caught.value.file, caught.value.line, caught.value.path) == (path, 3, "modules.slow")
+
+
+def test_errors_in_one_module_stop_at_its_first(tmp_path: Path) -> None:
+    path = tmp_path / "two-in-one.yml"
+    path.write_text("modules:\n  foo:\n    port: 0\n    timeout: 10x\n  bar:\n    ehlo: a b\n")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(str(path))
+    assert str(caught.value).splitlines() == [
+        f"{path}:3: modules.foo.port: must be between 1 and 65535, not 0",
+        f'{path}:6: modules.bar.ehlo: invalid EHLO name "a b": must be a non-empty name without spaces',
+    ]
+
+
+def test_invalid_yaml_stops_everything(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text("modules:\n  foo:\n    port: 0\nscheduler: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert not isinstance(caught.value, ConfigErrors)
+    assert len(str(caught.value).splitlines()) == 1 and "invalid YAML" in str(caught.value)
+
+
+def test_thousands_of_bad_targets_are_listed_up_to_a_limit(tmp_path: Path) -> None:
+    path = tmp_path / "many-bad.yml"
+    path.write_text("targets:\n" + "".join(f"  - target: 'mx{i}.example.org:0'\n" for i in range(250)))
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(str(path))
+    lines = str(caught.value).splitlines()
+    assert len(caught.value.errors) == 250
+    assert len(lines) == MAX_LISTED_ERRORS + 1
+    assert lines[0].startswith(f"{path}:2: targets[0].target: ")
+    assert lines[-1] == f"{path}: {250 - MAX_LISTED_ERRORS} more errors not listed"
+
+
+def test_config_check_lists_the_config_and_the_web_config_errors(tmp_path: Path) -> None:
+    path = str(TESTDATA / "several_errors.yml")
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: cert.pem\nbasic_auth_userz: {}\n")
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smtp_exporter",
+            "--config.check",
+            "--config.file",
+            path,
+            "--web.config.file",
+            str(web),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert check.returncode == 2
+    lines = check.stderr.splitlines()
+    assert lines[:-1] == [f"smtp-exporter: {line}" for line in several_lines(path)]
+    assert lines[-1].startswith(f"smtp-exporter: {web}:")
+    assert "Traceback" not in check.stderr and check.stdout == ""

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtp_exporter.config.errors import ConfigErrors
 from smtp_exporter.config.loader import ConfigError, load_config, load_config_text
 from smtp_exporter.config.schema import Config
 from smtp_exporter.config.web import WebConfig, load_web_config, load_web_config_text
@@ -29,11 +30,14 @@ FUZZ = settings(
 
 
 def check_error(exc: ConfigError, source: str) -> None:
-    message = str(exc)
-    assert message.startswith(source)
-    assert "\n" not in message and "\r" not in message
-    assert len(message) < 4096
-    assert "Traceback" not in message
+    # One line per independent error (`ConfigErrors`), each naming the file.
+    for error in exc.errors if isinstance(exc, ConfigErrors) else (exc,):
+        message = str(error)
+        assert message.startswith(source)
+        assert "\n" not in message and "\r" not in message
+        assert len(message) < 4096
+        assert "Traceback" not in message
+    assert "\r" not in str(exc)
 
 
 snippets = st.sampled_from(

@@ -128,10 +128,12 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
 
 
 class ExporterProcess:
-    """`python -m smtp_exporter ...` as a subprocess listening on 127.0.0.1:<kernel-chosen port>."""
+    """`python -m smtp_exporter ...` as a subprocess listening on 127.0.0.1:<kernel-chosen port>;
+    `wrapper` runs it under another command (`unshare --net`)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, wrapper: tuple[str, ...] = ()) -> None:
         self.args = args
+        self.wrapper = wrapper
         self.port = 0
         self.stderr_lines: list[str] = []
         self.process: subprocess.Popen[str] | None = None
@@ -140,7 +142,15 @@ class ExporterProcess:
     def start(self) -> ExporterProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "smtp_exporter", "--web.listen-address", "127.0.0.1:0", *self.args],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "smtp_exporter",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                *self.args,
+            ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
