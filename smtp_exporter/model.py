@@ -142,6 +142,25 @@ class MXInfo:
     preference: int
 
 
+class AttemptOutcome(enum.StrEnum):
+    CONNECTED = "connected"  # the connection the probe's result comes from
+    FAILED = "failed"  # the connect failed, or the greeting or EHLO made the probe move on
+    CANCELLED = "cancelled"  # still connecting when another attempt won
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One connect attempt of a probe, in the order they were started."""
+
+    mx_host: str | None  # None unless the target is a mail domain (mx: true)
+    address: str
+    family: int  # 4 or 6
+    outcome: AttemptOutcome
+    phase: Phase | None  # where it failed: connect, or banner / ehlo when it moved the probe on
+    reason: FailureReason | None
+    duration_seconds: float
+
+
 @dataclass(frozen=True, slots=True)
 class TranscriptLine:
     """One line of the conversation: `direction` is "C" (client), "S" (server) or "*" (event)."""
@@ -222,6 +241,14 @@ class ProbeResult:
     address: AddressInfo | None = None
     mx: MXInfo | None = None
     transcript: Transcript = field(default_factory=Transcript)
+    attempts: tuple[Attempt, ...] = ()
+
+    @property
+    def fallback(self) -> bool:
+        """Succeeded on another candidate than the first, because the first failed (not merely
+        because it was slower and got cancelled)."""
+        attempts = self.attempts
+        return self.success and len(attempts) > 1 and attempts[0].outcome is AttemptOutcome.FAILED
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -240,6 +267,7 @@ class ProbeResult:
             self.address,
             self.mx,
             NO_TRANSCRIPT,
+            self.attempts,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

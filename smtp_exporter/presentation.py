@@ -69,6 +69,18 @@ def probe_json(result: ProbeResult) -> dict[str, Any]:
         if address is None
         else {"ip": address.ip, "port": address.port, "family": address.family},
         "mx": None if mx is None else {"host": mx.host, "preference": mx.preference},
+        "attempts": [
+            {
+                "mx_host": a.mx_host,
+                "address": a.address,
+                "family": a.family,
+                "outcome": a.outcome.value,
+                "phase": None if a.phase is None else a.phase.value,
+                "reason": None if a.reason is None else a.reason.value,
+                "duration_seconds": a.duration_seconds,
+            }
+            for a in result.attempts
+        ],
         "transcript": [
             {"offset_seconds": t.offset_seconds, "direction": t.direction, "text": t.text}
             for t in result.transcript
@@ -114,6 +126,18 @@ def format_text(result: ProbeResult, *, transcript_gone: str | None = None) -> s
         out.append(
             f"  {p.phase.value:<10} {_ms(p.duration_seconds):>10}  {code:>4}  {p.enhanced_status or '':<8} {p.reply or ''}"
         )
+    if result.attempts:
+        out += ["", "Attempts:"]
+        for number, a in enumerate(result.attempts, 1):
+            where = f" (MX {a.mx_host})" if a.mx_host is not None else ""
+            why = (
+                f" in {a.phase.value}: {a.reason.value}"
+                if a.phase is not None and a.reason is not None
+                else ""
+            )
+            out.append(
+                f"  {number}. {a.address}{where} IPv{a.family} {a.outcome.value}{why} {_ms(a.duration_seconds)}"
+            )
     if result.tls is not None:
         tls = result.tls
         verified = "verified" if tls.verified else f"NOT verified ({tls.verify_error or 'verification off'})"
@@ -237,6 +261,11 @@ def _row(status: TargetStatus, state: SeriesState | None, now: float) -> str:
     earlier = state.latest_failure
     if result.success and earlier is not None:
         failure = escape(f"last failed {_age(earlier.start_timestamp, now)}: {_failure_text(earlier)}")
+    if result.fallback:
+        first = result.attempts[0]
+        used = result.address.ip if result.address is not None else "another candidate"
+        fallback = f"via fallback: {first.address} failed ({first.reason}), delivered via {used}"
+        failure = escape(fallback) + (f"<br>{failure}" if failure else "")
     link = escape(transcript_url(config.target, config.module, mx_host))
     cells += [
         f'<span class="{word}">{word}</span>',

@@ -15,13 +15,14 @@ from typing import Any
 import yaml
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
-from smtp_exporter.config.durations import quote_value
+from smtp_exporter.config.durations import format_duration, quote_value
 from smtp_exporter.config.files import load_client_context, read_secret_env, read_secret_file, readable_file
 from smtp_exporter.config.nodes import (
     Document,
     Parser,
     boolean,
     checked,
+    choice,
     duration_upto,
     fields,
     integer_in,
@@ -40,6 +41,7 @@ from smtp_exporter.config.schema import (
     IPProtocol,
     MessageConfig,
     ModuleConfig,
+    MXFailover,
     StartTLS,
     TLSConfig,
 )
@@ -50,6 +52,7 @@ from smtp_exporter.tls_settings import TLS_VERSIONS
 
 MAX_TIMEOUT = 300.0
 MAX_DNS_TIMEOUT = 60.0
+MAX_ATTEMPTS = 100  # connects per probe: enough for every address of every MX host kept
 
 _MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext
@@ -169,6 +172,13 @@ def _nameservers(doc: Document, node: yaml.Node, path: str) -> tuple[str, ...]:
     return tuple(result)
 
 
+def _failover_on(doc: Document, node: yaml.Node, path: str) -> tuple[MXFailover, ...]:
+    chosen = set()
+    for item_path, item in sequence(doc, node, path, single=True):
+        chosen.add(choice(doc, item, item_path, list(MXFailover)))
+    return tuple(reason for reason in MXFailover if reason in chosen)
+
+
 # --- tls_config and auth ------------------------------------------------------------------------------
 
 
@@ -261,6 +271,9 @@ _MODULE: dict[str, Parser] = {
     "expect": _table(ExpectConfig(), _EXPECT),
     "ip_protocol": one_of(IPProtocol),
     "mx": boolean,
+    "connect_timeout": duration_upto(MAX_TIMEOUT),
+    "max_attempts": integer_in(1, MAX_ATTEMPTS),
+    "mx_failover_on": _failover_on,
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
 }
@@ -278,6 +291,12 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "auth"),
             "auth needs an encrypted connection: set starttls: required or implicit_tls: true "
             "(otherwise a server that stops offering STARTTLS would receive the password in clear text)",
+        )
+    if module.connect_timeout is not None and module.connect_timeout > module.timeout:
+        doc.fail(
+            keys["connect_timeout"],
+            join(path, "connect_timeout"),
+            f"must not be longer than the module's timeout ({format_duration(module.timeout)})",
         )
 
 

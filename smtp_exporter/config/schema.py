@@ -25,6 +25,14 @@ class IPProtocol(enum.StrEnum):
     IP6 = "ip6"
 
 
+class MXFailover(enum.StrEnum):
+    """The failures on one MX host that move a probe on to the next (`mx_failover_on`)."""
+
+    CONNECT = "connect"  # no address of the host accepted a connection
+    GREETING = "greeting"  # a 4xx/5xx greeting
+    EHLO = "ehlo"  # EHLO (and HELO after it) refused, or the connection lost during it
+
+
 class AuthMechanism(enum.StrEnum):
     AUTO = "auto"  # the strongest the server offers among those we speak
     PLAIN = "PLAIN"
@@ -91,6 +99,9 @@ class DNSConfig:
     timeout: float = 2.0
 
 
+MAX_DEFAULT_CONNECT_TIMEOUT = 5.0  # Postfix's smtp_connect_timeout is 30s; probes have less time
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModuleConfig:
     port: int = 25
@@ -108,8 +119,19 @@ class ModuleConfig:
     expect: ExpectConfig = field(default_factory=ExpectConfig)
     ip_protocol: IPProtocol = IPProtocol.AUTO
     mx: bool = False
+    # Per connect attempt; None: min(timeout / 3, MAX_DEFAULT_CONNECT_TIMEOUT) of the probe's
+    # deadline (which /probe and the CLI may shorten).
+    connect_timeout: float | None = None
+    max_attempts: int = 5  # connect attempts across all MX hosts and addresses
+    mx_failover_on: tuple[MXFailover, ...] = tuple(MXFailover)  # which failures move on to the next MX
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
+
+    def connect_timeout_for(self, timeout: float) -> float:
+        """The bound of each connect attempt of a probe whose deadline is `timeout`."""
+        if self.connect_timeout is not None:
+            return min(self.connect_timeout, timeout)
+        return min(timeout / 3, MAX_DEFAULT_CONNECT_TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.utils import floatToGoString
 
 from smtp_exporter.metrics.families import (
+    ATTEMPT_FAILURES_TOTAL,
     DURATION_HISTOGRAM,
     FAILURES_TOTAL,
     PHASE_DURATION_HISTOGRAM,
@@ -30,6 +31,7 @@ from smtp_exporter.metrics.families import (
     SERIES_FAMILIES,
     Family,
     Labels,
+    attempt_failures,
     escape_label_value,
     result_samples,
 )
@@ -45,6 +47,7 @@ _FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
 _EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
 _PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
 _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
+_ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
 _DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[DURATION_HISTOGRAM]
 _PHASE_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]
 
@@ -128,6 +131,7 @@ class SeriesState:
     """
 
     __slots__ = (
+        "_attempt_failures",
         "_durations",
         "_failures",
         "_histogram",
@@ -145,6 +149,7 @@ class SeriesState:
         self._prefix = label_text(labels)
         self.probes = 0
         self._failures: dict[tuple[str, str], int] = {}
+        self._attempt_failures: dict[str, int] = {}
         self._histogram = Histogram(buckets)
         self._phase_histograms: dict[str, Histogram] | None = {} if phase_histograms else None
         self.latest: ProbeResult | None = None
@@ -174,6 +179,8 @@ class SeriesState:
         if result.failure is not None:
             key = (result.failure.phase.value, result.failure.reason.value)
             self._failures[key] = self._failures.get(key, 0) + 1
+        for reason in attempt_failures(result):
+            self._attempt_failures[reason] = self._attempt_failures.get(reason, 0) + 1
         self._histogram.observe(result.duration_seconds)
         if self._phase_histograms is not None:
             buckets = self._histogram.buckets
@@ -218,6 +225,11 @@ class SeriesState:
             columns[_FAILURES_TOTAL_INDEX] = [
                 f'{FAILURES_TOTAL.name}{{{prefix},phase="{phase}",reason="{reason}"}} {count}\n'
                 for (phase, reason), count in self._failures.items()
+            ]
+        if self._attempt_failures:
+            columns[_ATTEMPT_FAILURES_TOTAL_INDEX] = [
+                f'{ATTEMPT_FAILURES_TOTAL.name}{{{prefix},reason="{reason}"}} {count}\n'
+                for reason, count in self._attempt_failures.items()
             ]
         columns[_DURATION_HISTOGRAM_INDEX] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
         if self._phase_histograms:
@@ -299,6 +311,12 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
         lines = columns.get(family)
         if lines is not None:
             parts += lines
+    counts: dict[str, int] = {}
+    for reason in attempt_failures(result):
+        counts[reason] = counts.get(reason, 0) + 1
+    if counts:
+        parts.append(headers[ATTEMPT_FAILURES_TOTAL])
+        parts += [f'{ATTEMPT_FAILURES_TOTAL.name}{{reason="{r}"}} {n}\n' for r, n in counts.items()]
     if openmetrics:
         parts.append("# EOF\n")
     return "".join(parts).encode()
@@ -306,10 +324,12 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
 
 # Family headers as text, for renderers that build a whole body as one string.
 _TEXT_HEADERS = {
-    family: family.text_header.decode() for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES)
+    family: family.text_header.decode()
+    for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES, ATTEMPT_FAILURES_TOTAL)
 }
 _OPENMETRICS_HEADERS = {
-    family: family.openmetrics_header.decode() for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES)
+    family: family.openmetrics_header.decode()
+    for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES, ATTEMPT_FAILURES_TOTAL)
 }
 
 

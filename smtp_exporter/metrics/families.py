@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from smtp_exporter.model import Phase, ProbeResult
+from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult
 
 # Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
 # to this many characters, and at most this many EHLO keywords are exported, so a hostile
@@ -106,6 +106,12 @@ IP_PROTOCOL = _g(
 MX_INFO = _i(
     "smtp_probe_mx_info", "MX host (and its preference) that the latest probe of a mail domain used."
 )
+ATTEMPTS = _g("smtp_probe_attempts", "Connect attempts the latest probe made (cancelled ones included).")
+FALLBACK = _g(
+    "smtp_probe_fallback",
+    "Whether the latest probe succeeded on another candidate than its first (the primary MX, or the "
+    "preferred address family) because that first one failed (1) or not (0).",
+)
 
 # The families describing one probe result, in exposition order.
 RESULT_FAMILIES: tuple[Family, ...] = (
@@ -126,6 +132,8 @@ RESULT_FAMILIES: tuple[Family, ...] = (
     MAX_SIZE,
     IP_PROTOCOL,
     MX_INFO,
+    ATTEMPTS,
+    FALLBACK,
 )
 
 # Families kept across the probes of a scheduled target.
@@ -140,10 +148,17 @@ DURATION_HISTOGRAM = Family(
 PHASE_DURATION_HISTOGRAM = Family(
     "smtp_probe_phase_duration_distribution_seconds", Kind.HISTOGRAM, "Distribution of phase durations."
 )
+# Counted in the scheduled series across its probes; a /probe response counts its own probe's.
+ATTEMPT_FAILURES_TOTAL = Family(
+    "smtp_probe_attempt_failures_total",
+    Kind.COUNTER,
+    "Failed connect attempts inside probes (succeeded or not), by reason.",
+)
 SERIES_FAMILIES: tuple[Family, ...] = (
     *RESULT_FAMILIES,
     PROBES_TOTAL,
     FAILURES_TOTAL,
+    ATTEMPT_FAILURES_TOTAL,
     DURATION_HISTOGRAM,
     PHASE_DURATION_HISTOGRAM,
 )
@@ -226,8 +241,17 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
         yield MAX_SIZE, "", size
     if result.address is not None:
         yield IP_PROTOCOL, "", result.address.family
+    yield ATTEMPTS, "", len(result.attempts)
+    yield FALLBACK, "", 1 if result.fallback else 0
     if result.mx is not None:
         if mx_host_label:
             yield MX_INFO, f'preference="{result.mx.preference}"', 1
         else:
             yield MX_INFO, f'mx_host="{bound(result.mx.host)}",preference="{result.mx.preference}"', 1
+
+
+def attempt_failures(result: ProbeResult) -> Iterator[str]:
+    """The reason of each failed connect attempt of `result`."""
+    for attempt in result.attempts:
+        if attempt.outcome is AttemptOutcome.FAILED and attempt.reason is not None:
+            yield attempt.reason.value

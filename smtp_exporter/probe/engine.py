@@ -10,16 +10,14 @@ descriptor left, an unexpected error) as `local_error`.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import secrets
 import socket
 import ssl
 import time
-from typing import NamedTuple
 
-from smtp_exporter.config.schema import ModuleConfig
+from smtp_exporter.config.schema import ModuleConfig, MXFailover
 from smtp_exporter.model import (
     AddressInfo,
     FailureReason,
@@ -31,8 +29,9 @@ from smtp_exporter.model import (
     Transcript,
     round_to_ns,
 )
+from smtp_exporter.probe.attempts import Attempts, Candidate
 from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
-from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR, ProbeError
+from smtp_exporter.probe.errors import LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
 from smtp_exporter.protocol import ClientSession, build_message
@@ -42,21 +41,6 @@ from smtp_exporter.targets import Target
 log = logging.getLogger("smtp_exporter.probe")
 
 QUIT_GRACE_SECONDS = 1.0  # how long a failed probe still waits for QUIT's reply
-# How a failed connect reads to an operator; any other error means the address cannot be reached.
-_CONNECT_ERRORS = {
-    errno.ECONNREFUSED: FailureReason.CONNECT_REFUSED,  # nothing listens, or a firewall rejects
-    errno.ECONNRESET: FailureReason.CONNECTION_CLOSED,  # it accepted, then dropped us at once
-    errno.ECONNABORTED: FailureReason.CONNECTION_CLOSED,
-    errno.EPIPE: FailureReason.CONNECTION_CLOSED,
-    errno.ETIMEDOUT: FailureReason.TIMEOUT,
-    # The exporter's own side: no other address would do better.
-    **dict.fromkeys(LOCAL_ERRNOS, FailureReason.LOCAL_ERROR),
-}
-
-
-class Candidate(NamedTuple):
-    address: Address
-    mx: MXInfo | None
 
 
 class Conversation:
@@ -95,6 +79,10 @@ class Conversation:
         self.conn: SMTPClientProtocol | None = None
         self.address: AddressInfo | None = None
         self.tls: TLSInfo | None = None
+        self.attempts: Attempts | None = None
+        # A fresh session for each connection; they share one transcript (see _new_session).
+        self.session = ClientSession(module, ehlo_name=ehlo_name, timeout=timeout)
+        self._resolve_times: tuple[float, float] | None = None
 
     def _deadline_left(self) -> float:
         return self.timeout - (perf_counter() - self.t0)
@@ -102,24 +90,28 @@ class Conversation:
     async def run(self) -> ProbeResult:
         start_timestamp = time.time()
         self.t0 = perf_counter()
-        session = ClientSession(self.module, ehlo_name=self.ehlo_name, timeout=self.timeout)
+        self.session.message = message = self._message(start_timestamp)
         try:
             try:
-                session.message = self._message(start_timestamp)
                 async with asyncio.timeout(self.timeout):
-                    await self._converse(session)
+                    await self._converse(message)
             except TimeoutError:
-                session.deadline_reached(perf_counter())
+                if self.attempts is not None:
+                    self.attempts.abandon(perf_counter())
+                self.session.deadline_reached(perf_counter())
             except Exception as exc:  # a bug or an exporter-side failure: a result all the same
                 log.exception("probe of %s failed on the exporter's side", self.target_text)
-                session.fail(perf_counter(), FailureReason.LOCAL_ERROR, f"{LOCAL_ERROR}: {_describe(exc)}")
-            if session.status is CLOSING:
-                await self._goodbye(session)
+                self.session.fail(
+                    perf_counter(), FailureReason.LOCAL_ERROR, f"{LOCAL_ERROR}: {_describe(exc)}"
+                )
+            if self.session.status is CLOSING:
+                await self._goodbye(self.session)
         finally:
             if self.conn is not None:
-                self.conn.close(abort=session.failure is not None or self.tls is not None)
+                self.conn.close(abort=self.session.failure is not None or self.tls is not None)
         ended = perf_counter()
-        outcome = session.outcome(ended)
+        outcome = self.session.outcome(ended)
+        attempts = () if self.attempts is None else self.attempts.report(ended, report_mx=self.module.mx)
         return ProbeResult(
             target=self.target_text,
             module=self.module_name,
@@ -133,6 +125,7 @@ class Conversation:
             address=self.address,
             mx=self.mx,
             transcript=Transcript(outcome.events, self.t0),
+            attempts=attempts,
         )
 
     def _message(self, timestamp: float) -> bytes | None:
@@ -150,13 +143,41 @@ class Conversation:
             unique=f"smtp-exporter.{secrets.token_hex(8)}",
         )
 
-    async def _converse(self, session: ClientSession) -> None:
+    async def _converse(self, message: bytes | None) -> None:
+        session = self.session
         candidates = await self._resolve(session)
         if candidates is None:
             return
-        conn = await self._connect(session, candidates)
-        if conn is None:
-            return
+        module = self.module
+        attempts = self.attempts = Attempts(
+            candidates,
+            self.target.port,
+            connect_timeout=module.connect_timeout_for(self.timeout),
+            max_attempts=module.max_attempts,
+            failover_on_connect=MXFailover.CONNECT in module.mx_failover_on,
+        )
+        while True:
+            conn = await self._connect(self.session, attempts)
+            if conn is None:
+                return
+            await self._talk(self.session, conn)
+            if not self._fails_over(self.session):
+                return
+            record = attempts.records[-1]
+            failure = self.session.failure
+            assert failure is not None
+            record.failed(perf_counter(), failure.phase, failure.reason, failure.message)
+            if not attempts.next_host(record.candidate.mx):
+                return
+            self.session.note(perf_counter(), "moving on to the next MX host")
+            # QUIT is out (the session sent it on failing): closed without waiting for its reply.
+            conn.close(abort=False)
+            self.conn = None
+            self.address = None
+            self.mx = None
+            self.session = self._new_session(message)
+
+    async def _talk(self, session: ClientSession, conn: SMTPClientProtocol) -> None:
         while True:
             status = session.status
             if status is TLS:
@@ -165,6 +186,32 @@ class Conversation:
                 await conn.wait()
             else:
                 return
+
+    def _fails_over(self, session: ClientSession) -> bool:
+        """Whether the session's failure moves the probe on to the next MX host: a 4xx/5xx
+        greeting or a failed EHLO (HELO), as `mx_failover_on` allows, and only for a mail domain."""
+        failure = session.failure
+        if failure is None or not self.lookup_mx:
+            return False
+        on = self.module.mx_failover_on
+        if failure.phase is Phase.BANNER:
+            return MXFailover.GREETING in on and failure.reason in (
+                FailureReason.REPLY_TEMPORARY,
+                FailureReason.REPLY_PERMANENT,
+            )
+        if failure.phase in (Phase.EHLO, Phase.HELO):
+            return MXFailover.EHLO in on and failure.reason is not FailureReason.TIMEOUT
+        return False
+
+    def _new_session(self, message: bytes | None) -> ClientSession:
+        """A session for the next connection: the resolve phase it shares with the first, and the
+        same transcript list, so the result's transcript tells every attempt."""
+        previous = self.session
+        session = ClientSession(self.module, ehlo_name=self.ehlo_name, timeout=self.timeout, message=message)
+        session.events = previous.events
+        assert self._resolve_times is not None
+        session.resolved(*self._resolve_times)
+        return session
 
     async def _goodbye(self, session: ClientSession) -> None:
         """After a failure the session has said QUIT: its reply is waited for briefly, within the
@@ -183,6 +230,7 @@ class Conversation:
         target = self.target
         if target.ip is not None:
             session.connecting()
+            self._resolve_times = (self.t0, self.t0)
             return [Candidate(Address(target.host, target.ip.version), None)]
         started = perf_counter() - self.pre_resolve_seconds
         try:
@@ -197,7 +245,8 @@ class Conversation:
                 f"{LOCAL_ERROR}: DNS lookup of {target.host}: {_describe(exc)}",
             )
             return None
-        session.resolved(started, perf_counter())
+        self._resolve_times = (started, perf_counter())
+        session.resolved(*self._resolve_times)
         return candidates
 
     async def _candidates(self, session: ClientSession) -> list[Candidate]:
@@ -224,35 +273,40 @@ class Conversation:
             raise first
         return candidates
 
-    async def _connect(
-        self, session: ClientSession, candidates: list[Candidate]
-    ) -> SMTPClientProtocol | None:
+    async def _connect(self, session: ClientSession, attempts: Attempts) -> SMTPClientProtocol | None:
         loop = asyncio.get_running_loop()
-        port = self.target.port
         started = perf_counter()
-        reason, message = FailureReason.NETWORK_UNREACHABLE, "no address to connect to"
-        for address, mx in candidates:
-            via = f" (MX {mx.host})" if mx is not None else ""
-            session.note(perf_counter(), f"connecting to {address.ip} port {port}{via}")
+        while True:
+            connected = await attempts.connect(self._deadline_left, session.note)
+            if connected is None:
+                last = attempts.last_failure()
+                if last is None:
+                    session.fail(
+                        perf_counter(), FailureReason.TIMEOUT, "no time left to connect", Phase.CONNECT
+                    )
+                else:
+                    assert last.reason is not None and last.phase is not None
+                    session.fail(perf_counter(), last.reason, last.message, last.phase)
+                return None
+            sock, record = connected
             protocol = SMTPClientProtocol(session, started)
             try:
-                await loop.create_connection(lambda p=protocol: p, address.ip, port)  # type: ignore[misc]
-            except OSError as exc:
-                reason = _CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
-                detail = os.strerror(exc.errno) if exc.errno else str(exc)
-                if reason is FailureReason.LOCAL_ERROR:
-                    message = f"{LOCAL_ERROR}: {detail} (connecting to {address.ip} port {port}{via})"
-                    break
-                message = f"{address.ip} port {port}{via}: {detail}"
-                session.note(perf_counter(), message)
+                await loop.create_connection(lambda p=protocol: p, sock=sock)  # type: ignore[misc]
+            except OSError as exc:  # connected, and lost at once
+                sock.close()
+                record.failed(
+                    perf_counter(),
+                    Phase.CONNECT,
+                    FailureReason.CONNECTION_CLOSED,
+                    f"{attempts.describe(record.candidate)}: {_describe(exc)}",
+                )
                 continue
+            address, mx = record.candidate
             self.conn = protocol
-            self.address = AddressInfo(address.ip, port, address.family)
+            self.address = AddressInfo(address.ip, self.target.port, address.family)
             self.mx = mx
             self.server_name = self.module.tls_config.server_name or (mx.host if mx else self.target.host)
             return protocol
-        session.fail(perf_counter(), reason, message, Phase.CONNECT)
-        return None
 
     async def _tls(self, session: ClientSession, conn: SMTPClientProtocol) -> None:
         assert self.tls_context is not None

@@ -177,11 +177,14 @@ class DNSClient:
         answer = await self._query(domain, dns.rdatatype.MX)
         if answer is None or answer.rrset is None or len(answer.rrset) == 0:
             return [MXInfo(domain, 0)]
+        # By preference; equal preferences stay in the order DNS returned them (a stable sort),
+        # which is the server's order, or its rotation.
         records = sorted(
             (
                 (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())
                 for rdata in answer.rrset
             ),
+            key=lambda record: record[0],
         )
         if any(host in ("", ".") for _, host in records):
             if len(records) == 1:

@@ -32,6 +32,7 @@ TOP_KEYS = {
     "server",
     "address",
     "mx",
+    "attempts",
     "transcript",
 }
 PHASE_KEYS = {"phase", "duration_seconds", "reply_code", "enhanced_status", "reply"}
@@ -129,6 +130,10 @@ def test_json_output_contract(starttls_server: AiosmtpdServer, config: str) -> N
     assert done.stderr == ""
     document = json.loads(done.stdout)
     assert set(document) == TOP_KEYS
+    assert [set(attempt) for attempt in document["attempts"]] == [
+        {"mx_host", "address", "family", "outcome", "phase", "reason", "duration_seconds"}
+    ]
+    assert document["attempts"][0]["outcome"] == "connected"
     assert document["target"] == starttls_server.target
     assert document["module"] == "tls"
     assert document["success"] is True

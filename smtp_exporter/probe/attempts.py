@@ -1,0 +1,174 @@
+"""The connect attempts of one probe, as a sending MTA makes them (RFC 5321 5.1, Postfix).
+
+The candidates come in order: MX hosts by preference (equal preferences in DNS order), each of
+its addresses. Each connect is bounded by the module's `connect_timeout`, at most
+`max_attempts` are made, and every one is recorded (`Attempt`) for the result. Moving on to the
+next MX host after a connect failure, or after a greeting or EHLO the engine found wrong, is what
+`mx_failover_on` allows; later phases never fail over (the engine never asks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from smtp_exporter.model import Attempt, AttemptOutcome, FailureReason, MXInfo, Phase, round_to_ns
+from smtp_exporter.probe.connection import perf_counter
+from smtp_exporter.probe.errors import LOCAL_ERRNOS, LOCAL_ERROR
+from smtp_exporter.probe.resolve import Address
+
+# How a failed connect reads to an operator; any other error means the address cannot be reached.
+CONNECT_ERRORS = {
+    errno.ECONNREFUSED: FailureReason.CONNECT_REFUSED,  # nothing listens, or a firewall rejects
+    errno.ECONNRESET: FailureReason.CONNECTION_CLOSED,  # it accepted, then dropped us at once
+    errno.ECONNABORTED: FailureReason.CONNECTION_CLOSED,
+    errno.EPIPE: FailureReason.CONNECTION_CLOSED,
+    errno.ETIMEDOUT: FailureReason.TIMEOUT,
+    # The exporter's own side: no other address would do better.
+    **dict.fromkeys(LOCAL_ERRNOS, FailureReason.LOCAL_ERROR),
+}
+
+
+class Candidate(NamedTuple):
+    address: Address
+    mx: MXInfo | None
+
+
+class _Record:
+    """An attempt while it runs and after: what `Attempt` reports, and the failure's message."""
+
+    __slots__ = ("candidate", "ended", "message", "outcome", "phase", "reason", "started")
+
+    def __init__(self, candidate: Candidate, started: float) -> None:
+        self.candidate = candidate
+        self.started = started
+        self.ended: float | None = None
+        self.outcome = AttemptOutcome.CONNECTED
+        self.phase: Phase | None = None
+        self.reason: FailureReason | None = None
+        self.message = ""
+
+    def failed(self, at: float, phase: Phase, reason: FailureReason, message: str) -> None:
+        self.ended = at
+        self.outcome = AttemptOutcome.FAILED
+        self.phase, self.reason, self.message = phase, reason, message
+
+    def attempt(self, at: float, *, report_mx: bool) -> Attempt:
+        address, mx = self.candidate
+        ended = self.ended if self.ended is not None else at
+        return Attempt(
+            mx.host if mx is not None and report_mx else None,
+            address.ip,
+            address.family,
+            self.outcome,
+            self.phase,
+            self.reason,
+            round_to_ns(ended - self.started),
+        )
+
+
+class Attempts:
+    """Hands out connected sockets, one candidate after another (`connect`), and keeps the
+        record of every attempt. Nothing of the probe's is kept (its clock and transcript are passed
+    to `connect`), so a probe's objects form no reference cycle and go with reference counting."""
+
+    def __init__(
+        self,
+        candidates: list[Candidate],
+        port: int,
+        *,
+        connect_timeout: float,
+        max_attempts: int,
+        failover_on_connect: bool,
+    ) -> None:
+        self._queue = deque(candidates)
+        self._port = port
+        self._connect_timeout = connect_timeout
+        self._left = max_attempts
+        self._failover_on_connect = failover_on_connect
+        self.records: list[_Record] = []
+
+    def describe(self, candidate: Candidate) -> str:
+        via = f" (MX {candidate.mx.host})" if candidate.mx is not None else ""
+        return f"{candidate.address.ip} port {self._port}{via}"
+
+    def next_host(self, mx: MXInfo | None) -> bool:
+        """Drop the rest of `mx`'s addresses: whether another MX host is left to try."""
+        while self._queue and self._queue[0].mx == mx:
+            self._queue.popleft()
+        return bool(self._queue) and self._left > 0
+
+    async def connect(
+        self, deadline_left: Callable[[], float], note: Callable[[float, str], None]
+    ) -> tuple[socket.socket, _Record] | None:
+        """The next candidate that accepts a connection, or None when none is left to try (the
+        candidates, the attempts or the deadline used up, a connect failure that may not move on
+        to the next MX host, or a failure on the exporter's side)."""
+        while self._queue and self._left > 0 and deadline_left() > 0:
+            candidate = self._queue.popleft()
+            self._left -= 1
+            record = _Record(candidate, perf_counter())
+            self.records.append(record)
+            note(record.started, f"connecting to {self.describe(candidate)}")
+            bound = min(self._connect_timeout, deadline_left())
+            try:
+                async with asyncio.timeout(bound):
+                    sock = await _open(candidate.address, self._port)
+            except TimeoutError:
+                message = f"{self.describe(candidate)}: no connection within {bound:.3g}s (connect_timeout)"
+                self._failed(record, FailureReason.TIMEOUT, message, note)
+            except OSError as exc:
+                reason = CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
+                detail = os.strerror(exc.errno) if exc.errno else str(exc)
+                if reason is FailureReason.LOCAL_ERROR:
+                    message = f"{LOCAL_ERROR}: {detail} (connecting to {self.describe(candidate)})"
+                    self._failed(record, reason, message, note)
+                    return None
+                self._failed(record, reason, f"{self.describe(candidate)}: {detail}", note)
+            else:
+                record.ended = perf_counter()
+                return sock, record
+            if self._queue and self._queue[0].mx != candidate.mx and not self._failover_on_connect:
+                return None
+        return None
+
+    @staticmethod
+    def _failed(
+        record: _Record, reason: FailureReason, message: str, note: Callable[[float, str], None]
+    ) -> None:
+        now = perf_counter()
+        record.failed(now, Phase.CONNECT, reason, message)
+        note(now, message)
+
+    def abandon(self, at: float) -> None:
+        """The deadline passed: an attempt still connecting failed with it."""
+        for record in self.records:
+            if record.ended is None:
+                record.failed(at, Phase.CONNECT, FailureReason.TIMEOUT, "the probe's deadline passed")
+
+    def last_failure(self) -> _Record | None:
+        """The failed attempt that ended last: when every attempt failed, the probe's failure."""
+        failed = [r for r in self.records if r.outcome is AttemptOutcome.FAILED]
+        return max(failed, key=lambda r: r.ended or 0.0) if failed else None
+
+    def report(self, at: float, *, report_mx: bool) -> tuple[Attempt, ...]:
+        return tuple(record.attempt(at, report_mx=report_mx) for record in self.records)
+
+
+async def _open(address: Address, port: int) -> socket.socket:
+    """A connected non-blocking socket to `address`, made by hand rather than by
+    loop.create_connection so that each attempt has its own bound and record."""
+    family = socket.AF_INET6 if address.family == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (address.ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
