@@ -8,6 +8,7 @@ so that its files are read once, at load, and a bad one is an error on its line.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import ssl
 from typing import Any
@@ -172,6 +173,14 @@ def _nameservers(doc: Document, node: yaml.Node, path: str) -> tuple[str, ...]:
     return tuple(result)
 
 
+def _source_address(doc: Document, node: yaml.Node, path: str) -> str:
+    text = string(doc, node, path).strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        doc.fail(node, path, f"invalid value {quote_value(text)}: must be an IPv4 or IPv6 address")
+
+
 def _failover_on(doc: Document, node: yaml.Node, path: str) -> tuple[MXFailover, ...]:
     chosen = set()
     for item_path, item in sequence(doc, node, path, single=True):
@@ -274,6 +283,7 @@ _MODULE: dict[str, Parser] = {
     "connect_timeout": duration_upto(MAX_TIMEOUT),
     "max_attempts": integer_in(1, MAX_ATTEMPTS),
     "mx_failover_on": _failover_on,
+    "source_ip_address": _source_address,
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
 }
@@ -291,6 +301,14 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "auth"),
             "auth needs an encrypted connection: set starttls: required or implicit_tls: true "
             "(otherwise a server that stops offering STARTTLS would receive the password in clear text)",
+        )
+    family = module.source_family
+    wanted = {IPProtocol.IP4: 4, IPProtocol.IP6: 6}.get(module.ip_protocol)
+    if family is not None and wanted is not None and family != wanted:
+        doc.fail(
+            keys["source_ip_address"],
+            join(path, "source_ip_address"),
+            f"an IPv{family} source contradicts ip_protocol: {module.ip_protocol}",
         )
     if module.connect_timeout is not None and module.connect_timeout > module.timeout:
         doc.fail(

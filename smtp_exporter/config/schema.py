@@ -124,8 +124,16 @@ class ModuleConfig:
     connect_timeout: float | None = None
     max_attempts: int = 5  # connect attempts across all MX hosts and addresses
     mx_failover_on: tuple[MXFailover, ...] = tuple(MXFailover)  # which failures move on to the next MX
+    source_ip_address: str | None = None  # an IPv4 or IPv6 literal the socket is bound to
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
+
+    @property
+    def source_family(self) -> int | None:
+        """4 or 6 for a `source_ip_address` (checked at load to be an IP literal), else None."""
+        if self.source_ip_address is None:
+            return None
+        return 6 if ":" in self.source_ip_address else 4
 
     def connect_timeout_for(self, timeout: float) -> float:
         """The bound of each connect attempt of a probe whose deadline is `timeout`."""

@@ -85,12 +85,14 @@ class Attempts:
         connect_timeout: float,
         max_attempts: int,
         failover_on_connect: bool,
+        source: str | None = None,
     ) -> None:
         self._queue = deque(candidates)
         self._port = port
         self._connect_timeout = connect_timeout
         self._left = max_attempts
         self._failover_on_connect = failover_on_connect
+        self._source = source
         self.records: list[_Record] = []
 
     def describe(self, candidate: Candidate) -> str:
@@ -118,10 +120,15 @@ class Attempts:
             bound = min(self._connect_timeout, deadline_left())
             try:
                 async with asyncio.timeout(bound):
-                    sock = await _open(candidate.address, self._port)
+                    sock = await _open(candidate.address, self._port, self._source)
             except TimeoutError:
                 message = f"{self.describe(candidate)}: no connection within {bound:.3g}s (connect_timeout)"
                 self._failed(record, FailureReason.TIMEOUT, message, note)
+            except _BindError as exc:
+                detail = os.strerror(exc.errno) if exc.errno else str(exc)
+                message = f"{LOCAL_ERROR}: cannot bind the source address {self._source}: {detail}"
+                self._failed(record, FailureReason.LOCAL_ERROR, message, note)
+                return None  # every other candidate would fail the same way
             except OSError as exc:
                 reason = CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
                 detail = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -160,13 +167,23 @@ class Attempts:
         return tuple(record.attempt(at, report_mx=report_mx) for record in self.records)
 
 
-async def _open(address: Address, port: int) -> socket.socket:
-    """A connected non-blocking socket to `address`, made by hand rather than by
-    loop.create_connection so that each attempt has its own bound and record."""
+class _BindError(OSError):
+    """The source address could not be bound: the exporter's side (addresses come and go)."""
+
+
+async def _open(address: Address, port: int, source: str | None) -> socket.socket:
+    """A connected non-blocking socket to `address` (from `source`, bound before connecting),
+    made by hand rather than by loop.create_connection so that each attempt has its own bound
+    and record, and a failed bind is told apart from a failed connect."""
     family = socket.AF_INET6 if address.family == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        if source is not None:
+            try:
+                sock.bind((source, 0))
+            except OSError as exc:
+                raise _BindError(exc.errno, exc.strerror) from exc
         await asyncio.get_running_loop().sock_connect(sock, (address.ip, port))
     except BaseException:
         sock.close()

@@ -17,7 +17,7 @@ import socket
 import ssl
 import time
 
-from smtp_exporter.config.schema import ModuleConfig, MXFailover
+from smtp_exporter.config.schema import IPProtocol, ModuleConfig, MXFailover
 from smtp_exporter.model import (
     AddressInfo,
     FailureReason,
@@ -149,12 +149,22 @@ class Conversation:
         if candidates is None:
             return
         module = self.module
+        family = module.source_family
+        if family is not None:
+            # A socket bound to an address of one family cannot reach the other's addresses.
+            candidates = [c for c in candidates if c.address.family == family]
+            if not candidates:
+                source = module.source_ip_address
+                text = f"no IPv{family} address to connect to from source_ip_address {source}"
+                session.fail(perf_counter(), FailureReason.NETWORK_UNREACHABLE, text, Phase.CONNECT)
+                return
         attempts = self.attempts = Attempts(
             candidates,
             self.target.port,
             connect_timeout=module.connect_timeout_for(self.timeout),
             max_attempts=module.max_attempts,
             failover_on_connect=MXFailover.CONNECT in module.mx_failover_on,
+            source=module.source_ip_address,
         )
         while True:
             conn = await self._connect(self.session, attempts)
@@ -252,6 +262,9 @@ class Conversation:
     async def _candidates(self, session: ClientSession) -> list[Candidate]:
         target = self.target
         ip_protocol = self.module.ip_protocol
+        family = self.module.source_family
+        if family is not None:  # only the source's family is looked up: the other is unreachable
+            ip_protocol = IPProtocol.IP4 if family == 4 else IPProtocol.IP6
         if not self.lookup_mx:
             addresses = await self.dns.addresses(target.host, ip_protocol)
             return [Candidate(address, self.mx) for address in addresses]

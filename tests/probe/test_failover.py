@@ -301,3 +301,70 @@ def test_config_errors(body: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config_text(f"modules:\n  m:\n{body}", source="t.yml")
     assert str(caught.value) == message
+
+
+# -- source_ip_address ------------------------------------------------------------------------------
+
+
+async def test_source_address_is_bound_before_connecting(scripted_server: ScriptedFactory) -> None:
+    server = await scripted_server(scripted.minimal_conversation())
+    settings = module(port=server.port, source_ip_address="127.0.0.2")
+    result = await Prober().probe(*compiled(server.target, "m", settings))
+    assert result.success, describe(result)
+    assert [connection.peer[0] for connection in server.connections] == ["127.0.0.2"]
+
+
+async def test_an_unbindable_source_address_is_a_local_error(scripted_server: ScriptedFactory) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: bind() fails with EADDRNOTAVAIL, and no
+    # packet is ever sent from or to it.
+    server = await scripted_server(scripted.minimal_conversation())
+    settings = module(port=server.port, source_ip_address="192.0.2.1")
+    result = await Prober().probe(*compiled(server.target, "m", settings))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.CONNECT, FailureReason.LOCAL_ERROR)
+    assert "192.0.2.1" in result.failure.message
+    assert "Cannot assign requested address" in result.failure.message
+    assert _attempts(result) == [(None, "127.0.0.1", "failed", "connect", "local_error")]
+    assert server.connections == []
+
+
+async def test_a_source_of_one_family_skips_the_others_addresses(
+    dns_server: Callable[..., DnsServer], scripted_server: ScriptedFactory
+) -> None:
+    dns = dns_server({"dual.test": {"A": "127.0.0.1", "AAAA": "::1"}})
+    server = await scripted_server(scripted.minimal_conversation())
+    settings = module(
+        port=server.port,
+        source_ip_address="127.0.0.3",
+        dns=DNSConfig(nameservers=(dns.nameserver,), timeout=1.0),
+    )
+    result = await Prober().probe(*compiled("dual.test", "m", settings))
+    assert result.success, describe(result)
+    assert _attempts(result) == [(None, "127.0.0.1", "connected", None, None)]
+    assert {q.rdtype for q in dns.queries} == {"A"}
+    literal = await Prober().probe(*compiled(f"[::1]:{server.port}", "m", settings))
+    assert literal.failure is not None, describe(literal)
+    assert (literal.failure.phase, literal.failure.reason) == (
+        Phase.CONNECT,
+        FailureReason.NETWORK_UNREACHABLE,
+    )
+    assert literal.attempts == ()
+
+
+def test_source_address_config() -> None:
+    config = load_config_text("modules:\n  m:\n    source_ip_address: '2001:db8::0010'\n", source="t.yml")
+    assert config.modules["m"].source_ip_address == "2001:db8::10"
+    assert config.modules["m"].source_family == 6
+    for body, message in (
+        (
+            "    source_ip_address: mail.example\n",
+            'invalid value "mail.example": must be an IPv4 or IPv6 address',
+        ),
+        (
+            "    ip_protocol: ip6\n    source_ip_address: 192.0.2.1\n",
+            "an IPv4 source contradicts ip_protocol: ip6",
+        ),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            load_config_text(f"modules:\n  m:\n{body}", source="t.yml")
+        assert str(caught.value).endswith(f"modules.m.source_ip_address: {message}")
