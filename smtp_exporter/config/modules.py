@@ -284,6 +284,7 @@ _MODULE: dict[str, Parser] = {
     "max_attempts": integer_in(1, MAX_ATTEMPTS),
     "mx_failover_on": _failover_on,
     "source_ip_address": _source_address,
+    "happy_eyeballs_delay": duration_upto(MAX_TIMEOUT, allow_zero=True),
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
 }

@@ -10,7 +10,9 @@ import yaml
 from smtp_exporter.config.durations import format_duration
 from smtp_exporter.config.schema import Config, Secret
 
-_DURATION_FIELDS = frozenset({"timeout", "connect_timeout", "interval", "shutdown_grace_period"})
+_DURATION_FIELDS = frozenset(
+    {"timeout", "connect_timeout", "happy_eyeballs_delay", "interval", "shutdown_grace_period"}
+)
 _MAPPING_FIELDS = frozenset({"labels", "headers"})
 
 

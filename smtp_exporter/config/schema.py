@@ -20,9 +20,12 @@ class StartTLS(enum.StrEnum):
 
 
 class IPProtocol(enum.StrEnum):
-    AUTO = "auto"  # A and AAAA looked up independently; IPv6 addresses first, then IPv4
+    # A and AAAA looked up independently; Happy Eyeballs (RFC 8305): IPv6 first, IPv4 started
+    # after happy_eyeballs_delay if IPv6 has not connected, the first connection wins.
+    AUTO = "auto"
     IP4 = "ip4"
     IP6 = "ip6"
+    PREFER_IP4 = "prefer_ip4"  # as auto, IPv4 first
 
 
 class MXFailover(enum.StrEnum):
@@ -125,6 +128,7 @@ class ModuleConfig:
     max_attempts: int = 5  # connect attempts across all MX hosts and addresses
     mx_failover_on: tuple[MXFailover, ...] = tuple(MXFailover)  # which failures move on to the next MX
     source_ip_address: str | None = None  # an IPv4 or IPv6 literal the socket is bound to
+    happy_eyeballs_delay: float = 0.25  # auto / prefer_ip4: the other family starts after this
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
 

@@ -10,6 +10,7 @@ next MX host after a connect failure, or after a greeting or EHLO the engine fou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -58,6 +59,10 @@ class _Record:
         self.outcome = AttemptOutcome.FAILED
         self.phase, self.reason, self.message = phase, reason, message
 
+    def cancelled(self, at: float) -> None:
+        self.ended = at
+        self.outcome = AttemptOutcome.CANCELLED
+
     def attempt(self, at: float, *, report_mx: bool) -> Attempt:
         address, mx = self.candidate
         ended = self.ended if self.ended is not None else at
@@ -86,8 +91,13 @@ class Attempts:
         max_attempts: int,
         failover_on_connect: bool,
         source: str | None = None,
+        stagger: float | None = None,
+        preferred_family: int = 6,
     ) -> None:
-        self._queue = deque(candidates)
+        # Racing, each MX host's addresses alternate between the families, the preferred first
+        # (RFC 8305 4): a host with several IPv6 addresses still gets its IPv4 one tried early.
+        self._queue = deque(candidates if stagger is None else _interleaved(candidates, preferred_family))
+        self._stagger = stagger
         self._port = port
         self._connect_timeout = connect_timeout
         self._left = max_attempts
@@ -110,39 +120,116 @@ class Attempts:
     ) -> tuple[socket.socket, _Record] | None:
         """The next candidate that accepts a connection, or None when none is left to try (the
         candidates, the attempts or the deadline used up, a connect failure that may not move on
-        to the next MX host, or a failure on the exporter's side)."""
-        while self._queue and self._left > 0 and deadline_left() > 0:
-            candidate = self._queue.popleft()
-            self._left -= 1
-            record = _Record(candidate, perf_counter())
-            self.records.append(record)
-            note(record.started, f"connecting to {self.describe(candidate)}")
-            bound = min(self._connect_timeout, deadline_left())
-            try:
-                async with asyncio.timeout(bound):
-                    sock = await _open(candidate.address, self._port, self._source)
-            except TimeoutError:
-                message = f"{self.describe(candidate)}: no connection within {bound:.3g}s (connect_timeout)"
-                self._failed(record, FailureReason.TIMEOUT, message, note)
-            except _BindError as exc:
-                detail = os.strerror(exc.errno) if exc.errno else str(exc)
-                message = f"{LOCAL_ERROR}: cannot bind the source address {self._source}: {detail}"
-                self._failed(record, FailureReason.LOCAL_ERROR, message, note)
-                return None  # every other candidate would fail the same way
-            except OSError as exc:
-                reason = CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
-                detail = os.strerror(exc.errno) if exc.errno else str(exc)
-                if reason is FailureReason.LOCAL_ERROR:
-                    message = f"{LOCAL_ERROR}: {detail} (connecting to {self.describe(candidate)})"
-                    self._failed(record, reason, message, note)
+        to the next MX host, or a failure on the exporter's side).
+
+        With a `stagger` delay (Happy Eyeballs, RFC 8305), the addresses of one MX host race: the
+        next one starts when the one before failed, or after the delay when it is of a family
+        not yet trying; the first connection wins and the others are cancelled. Without it, one
+        connect at a time."""
+        running: dict[asyncio.Task[socket.socket], _Record] = {}
+        winner: tuple[socket.socket, _Record] | None = None
+        finished = False  # False while unwinding from the deadline: abandon() records those
+        try:
+            while True:
+                if not running and not self._start(running, deadline_left, note):
+                    finished = True
                     return None
-                self._failed(record, reason, f"{self.describe(candidate)}: {detail}", note)
+                delay = self._stagger if self._can_race(running) else None
+                done, _ = await asyncio.wait(running, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # the delay passed: the other family starts
+                    self._start(running, deadline_left, note)
+                    continue
+                for task in done:
+                    record = running.pop(task)
+                    try:
+                        sock = task.result()
+                    except _Failure as failure:
+                        self._failed(record, failure.reason, failure.message, note)
+                        if failure.reason is FailureReason.LOCAL_ERROR:
+                            finished = True
+                            return None  # every other candidate would fail the same way
+                        continue
+                    if winner is None:
+                        record.ended = perf_counter()
+                        winner = (sock, record)
+                    else:  # two connected in the same instant: the first taken wins
+                        sock.close()
+                        record.cancelled(perf_counter())
+                if winner is not None:
+                    finished = True
+                    return winner
+                if running and self._can_race(running):  # a failure starts the next at once
+                    self._start(running, deadline_left, note)
+        finally:
+            for task, record in running.items():
+                task.cancel()
+                if finished:
+                    record.cancelled(perf_counter())
+                    note(perf_counter(), f"{self.describe(record.candidate)}: cancelled")
+            for task in running:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def _may_continue(self) -> bool:
+        """After the last running attempt failed: whether the next candidate may be tried."""
+        if not self._queue or self._left <= 0:
+            return False
+        last = self.records[-1].candidate
+        return self._queue[0].mx == last.mx or self._failover_on_connect
+
+    def _can_race(self, running: dict[asyncio.Task[socket.socket], _Record]) -> bool:
+        """Whether the next candidate may start while `running` still connect: racing is on, and
+        it is of the same MX host and of a family not trying yet."""
+        if self._stagger is None or not running or not self._queue or self._left <= 0:
+            return False
+        following = self._queue[0]
+        trying = [record.candidate for record in running.values()]
+        return following.mx == trying[0].mx and all(
+            c.address.family != following.address.family for c in trying
+        )
+
+    def _start(
+        self,
+        running: dict[asyncio.Task[socket.socket], _Record],
+        deadline_left: Callable[[], float],
+        note: Callable[[float, str], None],
+    ) -> bool:
+        """Start the next candidate's attempt, if one may start."""
+        if running and not self._can_race(running):
+            return False
+        if not self._queue or self._left <= 0 or deadline_left() <= 0:
+            return False
+        if not running and self.records and not self._may_continue():
+            return False
+        candidate = self._queue.popleft()
+        self._left -= 1
+        record = _Record(candidate, perf_counter())
+        self.records.append(record)
+        note(record.started, f"connecting to {self.describe(candidate)}")
+        bound = min(self._connect_timeout, deadline_left())
+        running[asyncio.ensure_future(self._attempt(candidate, bound))] = record
+        return True
+
+    async def _attempt(self, candidate: Candidate, bound: float) -> socket.socket:
+        """One connect: its socket, or a `_Failure` saying why not."""
+        try:
+            async with asyncio.timeout(bound):
+                return await _open(candidate.address, self._port, self._source)
+        except TimeoutError:
+            message = f"{self.describe(candidate)}: no connection within {bound:.3g}s (connect_timeout)"
+            raise _Failure(FailureReason.TIMEOUT, message) from None
+        except _BindError as exc:
+            detail = os.strerror(exc.errno) if exc.errno else str(exc)
+            message = f"{LOCAL_ERROR}: cannot bind the source address {self._source}: {detail}"
+            raise _Failure(FailureReason.LOCAL_ERROR, message) from None
+        except OSError as exc:
+            reason = CONNECT_ERRORS.get(exc.errno or 0, FailureReason.NETWORK_UNREACHABLE)
+            detail = os.strerror(exc.errno) if exc.errno else str(exc)
+            if reason is FailureReason.LOCAL_ERROR:
+                message = f"{LOCAL_ERROR}: {detail} (connecting to {self.describe(candidate)})"
             else:
-                record.ended = perf_counter()
-                return sock, record
-            if self._queue and self._queue[0].mx != candidate.mx and not self._failover_on_connect:
-                return None
-        return None
+                message = f"{self.describe(candidate)}: {detail}"
+            raise _Failure(reason, message) from None
 
     @staticmethod
     def _failed(
@@ -165,6 +252,26 @@ class Attempts:
 
     def report(self, at: float, *, report_mx: bool) -> tuple[Attempt, ...]:
         return tuple(record.attempt(at, report_mx=report_mx) for record in self.records)
+
+
+def _interleaved(candidates: list[Candidate], preferred: int) -> list[Candidate]:
+    result: list[Candidate] = []
+    hosts: dict[MXInfo | None, list[Candidate]] = {}
+    for candidate in candidates:
+        hosts.setdefault(candidate.mx, []).append(candidate)
+    for group in hosts.values():
+        first = [c for c in group if c.address.family == preferred]
+        second = [c for c in group if c.address.family != preferred]
+        for index in range(max(len(first), len(second))):
+            result += first[index : index + 1] + second[index : index + 1]
+    return result
+
+
+class _Failure(Exception):
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 class _BindError(OSError):

@@ -165,6 +165,10 @@ class Conversation:
             max_attempts=module.max_attempts,
             failover_on_connect=MXFailover.CONNECT in module.mx_failover_on,
             source=module.source_ip_address,
+            stagger=module.happy_eyeballs_delay
+            if module.ip_protocol in (IPProtocol.AUTO, IPProtocol.PREFER_IP4)
+            else None,
+            preferred_family=4 if module.ip_protocol is IPProtocol.PREFER_IP4 else 6,
         )
         while True:
             conn = await self._connect(self.session, attempts)

@@ -26,6 +26,13 @@ from smtp_exporter.targets import parse_nameserver
 HOSTS_FILE = "/etc/hosts"
 MAX_MX_HOSTS = 10
 MAX_ADDRESSES = 16
+# The families each ip_protocol looks up, the preferred first.
+_FAMILIES = {
+    IPProtocol.AUTO: (6, 4),
+    IPProtocol.PREFER_IP4: (4, 6),
+    IPProtocol.IP4: (4,),
+    IPProtocol.IP6: (6,),
+}
 
 
 class Address(NamedTuple):
@@ -158,17 +165,21 @@ class DNSClient:
         if self._use_hosts:
             found = _HOSTS.lookup(name)
         if not found:
-            families = (
-                (6, 4) if ip_protocol is IPProtocol.AUTO else (6 if ip_protocol is IPProtocol.IP6 else 4,)
-            )
-            found = await self._families(name, families)
-        elif ip_protocol is not IPProtocol.AUTO:
-            wanted = 6 if ip_protocol is IPProtocol.IP6 else 4
+            found = await self._families(name, _FAMILIES[ip_protocol])
+        elif ip_protocol is IPProtocol.IP4 or ip_protocol is IPProtocol.IP6:
+            wanted = _FAMILIES[ip_protocol][0]
             found = [a for a in found if a.family == wanted]
-        else:
-            found = sorted(found, key=lambda a: -a.family)  # IPv6 first, as for names from DNS
+        else:  # the preferred family first, as for names from DNS
+            preferred = _FAMILIES[ip_protocol][0]
+            found = sorted(found, key=lambda a: a.family != preferred)
         if not found:
-            which = {IPProtocol.AUTO: "A or AAAA", IPProtocol.IP4: "A", IPProtocol.IP6: "AAAA"}[ip_protocol]
+            which = (
+                "A"
+                if ip_protocol is IPProtocol.IP4
+                else "AAAA"
+                if ip_protocol is IPProtocol.IP6
+                else "A or AAAA"
+            )
             raise ProbeError(Phase.RESOLVE, FailureReason.DNS_ERROR, f"{name}: no {which} records")
         return found
 

@@ -20,6 +20,7 @@ from smtp_exporter.model import FailureReason, Phase, ProbeResult, Transaction
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
 from tests.probe.common import Stopwatch, compiled, describe, module
+from tests.probe.test_dns import needs_ipv6  # noqa: F401  (a fixture)
 from tests.servers import scripted
 from tests.servers.dns_server import DnsServer
 from tests.servers.scripted import ScriptedServer
@@ -368,3 +369,68 @@ def test_source_address_config() -> None:
         with pytest.raises(ConfigError) as caught:
             load_config_text(f"modules:\n  m:\n{body}", source="t.yml")
         assert str(caught.value).endswith(f"modules.m.source_ip_address: {message}")
+
+
+# -- Happy Eyeballs -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def silent_ipv6(port: int) -> Iterator[None]:
+    """A listener on [::1]:port whose accept queue is full: new SYNs are dropped."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+        listener.bind(("::1", port))
+        listener.listen(0)
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(("::1", port))
+            yield
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.usefixtures("needs_ipv6")
+async def test_silent_ipv6_with_working_ipv4_succeeds_via_ipv4(
+    dns_server: Callable[..., DnsServer], scripted_server: ScriptedFactory
+) -> None:
+    dns = dns_server({"dual.test": {"A": "127.0.0.1", "AAAA": "::1"}})
+    server = await scripted_server(scripted.minimal_conversation())
+    settings = module(
+        port=server.port,
+        ip_protocol=IPProtocol.AUTO,
+        happy_eyeballs_delay=0.25,
+        dns=DNSConfig(nameservers=(dns.nameserver,), timeout=1.0),
+    )
+    with silent_ipv6(server.port):
+        async with Stopwatch.timing() as watch:
+            result = await Prober().probe(*compiled("dual.test", "m", settings))
+    assert result.success, describe(result)
+    assert watch.seconds < 1.5  # about the delay plus a round trip, far below connect_timeout
+    assert _attempts(result) == [
+        (None, "::1", "cancelled", None, None),
+        (None, "127.0.0.1", "connected", None, None),
+    ]
+    assert result.address is not None and result.address.family == 4
+    assert not result.fallback  # IPv4 only won the race against a still pending IPv6
+    body = render_probe_result(result, openmetrics=False).decode()
+    assert "smtp_probe_attempts 2\n" in body and "smtp_probe_fallback 0\n" in body
+    assert "smtp_probe_ip_protocol 4\n" in body
+
+
+async def test_prefer_ip4_tries_ipv4_first(
+    dns_server: Callable[..., DnsServer], scripted_server: ScriptedFactory
+) -> None:
+    dns = dns_server({"dual.test": {"A": "127.0.0.1", "AAAA": "::1"}})
+    server = await scripted_server(scripted.minimal_conversation())
+    settings = module(
+        port=server.port,
+        ip_protocol=IPProtocol.PREFER_IP4,
+        dns=DNSConfig(nameservers=(dns.nameserver,), timeout=1.0),
+    )
+    result = await Prober().probe(*compiled("dual.test", "m", settings))
+    assert result.success, describe(result)
+    assert _attempts(result) == [(None, "127.0.0.1", "connected", None, None)]
