@@ -1,8 +1,8 @@
 """The thin asyncio layer: one connection feeding one `ClientSession` (protocol/session.py).
 
 An `asyncio.Protocol` rather than streams: bytes go straight from the transport into the
-session, the moment they arrived is taken in `data_received` before any task switch, and
-whatever the session answers is written there and then. The probe's task wakes only when the
+session, the moment they arrived is taken on entry to `data_received`, and the session handles them
+(and its answer is written) from one `call_soon` right after the loop's current poll. The probe's task wakes only when the
 session needs it (to start TLS, or when the conversation is over), not once per command, so a
 busy event loop adds as little as possible to the measured phases.
 """
@@ -24,6 +24,8 @@ class SMTPClientProtocol(asyncio.Protocol):
         "_connect_started",
         "_handshake_input",
         "_handshaking",
+        "_inbox",
+        "_loop",
         "_waiter",
         "lost",
         "session",
@@ -34,6 +36,9 @@ class SMTPClientProtocol(asyncio.Protocol):
         self.session = session
         self._connect_started = connect_started
         self._waiter: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        # Chunks stamped in data_received, handed to the session by a call_soon (see there).
+        self._inbox: list[tuple[bytes, float]] = []
         # While loop.start_tls runs, what the TLS layer decrypts early waits here for the
         # session, which hears of the handshake only when the probe's task resumes.
         self._handshaking = False
@@ -52,8 +57,20 @@ class SMTPClientProtocol(asyncio.Protocol):
         if self._handshaking:
             self._handshake_input.append((data, now))
             return
+        # Stamped now, handled after this poll's other callbacks: replies of many conversations
+        # arrive in one poll, and each waits, unstamped, for the callbacks before it. Handling a
+        # reply here (parse, session, the next write) made that wait part of every phase.
+        self._inbox.append((data, now))
+        if len(self._inbox) == 1:
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        inbox, self._inbox = self._inbox, []
         session = self.session
-        session.data_received(data, now)
+        for data, at in inbox:
+            session.data_received(data, at)
+        if self.lost is not None and not self._handshaking:
+            session.connection_lost(*self.lost)
         if session.has_output:
             self.flush()
         if session.status is not TALKING:
@@ -64,6 +81,8 @@ class SMTPClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = (perf_counter(), str(exc) if exc is not None else None)
+        if self._inbox:
+            return  # _drain tells the session, after the bytes that came before
         if not self._handshaking:
             self.session.connection_lost(*self.lost)
         self._wake()
