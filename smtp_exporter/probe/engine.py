@@ -33,7 +33,13 @@ from smtp_exporter.probe.attempts import Attempts, Candidate
 from smtp_exporter.probe.connection import SMTPClientProtocol, perf_counter
 from smtp_exporter.probe.errors import LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.resolve import Address, DNSClient
-from smtp_exporter.probe.tls import CertificateReader, HandshakeState, session_info
+from smtp_exporter.probe.tls import (
+    CertificateReader,
+    HandshakeState,
+    received_state,
+    session_info,
+    watch_handshake,
+)
 from smtp_exporter.protocol import ClientSession, build_message
 from smtp_exporter.protocol.exchange import CLOSING, TALKING, TLS
 from smtp_exporter.targets import Target
@@ -333,7 +339,8 @@ class Conversation:
         started = perf_counter()
         verifying = self.tls_context.verify_mode != ssl.CERT_NONE
         try:
-            await conn.start_tls(self.tls_context, self.server_name, self._deadline_left())
+            with watch_handshake() as handshake:
+                await conn.start_tls(self.tls_context, self.server_name, self._deadline_left())
         except ssl.SSLCertVerificationError as exc:
             state: HandshakeState | None = getattr(exc, "peer_state", None)
             message = exc.verify_message or str(exc)
@@ -348,7 +355,17 @@ class Conversation:
             session.fail(perf_counter(), FailureReason.TLS_CERT_INVALID, message)
             return
         except (ssl.SSLError, ConnectionError) as exc:
-            message = f"TLS handshake failed: {exc}"
+            message = f"TLS handshake failed: {exc or type(exc).__name__}"
+            broken = received_state(handshake[0]) if handshake else None
+            if broken is not None and broken.leaf_der is not None:
+                # The server broke off after its Certificate: report what it presented.
+                self.tls = self.certificates.tls_info(
+                    leaf_der=broken.leaf_der,
+                    version=broken.version,
+                    cipher=broken.cipher,
+                    verified=False,
+                    verify_error=None,
+                )
             session.note(perf_counter(), message)
             session.fail(perf_counter(), FailureReason.TLS_HANDSHAKE_FAILED, message)
             return

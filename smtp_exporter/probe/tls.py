@@ -3,7 +3,8 @@
 The facts (dates, names, fingerprint) are wanted most when verification fails: an expired
 certificate must not look like a dead server. OpenSSL keeps the peer's chain after a failed
 verification, so an `SSLObject` subclass hooked into the context copies it onto the
-exception before asyncio (or uvloop) tears the session down. Verification itself stays
+exception before asyncio (or uvloop) tears the session down; the same holds for a handshake
+the server aborts with an alert after sending its certificate. Verification itself stays
 OpenSSL's, with its own error message.
 """
 
@@ -12,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import ssl
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from cryptography import x509
@@ -31,8 +35,39 @@ class HandshakeState(NamedTuple):
     cipher: str | None
 
 
+# The SSLObject of the handshake the current task is running: a server that aborts after its
+# Certificate (OpenSMTPD with OpenSSL 3) ends the handshake with a bare ConnectionResetError
+# from asyncio's (or uvloop's) SSL protocol, which never exposes its SSLObject. The first
+# do_handshake runs from loop.start_tls's call_soon, in the probe task's context, and registers.
+_watching: ContextVar[list[ssl.SSLObject] | None] = ContextVar("smtp_exporter_tls_watch", default=None)
+
+
+@contextmanager
+def watch_handshake() -> Iterator[list[ssl.SSLObject]]:
+    """Around loop.start_tls: the session's SSLObject lands in the yielded list."""
+    holder: list[ssl.SSLObject] = []
+    token = _watching.set(holder)
+    try:
+        yield holder
+    finally:
+        _watching.reset(token)
+
+
+def received_state(sslobj: ssl.SSLObject) -> HandshakeState:
+    """What a handshake that broke off had received (the leaf even when unverified)."""
+    cipher = sslobj.cipher()
+    return HandshakeState(
+        _unverified_leaf(sslobj),
+        sslobj.version() or (cipher[1] if cipher else None),
+        cipher[0] if cipher else None,
+    )
+
+
 class _ChainKeepingSSLObject(ssl.SSLObject):
     def do_handshake(self) -> None:
+        holder = _watching.get()
+        if holder is not None and not holder:
+            holder.append(self)
         try:
             super().do_handshake()
         except ssl.SSLCertVerificationError as exc:

@@ -415,3 +415,29 @@ async def test_implicit_tls_silent_server(scripted_server: ScriptedFactory, tls_
     assert result.duration_seconds < 1.0 and watch.seconds < 1.5
     assert await server.wait_closed(2.0)
     assert server.connections[0].client_closed
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit"])
+async def test_certificate_facts_kept_when_the_server_aborts_after_its_certificate(
+    scripted_server: ScriptedFactory, tls_ca: TestCA, implicit: bool
+) -> None:
+    """A TLS 1.2 server that demands a client certificate aborts with an alert after its own
+    Certificate went out (as OpenSMTPD with OpenSSL 3 does): the received certificate is reported."""
+    context = tls_ca.server_cert.server_context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    steps = [scripted.StartTLS(context)] if implicit else scripted.starttls_conversation(context)
+    server = await scripted_server(steps)
+    base = "smtps_handshake" if implicit else "smtp_handshake"
+    probe_module = module(base, port=server.port, tls_config=trusting(tls_ca))
+    result = await Prober().probe(*compiled(server.target, "m", probe_module))
+    assert result.failure is not None, describe(result)
+    assert (result.failure.phase, result.failure.reason) == (Phase.TLS, FailureReason.TLS_HANDSHAKE_FAILED)
+    tls = result.tls
+    assert tls is not None, f"the certificate received before the abort must be reported: {describe(result)}"
+    assert tls.verified is False
+    assert tls.version == "TLSv1.2"
+    assert_facts_of(tls, tls_ca.server_cert)
+    facts = probe_json(result)["tls"]
+    assert facts["subject"] == tls_ca.server_cert.certificate.subject.rfc4514_string()
+    assert facts["cert_not_after_timestamp"] == tls_ca.server_cert.certificate.not_valid_after_utc.timestamp()
