@@ -49,6 +49,9 @@ async def test_connect_without_a_descriptor(smtp_server: AiosmtpdServer) -> None
     prober = Prober()
     mod = module(port=smtp_server.port)
     await prober.probe(*compiled(smtp_server.target, "m", mod))  # what a probe imports lazily, imported
+    # The server closes its side of that connection in its own thread: wait, or the descriptor
+    # it frees would let the next probe connect after all.
+    assert await smtp_server.wait_closed()
     with no_descriptor_left():
         result = await prober.probe(*compiled(smtp_server.target, "m", mod))
     assert result.failure is not None, describe(result)
@@ -66,6 +69,7 @@ async def test_dns_without_a_descriptor(
     prober = Prober()
     mod = module(port=smtp_server.port, dns=DNSConfig(nameservers=(dns.nameserver,), timeout=1.0))
     await prober.probe(*compiled("host.example.test", "m", mod))
+    assert await smtp_server.wait_closed()
     with no_descriptor_left():
         result = await prober.probe(*compiled("host.example.test", "m", mod))
     assert result.failure is not None, describe(result)

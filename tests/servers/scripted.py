@@ -497,7 +497,8 @@ class ScriptedServer:
         for attempt in range(BIND_ATTEMPTS):
             try:
                 port = 0
-                for host in self.hosts:
+                # The busiest address first: its port taken, the others are rarely in use.
+                for host in sorted(self.hosts, key=lambda host: host != "127.0.0.1"):
                     server = await loop.create_server(self._factory, host, port, reuse_address=True)
                     self._servers.append(server)
                     port = server.sockets[0].getsockname()[1]
