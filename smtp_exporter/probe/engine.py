@@ -36,9 +36,10 @@ from smtp_exporter.probe.resolve import Address, DNSClient
 from smtp_exporter.probe.tls import (
     CertificateReader,
     HandshakeState,
+    HandshakeWatch,
     received_state,
     session_info,
-    watch_handshake,
+    watching,
 )
 from smtp_exporter.protocol import ClientSession, build_message
 from smtp_exporter.protocol.exchange import CLOSING, TALKING, TLS
@@ -85,6 +86,7 @@ class Conversation:
         self.conn: SMTPClientProtocol | None = None
         self.address: AddressInfo | None = None
         self.tls: TLSInfo | None = None
+        self.handshake = HandshakeWatch()
         self.attempts: Attempts | None = None
         # A fresh session for each connection; they share one transcript (see _new_session).
         self.session = ClientSession(module, ehlo_name=ehlo_name, timeout=timeout)
@@ -100,7 +102,8 @@ class Conversation:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    await self._converse(message)
+                    with watching(self.handshake):  # for every connection (see there)
+                        await self._converse(message)
             except TimeoutError:
                 if self.attempts is not None:
                     self.attempts.abandon(perf_counter())
@@ -339,8 +342,8 @@ class Conversation:
         started = perf_counter()
         verifying = self.tls_context.verify_mode != ssl.CERT_NONE
         try:
-            with watch_handshake() as handshake:
-                await conn.start_tls(self.tls_context, self.server_name, self._deadline_left())
+            self.handshake.arm(conn.transport)
+            await conn.start_tls(self.tls_context, self.server_name, self._deadline_left())
         except ssl.SSLCertVerificationError as exc:
             state: HandshakeState | None = getattr(exc, "peer_state", None)
             message = exc.verify_message or str(exc)
@@ -356,7 +359,8 @@ class Conversation:
             return
         except (ssl.SSLError, ConnectionError) as exc:
             message = f"TLS handshake failed: {exc or type(exc).__name__}"
-            broken = received_state(handshake[0]) if handshake else None
+            sslobj = self.handshake.sslobj
+            broken = received_state(sslobj) if sslobj is not None else None
             if broken is not None and broken.leaf_der is not None:
                 # The server broke off after its Certificate: report what it presented.
                 self.tls = self.certificates.tls_info(

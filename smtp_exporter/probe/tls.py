@@ -5,11 +5,13 @@ certificate must not look like a dead server. OpenSSL keeps the peer's chain aft
 verification, so an `SSLObject` subclass hooked into the context copies it onto the
 exception before asyncio (or uvloop) tears the session down; the same holds for a handshake
 the server aborts with an alert after sending its certificate. Verification itself stays
-OpenSSL's, with its own error message.
+OpenSSL's, with its own error message; the fatal alert it chose goes to the server (see
+`_ChainKeepingSSLObject._send_alert`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ssl
 from collections import OrderedDict
@@ -35,20 +37,37 @@ class HandshakeState(NamedTuple):
     cipher: str | None
 
 
-# The SSLObject of the handshake the current task is running: a server that aborts after its
-# Certificate (OpenSMTPD with OpenSSL 3) ends the handshake with a bare ConnectionResetError
-# from asyncio's (or uvloop's) SSL protocol, which never exposes its SSLObject. The first
-# do_handshake runs from loop.start_tls's call_soon, in the probe task's context, and registers.
-_watching: ContextVar[list[ssl.SSLObject] | None] = ContextVar("smtp_exporter_tls_watch", default=None)
+class HandshakeWatch:
+    """Between a probe and the SSLObject of its current handshake, which asyncio and uvloop hide.
+
+    The SSLObject registers here on its first do_handshake: a server that aborts after its
+    Certificate (OpenSMTPD with OpenSSL 3) ends the handshake with a bare ConnectionResetError
+    that carries none of what was received. And it finds here the plain transport under it, to
+    send the fatal alert of a handshake it failed (see `_ChainKeepingSSLObject.do_handshake`)."""
+
+    __slots__ = ("sslobj", "transport")
+
+    def __init__(self) -> None:
+        self.sslobj: ssl.SSLObject | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def arm(self, transport: asyncio.Transport | None) -> None:
+        """Before loop.start_tls on `transport`: the next SSLObject to start a handshake is its."""
+        self.sslobj = None
+        self.transport = transport
+
+
+_watching: ContextVar[HandshakeWatch | None] = ContextVar("smtp_exporter_tls_watch", default=None)
 
 
 @contextmanager
-def watch_handshake() -> Iterator[list[ssl.SSLObject]]:
-    """Around loop.start_tls: the session's SSLObject lands in the yielded list."""
-    holder: list[ssl.SSLObject] = []
-    token = _watching.set(holder)
+def watching(watch: HandshakeWatch) -> Iterator[None]:
+    """Around the whole conversation, its connections' creation included: the first do_handshake runs
+    in the context asyncio's start_tls copies from the probe's task, but uvloop's in the copy its
+    transport took when created, which sees this (mutable) watch only if it was set by then."""
+    token = _watching.set(watch)
     try:
-        yield holder
+        yield
     finally:
         _watching.reset(token)
 
@@ -64,20 +83,42 @@ def received_state(sslobj: ssl.SSLObject) -> HandshakeState:
 
 
 class _ChainKeepingSSLObject(ssl.SSLObject):
+    _outgoing: ssl.MemoryBIO | None = None
+    _watch: HandshakeWatch | None = None
+
+    @classmethod
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any, **kwargs: Any) -> Any:
+        obj = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]
+        obj._outgoing = outgoing  # where OpenSSL leaves the fatal alert of a failed handshake
+        return obj
+
     def do_handshake(self) -> None:
-        holder = _watching.get()
-        if holder is not None and not holder:
-            holder.append(self)
+        if self._watch is None:
+            watch = _watching.get()
+            if watch is not None and watch.sslobj is None:
+                watch.sslobj = self
+                self._watch = watch
         try:
             super().do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            cipher = self.cipher()  # (name, protocol version, bits): known before the handshake ends
-            exc.peer_state = HandshakeState(  # type: ignore[attr-defined]
-                _unverified_leaf(self),
-                self.version() or (cipher[1] if cipher else None),
-                cipher[0] if cipher else None,
-            )
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise
+        except ssl.SSLError as exc:
+            self._send_alert()
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                exc.peer_state = received_state(self)  # type: ignore[attr-defined]
+            raise
+
+    def _send_alert(self) -> None:
+        """RFC 8446 6.2: OpenSSL has left its fatal alert (unknown_ca, certificate_expired...) in
+        the outgoing BIO, and asyncio's and uvloop's SSL protocols close the transport on a
+        handshake error without sending it. Written now, to the plain transport under TLS, still
+        open: with nothing queued both loops send at once, before the close that follows."""
+        watch = self._watch
+        transport = watch.transport if watch is not None else None
+        if transport is not None and not transport.is_closing():
+            pending = self._outgoing.read() if self._outgoing is not None else b""
+            if pending:
+                transport.write(pending)
 
 
 def _unverified_leaf(sslobj: ssl.SSLObject) -> bytes | None:

@@ -1,4 +1,4 @@
-"""A scripted, misbehaving SMTP server: asyncio, in-process, 127.0.0.1 (and optionally ::1), port 0.
+"""A scripted, misbehaving SMTP server: asyncio (or uvloop), in-process, 127.0.0.1 (and optionally ::1), port 0.
 
 Each connection runs a script, a sequence of steps:
 
@@ -30,6 +30,7 @@ import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import cast
 
 MAX_RECORDED_BYTES = 8 << 20  # per connection; what a client sends past this is dropped
 BIND_ATTEMPTS = 20
@@ -254,10 +255,10 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         if self.transport is not None:  # called again by start_tls for the TLS transport
             return
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport, but are one.
+        self.transport = cast(asyncio.Transport, transport)
         self.record.peer = tuple(transport.get_extra_info("peername") or ())
         self.server._opened(self)
         self.task = asyncio.get_running_loop().create_task(self._run())
