@@ -105,6 +105,8 @@ class Zone:
     corrupted: set[tuple[str, str]] = field(default_factory=set)
     key: str | None = None  # ldns key base name, made once per zone
     ds: str = ""  # the key's DS record text (owner, class, type, rdata)
+    serial: int = 0
+    served: str = ""  # the zone file last signed, serial aside: unchanged zones are not re-signed
 
     def contains(self, name: str) -> bool:
         return dns.name.from_text(name).is_subdomain(dns.name.from_text(self.origin))
@@ -157,9 +159,14 @@ class Resolver:
         return dns.query.udp_with_fallback(query, self.host, timeout=timeout, port=self.port)[0]
 
     def flush(self) -> None:
-        """Reread the config and drop every cache (answers, keys, negative and bogus entries)."""
+        """Drop every cached answer, key, negative and bogus entry (all lie at or below ".")."""
+        control(self.config, "flush_zone", ".")
+
+    def restart(self) -> None:
+        """Reread the config (new stub zones, nsd's new port) with empty caches."""
         control(self.config, "reload")
-        wait_until_answers(self.host, self.port, "version.server.", "TXT", rdclass="CH")
+        if not wait_until_answers(self.host, self.port, "version.server.", "TXT", rdclass="CH"):
+            raise RuntimeError(f"unbound did not come back after reload ({self.config})")
 
 
 class DnssecLab(StartStop):
@@ -173,7 +180,7 @@ class DnssecLab(StartStop):
         self._nsd: subprocess.Popen[bytes] | None = None
         self._nsd_zones: tuple[str, ...] = ()
         self.resolvers: list[Resolver] = []
-        self._serial = int(time.time())
+        self._serial = int(time.time())  # the next SOA serial: every change gets a new one
         for origin, signed in ((".", True), ("example.test.", True), ("insecure.test.", False)):
             self.zone(origin, signed=signed)
         self.zone("in-addr.arpa.")
@@ -258,16 +265,21 @@ class DnssecLab(StartStop):
 
     def reload(self) -> None:
         """Apply every change since the last start/reload: re-sign, reload nsd, flush resolvers."""
-        self._write_zones()
+        changed = self._write_zones()
         if tuple(self.zones) != self._nsd_zones:  # nsd learns new zones only from its config
             stop_process(self._nsd)
             self._start_nsd(keep_port=True)
-        else:
+        elif changed:
             control(self.dir / "nsd.conf", "reload", binary="nsd-control")
-            self._wait_for_serial()
+            for zone in changed:
+                self._wait_for_serial(zone)
         for index, resolver in enumerate(self.resolvers):
-            resolver.config.write_text(self._unbound_config(resolver, index))
-            resolver.flush()
+            config = self._unbound_config(resolver, index)
+            if config != resolver.config.read_text():
+                resolver.config.write_text(config)
+                resolver.restart()
+            else:
+                resolver.flush()
 
     def stop(self) -> None:
         for resolver in self.resolvers:
@@ -280,23 +292,21 @@ class DnssecLab(StartStop):
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _write_zones(self) -> None:
-        self._serial += 1
+    def _write_zones(self) -> list[Zone]:
+        """Write (and sign) the zones whose content changed; those zones."""
         for zone in self.zones.values():
             if zone.signed and zone.key is None:
                 zone.key = self._keygen(zone.origin)
                 zone.ds = (self.dir / f"{zone.key}.ds").read_text().split(";")[0].strip()
-        for zone in self.zones.values():
-            self._write_zone(zone)
+        return [zone for zone in self.zones.values() if self._write_zone(zone)]
 
     def _keygen(self, origin: str) -> str:
         # One combined signing key (SEP flag) per zone; ECDSA P-256 keeps this to milliseconds.
         keygen = [require_binary("ldns-keygen"), "-a", "ECDSAP256SHA256", "-k", "-r", "/dev/urandom", origin]
         return run(keygen, self.dir).strip()
 
-    def _write_zone(self, zone: Zone) -> None:
-        soa = f"ns. hostmaster.{zone.origin.lstrip('.')} {self._serial} 3600 600 86400 {TTL}"
-        lines = [Record(zone.origin, "SOA", soa).line(), Record(zone.origin, "NS", "ns.").line()]
+    def _write_zone(self, zone: Zone) -> bool:
+        lines = [Record(zone.origin, "NS", "ns.").line()]
         if zone.origin == ".":
             lines.append(Record("ns.", "A", HOST).line())
             for child in self.zones.values():
@@ -305,14 +315,21 @@ class DnssecLab(StartStop):
                     if child.signed:
                         lines.append(child.ds.replace("\tIN\t", f"\t{TTL}\tIN\t", 1))
         lines += [r.line() for r in zone.records]
+        content = "\n".join([*lines, repr(sorted(zone.corrupted))])
+        if content == zone.served:
+            return False
+        zone.serial = self._serial
+        self._serial += 1
+        soa = f"ns. hostmaster.{zone.origin.lstrip('.')} {zone.serial} 3600 600 86400 {TTL}"
         source = self.dir / f"{file_stem(zone.origin)}.zone"
-        source.write_text("\n".join(lines) + "\n")
+        source.write_text("\n".join([Record(zone.origin, "SOA", soa).line(), *lines]) + "\n")
         served = self.dir / f"{file_stem(zone.origin)}.served"
         if not zone.signed:
             if zone.corrupted:
                 raise ValueError(f"zone {zone.origin} is not signed: no signature to corrupt")
             shutil.copyfile(source, served)
-            return
+            zone.served = content
+            return True
         assert zone.key is not None
         sign = [require_binary("ldns-signzone"), "-o", zone.origin, "-f", str(served)]
         if zone.nsec3:
@@ -323,6 +340,8 @@ class DnssecLab(StartStop):
         run([*sign, str(source), zone.key], self.dir)
         if zone.corrupted:
             served.write_text(corrupt_signatures(served.read_text(), zone.corrupted))
+        zone.served = content
+        return True
 
     def _start_nsd(self, *, keep_port: bool = False) -> None:
         for attempt in range(START_ATTEMPTS):
@@ -336,17 +355,17 @@ class DnssecLab(StartStop):
             stop_process(self._nsd)
         raise RuntimeError(f"nsd did not start in {START_ATTEMPTS} attempts: {self._log('nsd')}")
 
-    def _wait_for_serial(self) -> None:
+    def _wait_for_serial(self, zone: Zone) -> None:
         """nsd-control reload returns before the new zones are served: wait for the new serial."""
         deadline = time.monotonic() + READY_TIMEOUT
-        query = dns.message.make_query(".", "SOA")
+        query = dns.message.make_query(zone.origin, "SOA")
         query.flags &= ~dns.flags.RD
         while time.monotonic() < deadline:
             answer = dns.query.udp(query, HOST, timeout=1.0, port=self.nsd_port)
-            if answer.answer and answer.answer[0][0].serial == self._serial:
+            if answer.answer and answer.answer[0][0].serial == zone.serial:
                 return
             time.sleep(0.01)
-        raise RuntimeError(f"nsd did not serve serial {self._serial}: {self._log('nsd')}")
+        raise RuntimeError(f"nsd did not serve {zone.origin} serial {zone.serial}: {self._log('nsd')}")
 
     def _nsd_config(self) -> str:
         d = self.dir
@@ -447,8 +466,8 @@ def run(argv: list[str], cwd: Path) -> str:
     return done.stdout
 
 
-def control(config: Path, command: str, *, binary: str = "unbound-control") -> None:
-    run([require_binary(binary), "-c", str(config), command], config.parent)
+def control(config: Path, *command: str, binary: str = "unbound-control") -> None:
+    run([require_binary(binary), "-c", str(config), *command], config.parent)
 
 
 def stop_process(process: subprocess.Popen[bytes] | None) -> None:

@@ -119,6 +119,8 @@ def test_reload_serves_changed_records_past_the_caches(lab: DnssecLab) -> None:
     lab.remove("moving.example.test", "A").add("moving.example.test", "A", "127.0.0.6").reload()
     answer = lab.resolver.query("moving.example.test", "A")
     assert (ad(answer), answers(answer)) == (True, ["127.0.0.6"])
+    lab.corrupt("moving.example.test", "A").reload()  # the cached secure answer goes too
+    assert rcode(lab.resolver.query("moving.example.test", "A")) == "SERVFAIL"
 
 
 def test_zone_added_after_start_serves_dnsbl_answers(lab: DnssecLab) -> None:
