@@ -2,14 +2,17 @@
 resolved by a real validating `unbound` that holds the test root's trust anchor.
 
     with DnssecLab() as lab:                                  # nsd + validating unbound started
-        lab.add("example.test", "MX", "10 mx.example.test.")
+        lab.add("example.test", "MX", "10 mx")                  # relative names: to the zone
         lab.add("mx.example.test", "A", "127.0.0.1")
-        lab.add("_25._tcp.mx.example.test", "TLSA", "3 1 1 " + digest_hex)
-        lab.ptr("127.0.0.1", "mx.example.test.")               # in the signed in-addr.arpa. zone
+        lab.tlsa("_25._tcp.mx.example.test", 3, 1, 1, sha256_of_spki)
+        lab.txt("_mta-sts.example.test", "v=STSv1; id=1")       # quoted for you
+        lab.ptr("127.0.0.1", "mx.example.test")                 # in the signed in-addr.arpa. zone
         lab.zone("zen.test.", signed=False).add("2.0.0.127.zen.test", "A", "127.0.0.2")
         lab.corrupt("bad.example.test", "A")                    # that RRset's RRSIG is bogus
+        lab.remove("mx.example.test", "A")                      # (or only one type: rdtype)
         lab.reload()                                           # re-sign, reload nsd, flush caches
         answer = lab.resolver.query("mx.example.test", "A")    # DO set: answer.flags & AD
+        ede_codes(answer)                                      # [6] when bogus, [7] when expired
         config_value = lab.resolver.nameserver                 # "127.0.0.1:PORT" for `dns:`
         plain = lab.start_resolver(trust_anchor=False)         # a resolver that does not validate
 
@@ -18,7 +21,8 @@ the root's DNSKEY answers with AD=1, as a validating resolver's does on the inte
 zone is delegated from that root: with a DS when it is signed (a chain of trust: `secure`), without
 one when it is not (a provably insecure delegation: AD=0). Default zones: "example.test." (signed,
 NSEC), "insecure.test." (unsigned), "in-addr.arpa." and "ip6.arpa." (signed: PTR for any address).
-`lab.zone(origin, signed=..., nsec3=...)` makes more (e.g. a DNSBL zone). Names outside every
+`lab.zone(origin, signed=, nsec3=, expired=)` makes more (a DNSBL zone, an NSEC3 zone, a zone
+whose signatures expired yesterday). Names outside every
 zone but "." land in the root zone. `add` and `corrupt` before `start()` or followed by `reload()`.
 
 Unbound never leaves loopback: a stub zone per served zone points at nsd, there are no root hints
@@ -383,30 +387,16 @@ class DnssecLab(StartStop):
 
     def _unbound_config(self, resolver: Resolver, index: int) -> str:
         d = self.dir
-        lines = [
-            "server:",
-            f"interface: {HOST}",
-            f"port: {resolver.port}",
-            "do-ip6: no",
-            'username: ""',
-            'chroot: ""',
-            f'directory: "{d}"',
-            f'pidfile: "{d}/unbound{index}.pid"',
-            f'logfile: "{d}/unbound{index}.log"',
-            "use-syslog: no",
-            "num-threads: 1",
-            "outgoing-range: 64",
-            "so-reuseport: no",
-            "do-not-query-localhost: no",  # nsd is on loopback
-            "qname-minimisation: no",
-            "trust-anchor-signaling: no",
-            "root-key-sentinel: no",
-            "ede: yes",  # RFC 8914 codes on SERVFAIL (6 DNSSEC Bogus, 7 Signature Expired, ...)
-            "val-log-level: 2",
-            "verbosity: 1",
-            "prefetch: no",
-            "module-config: " + ('"validator iterator"' if resolver.trust_anchor else '"iterator"'),
-        ]
+        modules = "validator iterator" if resolver.trust_anchor else "iterator"
+        # do-not-query-localhost: nsd is on loopback. ede: RFC 8914 codes on SERVFAIL (6 DNSSEC
+        # Bogus, 7 Signature Expired, ...), with the reason text at val-log-level 2.
+        lines = (
+            f'server:\ninterface: {HOST}\nport: {resolver.port}\ndo-ip6: no\nusername: ""\nchroot: ""\n'
+            f'directory: "{d}"\npidfile: "{d}/unbound{index}.pid"\nlogfile: "{d}/unbound{index}.log"\n'
+            "use-syslog: no\nnum-threads: 1\noutgoing-range: 64\nso-reuseport: no\nprefetch: no\n"
+            "do-not-query-localhost: no\nqname-minimisation: no\ntrust-anchor-signaling: no\n"
+            f'root-key-sentinel: no\nede: yes\nval-log-level: 2\nverbosity: 1\nmodule-config: "{modules}"'
+        ).split("\n")
         if resolver.trust_anchor:
             lines.append(f'trust-anchor: "{self.trust_anchor}"')
         lines += [f'local-zone: "{z}" nodefault' for z in UNBOUND_DEFAULT_ZONES]
