@@ -10,6 +10,10 @@ Factories (call them in the test; everything started is stopped at teardown):
   smtp_sink_factory(**SmtpSink options)
   await scripted_server(script, hosts=("127.0.0.1",))       (async; runs on the test's loop)
   dns_server(records, **DnsServer options)
+  dnssec_lab_factory()      a new, not yet started DnssecLab (nsd + validating unbound, signed
+                            zones; tests/servers/dnssec.py): add records, then `.start()`
+Module-scoped: dnssec_lab, a started DnssecLab shared by one test module (add records under names
+  of your own test, then `lab.reload()`).
 Session-scoped: tls_ca, a trustme `TestCA` (tls_ca.ca_file is the CA's PEM path).
 """
 
@@ -25,6 +29,7 @@ from hypothesis import settings
 
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer, Fault
 from tests.servers.dns_server import DnsServer, Records
+from tests.servers.dnssec import DnssecLab
 from tests.servers.scripted import Script, ScriptedServer
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
@@ -140,3 +145,22 @@ def dns_server() -> Iterator[Callable[..., DnsServer]]:
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def dnssec_lab_factory() -> Iterator[Callable[[], DnssecLab]]:
+    made: list[DnssecLab] = []
+
+    def make() -> DnssecLab:
+        made.append(DnssecLab())
+        return made[-1]
+
+    yield make
+    for lab in made:
+        lab.stop()
+
+
+@pytest.fixture(scope="module")
+def dnssec_lab() -> Iterator[DnssecLab]:
+    with DnssecLab() as lab:
+        yield lab

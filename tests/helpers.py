@@ -24,6 +24,12 @@ DEBIAN_PACKAGES = {
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
     "chromium": "chromium",
     "openssl": "openssl",
+    "nsd": "nsd",
+    "nsd-control": "nsd",
+    "unbound": "unbound",
+    "unbound-control": "unbound",
+    "ldns-keygen": "ldnsutils",
+    "ldns-signzone": "ldnsutils",
 }
 
 # Places where Debian installs binaries that are not on an ordinary user's PATH.
