@@ -24,6 +24,10 @@ DEBIAN_PACKAGES = {
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
     "chromium": "chromium",
     "openssl": "openssl",
+    "dovecot": "dovecot-imapd dovecot-lmtpd",
+    "/usr/lib/dovecot/imap": "dovecot-imapd",
+    "/usr/lib/dovecot/imap-login": "dovecot-imapd",
+    "/usr/lib/dovecot/lmtp": "dovecot-lmtpd",
 }
 
 # Places where Debian installs binaries that are not on an ordinary user's PATH.
