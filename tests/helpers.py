@@ -30,6 +30,10 @@ DEBIAN_PACKAGES = {
     "unbound-control": "unbound",
     "ldns-keygen": "ldnsutils",
     "ldns-signzone": "ldnsutils",
+    "dovecot": "dovecot-imapd dovecot-lmtpd",
+    "/usr/lib/dovecot/imap": "dovecot-imapd",
+    "/usr/lib/dovecot/imap-login": "dovecot-imapd",
+    "/usr/lib/dovecot/lmtp": "dovecot-lmtpd",
 }
 
 # Places where Debian installs binaries that are not on an ordinary user's PATH.
