@@ -27,6 +27,7 @@ class HistoryEntry:
     transcript: Transcript
     scheduled: bool  # False: a /probe request
     mx_host: str | None = None  # the series' mx_host, for a scheduled target in mx_mode each
+    ip_protocol: int | None = None  # the series' family, for a scheduled target of ip_protocol both
 
     def full_result(self) -> ProbeResult:
         """The result with its transcript."""
@@ -60,6 +61,7 @@ class ResultHistory:
         scheduled: bool,
         transcript: Transcript | None = None,
         mx_host: str | None = None,
+        ip_protocol: int | None = None,
     ) -> None:
         """Keep `result`, with `transcript` when the result is kept without it."""
         if self._entries.maxlen:
@@ -69,6 +71,7 @@ class ResultHistory:
                 result.transcript if transcript is None else transcript,
                 scheduled,
                 mx_host,
+                ip_protocol,
             )
             self._entries.append(entry)
             self._next_id += 1

@@ -223,6 +223,20 @@ class Transcript:
     def __repr__(self) -> str:
         return f"Transcript({len(self._said)} events)"
 
+    def followed_by(self, other: Transcript) -> Transcript:
+        """This transcript, then `other` (whose times are on the same clock), with offsets from
+        this one's start: the two probes of an `ip_protocol: both` result as one."""
+        joined = Transcript(None, self._t0)
+        joined._times = self._times + other._times
+        joined._directions = self._directions + other._directions
+        joined._said = self._said + other._said
+        return joined
+
+
+def fell_back(success: bool, attempts: tuple[Attempt, ...]) -> bool:
+    """Whether a probe succeeded on another candidate than its first because the first failed."""
+    return success and len(attempts) > 1 and attempts[0].outcome is AttemptOutcome.FAILED
+
 
 NO_TRANSCRIPT = Transcript()  # for results kept without their transcript
 
@@ -242,13 +256,10 @@ class ProbeResult:
     mx: MXInfo | None = None
     transcript: Transcript = field(default_factory=Transcript)
     attempts: tuple[Attempt, ...] = ()
-
-    @property
-    def fallback(self) -> bool:
-        """Succeeded on another candidate than the first, because the first failed (not merely
-        because it was slower and got cancelled)."""
-        attempts = self.attempts
-        return self.success and len(attempts) > 1 and attempts[0].outcome is AttemptOutcome.FAILED
+    # Succeeded on another candidate than the first, because the first failed (not merely because
+    # it was slower and got cancelled): see `fell_back`. Kept, not derived from `attempts`, since
+    # an `ip_protocol: both` result joins two probes' attempts, each with its own first candidate.
+    fallback: bool = False
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -268,6 +279,7 @@ class ProbeResult:
             self.mx,
             NO_TRANSCRIPT,
             self.attempts,
+            self.fallback,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

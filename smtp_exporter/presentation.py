@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from smtp_exporter import __version__
 from smtp_exporter.history import HistoryEntry
 from smtp_exporter.metrics import SeriesState
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import AttemptOutcome, ProbeResult
 from smtp_exporter.status import TargetStatus
 
 # Rows on the status page: a page of 10,000 targets would take the event loop ~0.1s to render.
@@ -229,11 +229,21 @@ def _age(timestamp: float, now: float) -> str:
     return f"{seconds / 3600:.1f}h ago"
 
 
-def transcript_url(target: str, module: str, mx_host: str | None) -> str:
+def transcript_url(target: str, module: str, mx_host: str | None, ip_protocol: int | None = None) -> str:
     query = {"target": target, "module": module}
     if mx_host is not None:
         query["mx_host"] = mx_host
+    if ip_protocol is not None:
+        query["ip_protocol"] = str(ip_protocol)
     return "/transcript?" + urlencode(query)
+
+
+def series_name(target: str, mx_host: str | None, ip_protocol: int | None) -> str:
+    """A scheduled series as the pages name it: its target, MX host (mx_mode each) and family
+    (ip_protocol both)."""
+    if mx_host is not None:
+        target = f"{target} (MX {mx_host or 'lookup failed'})"
+    return target if ip_protocol is None else f"{target} (IPv{ip_protocol})"
 
 
 def _failure_text(result: ProbeResult) -> str:
@@ -247,8 +257,8 @@ def _row(status: TargetStatus, state: SeriesState | None, now: float) -> str:
     config = status.config
     labels = ", ".join(f"{name}={value}" for name, value in config.labels)
     mx_host = state.mx_host if state is not None else None
-    target = config.target if mx_host is None else f"{config.target} (MX {mx_host or 'lookup failed'})"
-    cells = [escape(target), escape(config.module), escape(labels)]
+    ip_protocol = state.ip_protocol if state is not None else None
+    cells = [escape(series_name(config.target, mx_host, ip_protocol)), escape(config.module), escape(labels)]
     result = state.latest if state is not None else None
     if state is None or result is None:
         cells += ['<span class="pending">pending</span>', "", "", "", "", ""]
@@ -262,11 +272,11 @@ def _row(status: TargetStatus, state: SeriesState | None, now: float) -> str:
     if result.success and earlier is not None:
         failure = escape(f"last failed {_age(earlier.start_timestamp, now)}: {_failure_text(earlier)}")
     if result.fallback:
-        first = result.attempts[0]
+        first = next(a for a in result.attempts if a.outcome is AttemptOutcome.FAILED)
         used = result.address.ip if result.address is not None else "another candidate"
         fallback = f"via fallback: {first.address} failed ({first.reason}), delivered via {used}"
         failure = escape(fallback) + (f"<br>{failure}" if failure else "")
-    link = escape(transcript_url(config.target, config.module, mx_host))
+    link = escape(transcript_url(config.target, config.module, mx_host, ip_protocol))
     cells += [
         f'<span class="{word}">{word}</span>',
         escape(_age(result.start_timestamp, now)),
@@ -288,9 +298,7 @@ def _rank(entry: tuple[TargetStatus, SeriesState | None]) -> int:
 def _recent_row(entry: HistoryEntry, now: float) -> str:
     result = entry.result
     word = "up" if result.success else "down"
-    target = (
-        result.target if entry.mx_host is None else f"{result.target} (MX {entry.mx_host or 'lookup failed'})"
-    )
+    target = series_name(result.target, entry.mx_host, entry.ip_protocol)
     cells = [
         escape(_age(result.start_timestamp, now)),
         escape(target),

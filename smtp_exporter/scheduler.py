@@ -26,7 +26,7 @@ import math
 import time
 from collections.abc import Iterator
 
-from smtp_exporter.config.schema import MXMode
+from smtp_exporter.config.schema import IPProtocol, MXMode
 from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import Buckets, ExporterStats, MetricsStore, SeriesState
 from smtp_exporter.metrics.health import LAG_INTERVAL
@@ -40,6 +40,9 @@ log = logging.getLogger("smtp_exporter.scheduler")
 
 # The identity of a scheduled target: what must not change for its state to carry over a reload.
 JobKey = tuple[str, str, tuple[tuple[str, str], ...], MXMode]
+# One series of a job: (mx_host in mx_mode each, else None; family under ip_protocol both, else None).
+SeriesKey = tuple[str | None, int | None]
+BOTH_FAMILIES: tuple[int | None, ...] = (6, 4)  # ip_protocol both: each probed as its own series
 
 
 def _hash64(text: str) -> int:
@@ -99,13 +102,17 @@ class _Job:
         self.next_at = 0.0  # in the loop's clock, unrounded: the grid step it is due at is rounded
         self.task: asyncio.Task[None] | None = None
         self.removed = False
-        # mx_host ("" when the MX lookup failed) -> series in mx_mode each; key None otherwise.
-        self.series: dict[str | None, SeriesState] = {}
+        # (mx_host ("" when the MX lookup failed) in mx_mode each, else None; family under
+        # ip_protocol both, else None) -> series.
+        self.series: dict[SeriesKey, SeriesState] = {}
 
-    def series_labels(self, mx_host: str | None) -> tuple[tuple[str, str], ...]:
+    def series_labels(self, key: SeriesKey) -> tuple[tuple[str, str], ...]:
+        mx_host, family = key
         own = [("target", self.config.target), ("module", self.config.module)]
         if mx_host is not None:
             own.append(("mx_host", mx_host))
+        if family is not None:
+            own.append(("ip_protocol", str(family)))
         return (*own, *self.config.labels)
 
 
@@ -212,8 +219,8 @@ class Scheduler:
         job.removed = True
         if job.task is not None:
             job.task.cancel()
-        for mx_host in job.series:
-            self._store.remove((job.key, mx_host))
+        for series in job.series:
+            self._store.remove((job.key, series))
 
     # -- running probes -----------------------------------------------------------------------
 
@@ -257,14 +264,16 @@ class Scheduler:
             stats.probes_in_flight += 1
             try:
                 compiled = job.compiled
-                if compiled.config.mx_mode is MXMode.EACH:
-                    results = await self._prober.probe_each_mx(
-                        compiled.target, compiled.module, compiled.config.target
-                    )
-                else:
+                results: list[tuple[int | None, ProbeResult]]
+                if compiled.module.config.ip_protocol is IPProtocol.BOTH:
+                    ran = await asyncio.gather(*(self._probe(compiled, family) for family in BOTH_FAMILIES))
                     results = [
-                        await self._prober.probe(compiled.target, compiled.module, compiled.config.target)
+                        (family, result)
+                        for family, run in zip(BOTH_FAMILIES, ran, strict=True)
+                        for result in run
                     ]
+                else:
+                    results = [(None, result) for result in await self._probe(compiled, None)]
             finally:
                 stats.probes_in_flight -= 1
                 semaphore.release()
@@ -279,27 +288,37 @@ class Scheduler:
         finally:
             job.task = None
 
-    def _record(self, job: _Job, results: list[ProbeResult]) -> None:
+    async def _probe(self, compiled: CompiledTarget, family: int | None) -> list[ProbeResult]:
+        """One probe of the target, or one per MX host in mx_mode each; of `family` only, if given."""
+        prober, target, module, text = self._prober, compiled.target, compiled.module, compiled.config.target
+        if compiled.config.mx_mode is MXMode.EACH:
+            return await prober.probe_each_mx(target, module, text, family=family)
+        return [await prober.probe(target, module, text, family=family)]
+
+    def _record(self, job: _Job, results: list[tuple[int | None, ProbeResult]]) -> None:
         each = job.config.mx_mode is MXMode.EACH
-        seen: set[str | None] = set()
-        for result in results:
+        seen: set[SeriesKey] = set()
+        for family, result in results:
             mx_host = (result.mx.host if result.mx is not None else "") if each else None
-            if mx_host in seen:  # the same MX host twice in one lookup: keep the first
+            key = (mx_host, family)
+            if key in seen:  # the same MX host twice in one lookup: keep the first
                 continue
-            seen.add(mx_host)
-            state = job.series.get(mx_host)
+            seen.add(key)
+            state = job.series.get(key)
             if state is None:
-                state = job.series[mx_host] = SeriesState(
-                    job.series_labels(mx_host), buckets=self._buckets, phase_histograms=self._phase_histograms
+                state = job.series[key] = SeriesState(
+                    job.series_labels(key), buckets=self._buckets, phase_histograms=self._phase_histograms
                 )
-                self._store.put((job.key, mx_host), state)
+                self._store.put((job.key, key), state)
             previous = state.latest
             kept = state.observe(result)
-            self._history.add(kept, scheduled=True, transcript=result.transcript, mx_host=mx_host)
-            _log_result(previous, result, mx_host)
-        for mx_host in [host for host in job.series if host not in seen]:
-            del job.series[mx_host]
-            self._store.remove((job.key, mx_host))
+            self._history.add(
+                kept, scheduled=True, transcript=result.transcript, mx_host=mx_host, ip_protocol=family
+            )
+            _log_result(previous, result, mx_host, family)
+        for key in [key for key in job.series if key not in seen]:
+            del job.series[key]
+            self._store.remove((job.key, key))
 
     # -- status and shutdown ------------------------------------------------------------------
 
@@ -307,10 +326,14 @@ class Scheduler:
         for job in self._jobs.values():
             yield TargetStatus(job.config, job.task is not None, tuple(job.series.values()))
 
-    def find_series(self, target: str, module: str, mx_host: str | None = None) -> SeriesState | None:
+    def find_series(
+        self, target: str, module: str, mx_host: str | None = None, ip_protocol: int | None = None
+    ) -> SeriesState | None:
         for job in self._jobs.values():
             if job.config.target == target and job.config.module == module:
-                return job.series.get(mx_host if job.config.mx_mode is MXMode.EACH else None)
+                each = job.config.mx_mode is MXMode.EACH
+                both = job.compiled.module.config.ip_protocol is IPProtocol.BOTH
+                return job.series.get((mx_host if each else None, ip_protocol if both else None))
         return None
 
     async def stop(self, grace_period: float) -> None:
@@ -338,12 +361,16 @@ def _state(result: ProbeResult | None) -> tuple[str, str, str]:
     return ("down", result.failure.phase.value, result.failure.reason.value)
 
 
-def _log_result(previous: ProbeResult | None, result: ProbeResult, mx_host: str | None) -> None:
+def _log_result(
+    previous: ProbeResult | None, result: ProbeResult, mx_host: str | None, family: int | None
+) -> None:
     """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
     before, after = _state(previous), _state(result)
     fields: dict[str, object] = {"target": result.target, "module": result.module}
     if mx_host is not None:
         fields["mx_host"] = mx_host
+    if family is not None:
+        fields["ip_protocol"] = family
     if before != after and not (previous is None and result.success):
         fields["from"] = before[0]
         fields["to"] = after[0]

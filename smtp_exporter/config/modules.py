@@ -311,6 +311,12 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: {module.ip_protocol}",
         )
+    if family is not None and module.ip_protocol is IPProtocol.BOTH:
+        doc.fail(
+            keys["source_ip_address"],
+            join(path, "source_ip_address"),
+            f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
+        )
     if module.connect_timeout is not None and module.connect_timeout > module.timeout:
         doc.fail(
             keys["connect_timeout"],

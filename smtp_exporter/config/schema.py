@@ -26,6 +26,9 @@ class IPProtocol(enum.StrEnum):
     IP4 = "ip4"
     IP6 = "ip6"
     PREFER_IP4 = "prefer_ip4"  # as auto, IPv4 first
+    # Each family on its own: scheduled, a series each (label ip_protocol="4"|"6"); /probe and
+    # the CLI, IPv6 then IPv4 in one result that fails when either fails.
+    BOTH = "both"
 
 
 class MXFailover(enum.StrEnum):

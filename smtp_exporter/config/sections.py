@@ -60,6 +60,7 @@ RESERVED_LABELS = frozenset(
         "target",
         "module",
         "mx_host",
+        "ip_protocol",
         "phase",
         "reason",
         "status",

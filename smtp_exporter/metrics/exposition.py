@@ -126,8 +126,8 @@ class SeriesState:
     transcript; a successful result is kept without one: its transcript lives only in the
     shared result history, which keeps the newest `metrics.history_limit` of them.
 
-    `labels` are the series' own labels: target, module, mx_host in mx_mode each, then the
-    target's static labels. `observe` folds in a probe result and re-renders the fragments.
+    `labels` are the series' own labels: target, module, mx_host in mx_mode each, ip_protocol
+    ("4" or "6") under ip_protocol both, then the target's static labels. `observe` folds in a probe result and re-renders the fragments.
     """
 
     __slots__ = (
@@ -138,6 +138,7 @@ class SeriesState:
         "_phase_histograms",
         "_prefix",
         "fragments",
+        "ip_protocol",
         "latest",
         "latest_failure",
         "mx_host",
@@ -146,6 +147,8 @@ class SeriesState:
 
     def __init__(self, labels: Labels, *, buckets: Buckets, phase_histograms: bool) -> None:
         self.mx_host: str | None = next((value for name, value in labels if name == "mx_host"), None)
+        family = next((value for name, value in labels if name == "ip_protocol"), None)
+        self.ip_protocol: int | None = None if family is None else int(family)  # ip_protocol both
         self._prefix = label_text(labels)
         self.probes = 0
         self._failures: dict[tuple[str, str], int] = {}

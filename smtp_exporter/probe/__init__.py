@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from smtp_exporter.config.schema import ModuleConfig
+from smtp_exporter.config.schema import IPProtocol, ModuleConfig
 from smtp_exporter.model import (
     Failure,
     FailureReason,
@@ -50,11 +50,54 @@ class Prober:
         target_text: str | None = None,
         *,
         timeout: float | None = None,
+        family: int | None = None,
     ) -> ProbeResult:
         """One probe; its failures are in the result. `target_text`, the target as written,
-        names the result (default: `str(target)`)."""
+        names the result (default: `str(target)`). `family` (4 or 6): only that family, as the
+        scheduler probes each of an `ip_protocol: both` module's; without it such a module's
+        probe is `probe_both`'s."""
         text = str(target) if target_text is None else target_text
-        return await self._run(target, text, module, timeout=timeout, lookup_mx=module.config.mx)
+        if family is None and module.config.ip_protocol is IPProtocol.BOTH:
+            return await self.probe_both(target, module, text, timeout=timeout)
+        return await self._run(
+            target, text, module, timeout=timeout, lookup_mx=module.config.mx, family=family
+        )
+
+    async def probe_both(
+        self, target: Target, module: CompiledModule, target_text: str, *, timeout: float | None
+    ) -> ProbeResult:
+        """`ip_protocol: both` in one result (/probe, the CLI): IPv6, then IPv4, within the one
+        deadline (IPv6 gets at most half, so that a silent IPv6 path leaves IPv4 its turn). It
+        succeeds when both do and lists both probes' attempts; its details (phases, failure,
+        TLS, address) are the IPv4 probe's unless only the IPv6 one failed, as the failure of
+        a probe is that of its attempt that ended last."""
+        config = module.config
+        deadline = config.timeout if timeout is None else min(timeout, config.timeout)
+        started = perf_counter()
+        lookup_mx = config.mx
+        ip6 = await self._run(
+            target, target_text, module, timeout=deadline / 2, lookup_mx=lookup_mx, family=6
+        )
+        left = max(deadline - (perf_counter() - started), 0.001)
+        ip4 = await self._run(target, target_text, module, timeout=left, lookup_mx=lookup_mx, family=4)
+        shown = ip6 if ip4.success and not ip6.success else ip4
+        success = ip6.success and ip4.success
+        return ProbeResult(
+            target=target_text,
+            module=module.name,
+            success=success,
+            start_timestamp=ip6.start_timestamp,
+            duration_seconds=round_to_ns(perf_counter() - started),
+            phases=shown.phases,
+            failure=shown.failure,
+            tls=shown.tls,
+            server=shown.server,
+            address=shown.address,
+            mx=shown.mx,
+            transcript=ip6.transcript.followed_by(ip4.transcript),
+            attempts=ip6.attempts + ip4.attempts,
+            fallback=success and (ip6.fallback or ip4.fallback),
+        )
 
     async def probe_each_mx(
         self,
@@ -63,9 +106,11 @@ class Prober:
         target_text: str | None = None,
         *,
         timeout: float | None = None,
+        family: int | None = None,
     ) -> list[ProbeResult]:
         """`mx_mode: each`: one result per MX host of the domain `target`, probed concurrently.
-        When the MX lookup itself fails, one failed result without `mx`."""
+        When the MX lookup itself fails, one failed result without `mx`. `family`: as for `probe`
+        (the scheduler gives it for `ip_protocol: both`)."""
         text = str(target) if target_text is None else target_text
         module_name = module.name
         deadline = module.config.timeout if timeout is None else min(timeout, module.config.timeout)
@@ -97,6 +142,7 @@ class Prober:
                         timeout=max(deadline - looked_up, 0.001),
                         mx=mx,
                         pre_resolve_seconds=looked_up,
+                        family=family,
                     )
                     for mx in hosts
                 )
@@ -136,6 +182,7 @@ class Prober:
         lookup_mx: bool = False,
         mx: MXInfo | None = None,
         pre_resolve_seconds: float = 0.0,
+        family: int | None = None,
     ) -> ProbeResult:
         config = module.config
         conversation = Conversation(
@@ -151,5 +198,6 @@ class Prober:
             mx=mx,
             lookup_mx=lookup_mx,
             pre_resolve_seconds=pre_resolve_seconds,
+            family=family,
         )
         return await conversation.run()

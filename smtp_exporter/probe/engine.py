@@ -27,6 +27,7 @@ from smtp_exporter.model import (
     TLSInfo,
     Transaction,
     Transcript,
+    fell_back,
     round_to_ns,
 )
 from smtp_exporter.probe.attempts import Attempts, Candidate
@@ -68,6 +69,7 @@ class Conversation:
         mx: MXInfo | None = None,
         lookup_mx: bool = False,
         pre_resolve_seconds: float = 0.0,
+        family: int | None = None,
     ) -> None:
         self.target = target
         self.target_text = target_text
@@ -81,6 +83,8 @@ class Conversation:
         self.mx = mx
         self.lookup_mx = lookup_mx
         self.pre_resolve_seconds = pre_resolve_seconds
+        # The one family probed (4 or 6): each of an `ip_protocol: both` module's two probes.
+        self.family = family
         self.server_name: str | None = None
         self.t0 = 0.0
         self.conn: SMTPClientProtocol | None = None
@@ -135,6 +139,7 @@ class Conversation:
             mx=self.mx,
             transcript=Transcript(outcome.events, self.t0),
             attempts=attempts,
+            fallback=fell_back(outcome.failure is None, attempts),
         )
 
     def _message(self, timestamp: float) -> bytes | None:
@@ -158,13 +163,17 @@ class Conversation:
         if candidates is None:
             return
         module = self.module
-        family = module.source_family
+        family = self.family or module.source_family
         if family is not None:
-            # A socket bound to an address of one family cannot reach the other's addresses.
+            # A socket bound to an address of one family cannot reach the other's addresses; one
+            # probe of `ip_protocol: both` must not report the other family's (an IP literal).
             candidates = [c for c in candidates if c.address.family == family]
             if not candidates:
-                source = module.source_ip_address
-                text = f"no IPv{family} address to connect to from source_ip_address {source}"
+                text = (
+                    f"no IPv{family} address to connect to from source_ip_address {module.source_ip_address}"
+                    if self.family is None
+                    else f"no IPv{family} address to connect to (ip_protocol: both probes each family)"
+                )
                 session.fail(perf_counter(), FailureReason.NETWORK_UNREACHABLE, text, Phase.CONNECT)
                 return
         attempts = self.attempts = Attempts(
@@ -275,7 +284,7 @@ class Conversation:
     async def _candidates(self, session: ClientSession) -> list[Candidate]:
         target = self.target
         ip_protocol = self.module.ip_protocol
-        family = self.module.source_family
+        family = self.family or self.module.source_family
         if family is not None:  # only the source's family is looked up: the other is unreachable
             ip_protocol = IPProtocol.IP4 if family == 4 else IPProtocol.IP6
         if not self.lookup_mx:

@@ -267,7 +267,7 @@ class _Handlers:
 
     async def transcript(self, request: web.Request) -> web.Response:
         """A history entry by `id`, or the latest probe of a scheduled series (target, module,
-        and mx_host in mx_mode each)."""
+        and mx_host in mx_mode each, ip_protocol 4 or 6 under ip_protocol both)."""
         query = request.query
         history = self.backend.history
         if "id" in query:
@@ -281,7 +281,11 @@ class _Handlers:
                 )
             return _text(transcript_text(entry.full_result()))
         mx_host = query.get("mx_host")
-        state = self.backend.find_series(query.get("target", ""), query.get("module", ""), mx_host)
+        family = query.get("ip_protocol")
+        ip_protocol = int(family) if family in ("4", "6") else None
+        state = self.backend.find_series(
+            query.get("target", ""), query.get("module", ""), mx_host, ip_protocol
+        )
         if state is None or state.latest is None:
             return _text("no probe result for this target and module (yet)", 404)
         latest = state.latest

@@ -30,6 +30,7 @@ class WebBackend:
     stats: ExporterStats  # /probe counts its requests and probes in flight here
     history: ResultHistory  # the newest full results; /probe adds its own
     statuses: Callable[[], Iterable[TargetStatus]]  # the scheduled targets, for the status page
-    find_series: Callable[[str, str, str | None], SeriesState | None]  # (target, module, mx_host)
+    # (target, module, mx_host, ip_protocol): a scheduled series
+    find_series: Callable[[str, str, str | None, int | None], SeriesState | None]
     reload: Callable[[], Awaitable[None]]  # raises ConfigError and keeps the running config
     ready: Callable[[], bool]

@@ -78,7 +78,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "ip_protocol_invalid": (
         3,
         "modules.foo.ip_protocol",
-        'invalid value "ipv6": must be one of auto, ip4, ip6, prefer_ip4',
+        'invalid value "ipv6": must be one of auto, ip4, ip6, prefer_ip4, both',
     ),
     "tls_min_version_invalid": (
         4,
