@@ -8,6 +8,7 @@ Factories (call them in the test; everything started is stopped at teardown):
   smtp_server_factory(**AiosmtpdServer options)
   fault_server(phase, code=451, enhanced="4.3.0", text=..., close=False, **AiosmtpdServer options)
   smtp_sink_factory(**SmtpSink options)
+  postfix_factory(**PostfixSmtpd options)                    (a real Postfix: master, smtpd, queue)
   await scripted_server(script, hosts=("127.0.0.1",))       (async; runs on the test's loop)
   dns_server(records, **DnsServer options)
   dnssec_lab_factory()      a new, not yet started DnssecLab (nsd + validating unbound, signed
@@ -30,6 +31,7 @@ from hypothesis import settings
 from tests.servers.aiosmtpd_server import TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer, Fault
 from tests.servers.dns_server import DnsServer, Records
 from tests.servers.dnssec import DnssecLab
+from tests.servers.postfix_smtpd import PostfixSmtpd
 from tests.servers.scripted import Script, ScriptedServer
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
@@ -117,6 +119,20 @@ def smtp_sink_factory() -> Iterator[Callable[..., SmtpSink]]:
 @pytest.fixture
 def smtp_sink(smtp_sink_factory: Callable[..., SmtpSink]) -> SmtpSink:
     return smtp_sink_factory(capture=True)
+
+
+@pytest.fixture
+def postfix_factory() -> Iterator[Callable[..., PostfixSmtpd]]:
+    started: list[PostfixSmtpd] = []
+
+    def make(**options: Any) -> PostfixSmtpd:
+        postfix = PostfixSmtpd(**options).start()
+        started.append(postfix)
+        return postfix
+
+    yield make
+    for postfix in started:
+        postfix.stop()
 
 
 @pytest.fixture

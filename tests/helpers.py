@@ -19,6 +19,7 @@ import pytest
 DEBIAN_PACKAGES = {
     "smtp-sink": "postfix",
     "smtp-source": "postfix",
+    "master": "postfix",
     "promtool": "prometheus",
     "prometheus": "prometheus",
     "prometheus-blackbox-exporter": "prometheus-blackbox-exporter",
