@@ -10,6 +10,8 @@ busy event loop adds as little as possible to the measured phases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import time
 
@@ -17,6 +19,9 @@ from smtp_exporter.protocol import ClientSession
 from smtp_exporter.protocol.exchange import DONE, TALKING
 
 perf_counter = time.perf_counter
+
+# Linux only: elsewhere the kernel's ACK timing is left as it is.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 class SMTPClientProtocol(asyncio.Protocol):
@@ -142,8 +147,25 @@ class SMTPClientProtocol(asyncio.Protocol):
             session.data_received(data, at)
         if self.lost is not None:
             session.connection_lost(*self.lost)
+        # TLS 1.3 servers send their session tickets after the handshake, data we never answer.
+        # A server with Nagle on (Postfix's smtpd) then holds its next reply (the EHLO reply, or
+        # the greeting after implicit TLS) until that ticket is acknowledged, and a delayed ACK
+        # took up to 40 ms: ehlo_tls measured our ACK timer, not the server. Acknowledge at once:
+        # before the EHLO (an ACK already pending goes out now) and after writing it (a write
+        # soon after a read puts Linux back into delayed-ACK mode, and the ticket may be in flight).
+        self._acknowledge_promptly()
         if session.has_output:
             self.flush()
+            self._acknowledge_promptly()
+
+    def _acknowledge_promptly(self) -> None:
+        if _TCP_QUICKACK is None or self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            # OSError: the connection is already gone, and there is nothing left to acknowledge.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     @property
     def ssl_object(self) -> ssl.SSLObject | None:
