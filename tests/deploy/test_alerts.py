@@ -95,6 +95,7 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         "SMTPExporterConfigReloadFailed",
         "SMTPExporterWebConfigReloadFailed",
         "SMTPExporterOverloaded",
+        "SMTPProbeFallback",
     } <= names
 
 
