@@ -7,7 +7,8 @@
 
 Exit status: 0 after a clean stop (SIGTERM, SIGINT) or a valid `--config.check`; 2 for usage
 and config errors (one line on stderr per error, no traceback: every independent error of the
-config file and of the web config is listed); 1 when the server cannot start.
+config file, of its target files and of the web config is listed; a broken target file fails
+`--config.check`, while the server starts without it); 1 when the server cannot start.
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load(options)
     except ConfigError as exc:
         errors.insert(0, exc)
+    else:
+        if args.config_check:  # a broken target file: served without it, but not "OK"
+            errors[:0] = config.target_files.errors
     if errors:
         for line in "\n".join(str(error) for error in errors).splitlines():
             _error(line)

@@ -15,15 +15,18 @@ import gc
 import logging
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from smtp_exporter.config.allowlist import TargetAllowlist
+from smtp_exporter.config.errors import raise_errors
 from smtp_exporter.config.loader import ConfigError, default_loaded
 from smtp_exporter.config.loader import load as load_config_file
 from smtp_exporter.config.render import effective_config_yaml
 from smtp_exporter.config.schema import Config, ShardConfig
+from smtp_exporter.config.target_files import expand
 from smtp_exporter.config.web import (
     WebConfig,
     build_server_ssl_context,
@@ -93,10 +96,11 @@ class ServiceOptions:
     watch_interval: float = CONFIG_WATCH_INTERVAL
 
 
-def load(options: ServiceOptions) -> Snapshot:
+def load(options: ServiceOptions, previous: Mapping[str, str] | None = None) -> Snapshot:
     """The snapshot of `options`' config (file or embedded default) with the command-line
-    overrides; ConfigError."""
-    loaded = load_config_file(options.config_file) if options.config_file else default_loaded()
+    overrides; ConfigError. A broken target file does not raise: its errors are in the
+    snapshot's `target_files`, its `previous` text (if any) loaded in its place."""
+    loaded = load_config_file(options.config_file, previous) if options.config_file else default_loaded()
     return compile_snapshot(dataclasses.replace(loaded, config=options.shard.apply(loaded.config)))
 
 
@@ -144,7 +148,7 @@ class Exporter:
         """Start probing and serving; raises OSError when a listen address cannot be bound."""
         gc.set_threshold(*GC_THRESHOLDS)
         self.scheduler.apply(self.snapshot)
-        self.stats.reload_succeeded()
+        self._record_target_files(self.snapshot)
         settle_heap()
         self._spawn(monitor_event_loop_lag(self.stats))
         runner = web.AppRunner(
@@ -211,7 +215,7 @@ class Exporter:
         """Load the config again and apply it; on error keep the running one and raise ConfigError."""
         async with self._reload_lock:
             try:
-                snapshot = await asyncio.to_thread(load, self.options)
+                snapshot = await asyncio.to_thread(load, self.options, self.snapshot.target_files.texts)
             except ConfigError as exc:
                 self.stats.reload_failed()
                 log.error(
@@ -220,16 +224,41 @@ class Exporter:
                 raise
             self.history.resize(snapshot.config.metrics.history_limit)
             self.scheduler.apply(snapshot)
-            files, self.snapshot = self.snapshot.files, snapshot
-            if snapshot.files != files:  # the new config names other files: watch those
+            running, self.snapshot = self.snapshot, snapshot
+            if (snapshot.files, snapshot.target_files.patterns) != (
+                running.files,
+                running.target_files.patterns,
+            ):  # the new config names other files: watch those
                 self._signature = self._config_signature()
-            self.stats.reload_succeeded()
+            broken = self._record_target_files(snapshot)
             settle_heap()
             self._check_exposure()
             log.info(
                 "config reloaded",
                 extra={"fields": {"config": snapshot.config.source, "targets": self.stats.targets}},
             )
+            # Applied, the other files included; the caller (POST /-/reload) still hears of it.
+            raise_errors(broken)
+
+    def _record_target_files(self, snapshot: Snapshot) -> tuple[ConfigError, ...]:
+        """The reload gauges after a load was applied: failed when a target file is broken (its
+        previous contents running), which is logged; returns its errors."""
+        files = snapshot.target_files
+        self.stats.target_files = files.loaded
+        if not files.errors:
+            self.stats.reload_succeeded()
+            return ()
+        self.stats.reload_failed()
+        log.error(
+            "target file load failed, keeping its previous targets",
+            extra={
+                "fields": {
+                    "files": " ".join(sorted({error.file for error in files.errors})),
+                    "error": "\n".join(str(error) for error in files.errors),
+                }
+            },
+        )
+        return files.errors
 
     def _check_exposure(self) -> None:
         """Warn once when `/probe` becomes unrestricted on a non-loopback address: at start, or
@@ -248,13 +277,15 @@ class Exporter:
             await self.reload()
 
     def _config_signature(self) -> tuple[object, ...] | None:
-        """The config file's signature and those of the files its modules name (certificates,
-        keys, CAs, passwords), in the running snapshot; None while the config file is missing."""
+        """The config file's signature, those of the files its modules name (certificates,
+        keys, CAs, passwords), in the running snapshot, and last the files its target_files
+        globs find now with theirs; None while the config file is missing."""
         path = self.options.config_file
         signature = _file_signature(path) if path else None
         if signature is None:
             return None
-        return (signature, *(_file_signature(name) for name in self.snapshot.files))
+        found = tuple((name, _file_signature(name)) for name in expand(self.snapshot.target_files.patterns))
+        return (signature, *(_file_signature(name) for name in self.snapshot.files), found)
 
     async def _watch_config_file(self, path: str) -> None:
         """Reload when the config file or a file it names changes. A missing config file is a
@@ -267,10 +298,9 @@ class Exporter:
             if signature is None or signature == self._signature:
                 continue
             files = self.snapshot.files
-            before = self._signature or (None, *(None for _ in files))
-            changed = [
-                name for name, old, new in zip((path, *files), before, signature, strict=False) if old != new
-            ]
+            before = self._signature or (None, *(None for _ in files), ())
+            names = (path, *files, "target_files")
+            changed = [name for name, old, new in zip(names, before, signature, strict=False) if old != new]
             self._signature = signature
             log.info(
                 "a file named by the config changed on disk, reloading"

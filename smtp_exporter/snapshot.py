@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smtp_exporter.config.allowlist import TargetAllowlist
+from smtp_exporter.config.errors import raise_errors
 from smtp_exporter.config.loader import LoadedConfig, default_loaded, load
 from smtp_exporter.config.schema import Config, TargetConfig
+from smtp_exporter.config.target_files import TargetFiles
 from smtp_exporter.probe.module import CompiledModule, compile_modules
 from smtp_exporter.targets import Target
 
@@ -33,9 +35,10 @@ class CompiledTarget:
 class Snapshot:
     config: Config  # as validated: what GET /config renders
     modules: Mapping[str, CompiledModule]  # every module by name, built-ins included
-    targets: tuple[CompiledTarget, ...]  # config.targets, in order (all shards)
+    targets: tuple[CompiledTarget, ...]  # config.targets, then those of target_files, in order (all shards)
     allowlist: TargetAllowlist  # http_probe.allowed_targets, compiled
     files: tuple[str, ...]  # the certificate, key, CA and password files the modules name
+    target_files: TargetFiles  # the files target_files found, which loaded, their texts in force
 
 
 def compile_snapshot(loaded: LoadedConfig) -> Snapshot:
@@ -46,13 +49,20 @@ def compile_snapshot(loaded: LoadedConfig) -> Snapshot:
         modules=modules,
         targets=tuple(
             CompiledTarget(entry, target, modules[entry.module])
-            for entry, target in zip(config.targets, loaded.targets, strict=True)
+            for entry, target in (
+                *zip(config.targets, loaded.targets, strict=True),
+                *loaded.target_files.entries,
+            )
         ),
         allowlist=loaded.allowlist,
         files=loaded.files,
+        target_files=loaded.target_files,
     )
 
 
 def load_snapshot(path: str | None) -> Snapshot:
-    """The snapshot of the config file at `path`, or of the embedded default config; ConfigError."""
-    return compile_snapshot(load(path) if path else default_loaded())
+    """The snapshot of the config file at `path`, or of the embedded default config; ConfigError
+    (a broken target file included: what runs once is run with every file loaded)."""
+    snapshot = compile_snapshot(load(path) if path else default_loaded())
+    raise_errors(snapshot.target_files.errors)
+    return snapshot

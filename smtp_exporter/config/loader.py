@@ -18,7 +18,7 @@ import dataclasses
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import yaml
@@ -26,10 +26,21 @@ import yaml
 from smtp_exporter.config.allowlist import TargetAllowlist
 from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.durations import quote_value
-from smtp_exporter.config.errors import ConfigError
+from smtp_exporter.config.errors import ConfigError, raise_errors
 from smtp_exporter.config.files import load_client_context
 from smtp_exporter.config.modules import MAX_TIMEOUT, ModulesDocument, parse_modules, uses_tls
-from smtp_exporter.config.nodes import EMPTY, Check, Parser, checked, is_null, kind, pairs, section, suggest
+from smtp_exporter.config.nodes import (
+    EMPTY,
+    Check,
+    Parser,
+    checked,
+    is_null,
+    kind,
+    pairs,
+    section,
+    sequence,
+    suggest,
+)
 from smtp_exporter.config.render import effective_config_yaml
 from smtp_exporter.config.schema import (
     Config,
@@ -49,8 +60,10 @@ from smtp_exporter.config.sections import (
     check_shard,
     parse_defaults,
     parse_targets,
+    target_key,
 )
-from smtp_exporter.config.yaml_source import compose_yaml, read_text
+from smtp_exporter.config.target_files import TargetFiles, load_target_files, pattern
+from smtp_exporter.config.yaml_source import MAX_TARGETS, compose_yaml, read_text
 from smtp_exporter.targets import Target
 
 __all__ = [
@@ -77,7 +90,7 @@ targets:
 
 _S = TypeVar("_S")
 
-_TOP_LEVEL = ("modules", "defaults", "targets", "scheduler", "metrics", "http_probe", "shard")
+_TOP_LEVEL = ("modules", "defaults", "targets", "target_files", "scheduler", "metrics", "http_probe", "shard")
 assert set(_TOP_LEVEL) == {field.name for field in dataclasses.fields(Config)} - {"source"}
 
 
@@ -90,16 +103,23 @@ class LoadedConfig:
     client_contexts: Mapping[TLSConfig, ssl.SSLContext]  # the tls_config of every module that uses TLS
     allowlist: TargetAllowlist  # config.http_probe.allowed_targets, parsed
     files: tuple[str, ...]  # the certificate, key, CA and password files it names
+    # The targets of target_files, and which files loaded; their errors do not fail the load.
+    target_files: TargetFiles = field(default_factory=TargetFiles)
 
 
-def load(path: str) -> LoadedConfig:
-    """Read and validate the config file at `path`; relative paths in it are relative to its directory."""
+def load(path: str, previous: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and validate the config file at `path`; relative paths in it are relative to its
+    directory. `previous`: the text in force of each target file, kept for a file now broken."""
     text = read_text(path, "config file", MAX_CONFIG_BYTES)
-    return load_text(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    return load_text(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)), previous=previous)
 
 
-def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedConfig:
-    """Validate config `text`; `source` names it in errors, `base_dir` anchors relative file paths."""
+def load_text(
+    text: str, *, source: str, base_dir: str | None = None, previous: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Validate config `text`; `source` names it in errors, `base_dir` anchors relative file
+    paths (and target_files globs). Errors of the config raise, together with those of the
+    target files; errors of target files alone are in the result's `target_files.errors`."""
     doc = ModulesDocument(source, base_dir)
     root = compose_yaml(text, source)
     if root is not None and not isinstance(root, yaml.MappingNode):
@@ -139,6 +159,24 @@ def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedC
             defaults_ok=defaults_ok,
         )
 
+    patterns: tuple[str, ...] = ()
+    if "target_files" in sections:
+        patterns, _ = checked(doc, (), _patterns, doc, sections["target_files"], "target_files")
+    taken = {
+        target_key(modules[entry.module], parsed_target, entry.module): f"{source}:{entry.line}"
+        for entry, parsed_target in zip(targets, parsed, strict=True)
+    }
+    target_files = load_target_files(
+        tuple(doc.path(item) for item in patterns),
+        modules,
+        defaults,
+        taken,
+        previous=previous or {},
+        budget=(MAX_TARGETS - len(targets), MAX_CONFIG_BYTES),
+        broken=doc.broken_modules,
+        defaults_ok=defaults_ok,
+    )
+
     def read(name: str, default: _S, parsers: Mapping[str, Parser], check: Check[_S] | None = None) -> _S:
         node = sections.get(name, EMPTY)
         return checked(doc, default, section, doc, node, name, default, parsers, check)[0]
@@ -146,6 +184,7 @@ def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedC
     config = Config(
         modules=modules,
         targets=targets,
+        target_files=patterns,
         defaults=defaults,
         scheduler=read("scheduler", SchedulerConfig(), SCHEDULER),
         metrics=read("metrics", MetricsConfig(), METRICS),
@@ -160,7 +199,9 @@ def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedC
         context, _ = checked(doc, None, load_client_context, doc, module.tls_config, {}, "")
         if context is not None:
             contexts[module.tls_config] = context
-    doc.raise_errors()
+    if doc.errors:
+        doc.errors.sort(key=lambda error: error.line or 0)
+        raise_errors([*doc.errors, *target_files.errors])
     return LoadedConfig(
         config=config,
         targets=parsed,
@@ -169,7 +210,12 @@ def load_text(text: str, *, source: str, base_dir: str | None = None) -> LoadedC
         },
         allowlist=TargetAllowlist(config.http_probe.allowed_targets),
         files=tuple(doc.files),
+        target_files=target_files,
     )
+
+
+def _patterns(doc: ModulesDocument, node: yaml.Node, path: str) -> tuple[str, ...]:
+    return tuple(pattern(doc, item, item_path) for item_path, item in sequence(doc, node, path, single=True))
 
 
 def load_config(path: str) -> Config:

@@ -22,6 +22,7 @@ def effective_config_yaml(config: Config) -> str:
         "modules": {name: _plain(module) for name, module in config.modules.items()},
         "defaults": _plain(config.defaults),
         "targets": [_plain(target) for target in config.targets],
+        "target_files": list(config.target_files),  # the globs: their targets are not repeated here
         "scheduler": _plain(config.scheduler),
         "metrics": _plain(config.metrics),
         "http_probe": _plain(config.http_probe),

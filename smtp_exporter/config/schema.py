@@ -200,7 +200,8 @@ class ShardConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     modules: dict[str, ModuleConfig]
-    targets: tuple[TargetConfig, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()  # the config file's own (not those of target_files)
+    target_files: tuple[str, ...] = ()  # globs of file_sd files, as written
     defaults: DefaultsConfig = field(default_factory=DefaultsConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import yaml
 
@@ -102,8 +102,15 @@ def parse_defaults(
 
 
 def _labels(doc: Document, node: yaml.Node, path: str) -> tuple[tuple[str, str], ...]:
+    return label_pairs(doc, pairs(doc, node, path), path)
+
+
+def label_pairs(
+    doc: Document, items: list[tuple[str, yaml.Node, yaml.Node]], path: str
+) -> tuple[tuple[str, str], ...]:
+    """A target's series labels from the (name, name node, value node) of its labels mapping."""
     labels = []
-    for name, name_node, value in pairs(doc, node, path):
+    for name, name_node, value in items:
         if not _LABEL_NAME_RE.fullmatch(name):
             doc.fail(
                 name_node, path, f"invalid label name {quote_value(name)}: must match [a-zA-Z_][a-zA-Z0-9_]*"
@@ -176,35 +183,79 @@ def _parse_target(
     broken: Collection[str],
     defaults_ok: bool,
 ) -> tuple[TargetConfig, Target] | None:
-    """One target and its parsed `Target`; None when it is not checked further (see above)."""
+    """One target of the config file and its parsed `Target`; None when it is not checked
+    further (see above)."""
     if not isinstance(item, yaml.MappingNode):
         doc.fail(item, item_path, f"must be a mapping with a target key, not {kind(item)}")
     entry = {key: (key_node, value) for key, key_node, value in fields(doc, item, item_path, _TARGET_KEYS)}
     if "target" not in entry:
         doc.fail(item, item_path, 'missing required key "target"')
+
+    def setting(key: str) -> tuple[yaml.Node, str] | None:
+        return (entry[key][1], join(item_path, key)) if key in entry else None
+
+    labels = setting("labels")
+    return build_target(
+        doc,
+        item,
+        item_path,
+        (entry["target"][1], join(item_path, "target")),
+        modules,
+        defaults,
+        seen,
+        broken=broken,
+        defaults_ok=defaults_ok,
+        module=setting("module"),
+        interval=setting("interval"),
+        mx_mode=setting("mx_mode"),
+        labels=lambda: _labels(doc, *labels) if labels is not None else (),
+    )
+
+
+Setting = tuple[yaml.Node, str]  # a value's node and its key path
+
+
+def build_target(
+    doc: Document,
+    item: yaml.Node,
+    item_path: str,
+    target: Setting,
+    modules: Mapping[str, ModuleConfig],
+    defaults: DefaultsConfig,
+    seen: dict[tuple[str, str], int],
+    *,
+    broken: Collection[str],
+    defaults_ok: bool,
+    module: Setting | None,
+    interval: Setting | None,
+    mx_mode: Setting | None,
+    labels: Callable[[], tuple[tuple[str, str], ...]],
+) -> tuple[TargetConfig, Target] | None:
+    """A target from what its entry sets (in the config file, or a group of a target file):
+    unset settings take the defaults; `item` is the entry, for its line. None when it is not
+    checked further (its module is in `broken`, or it needs defaults that are not `defaults_ok`)."""
     name = defaults.module
-    if "module" in entry:
-        name = module_name(doc, entry["module"][1], join(item_path, "module"), modules)
+    if module is not None:
+        name = module_name(doc, *module, modules)
     elif not defaults_ok:
         return None
     if name in broken:
         return None
-    module = modules[name]
-    target_node = entry["target"][1]
-    target_path = join(item_path, "target")
+    config = modules[name]
+    target_node, target_path = target
     text = string(doc, target_node, target_path).strip()
     try:
-        parsed = parse_target(text, module.port)
+        parsed = parse_target(text, config.port)
     except TargetError as exc:
         doc.fail(target_node, target_path, str(exc))
-    if module.mx and (parsed.ip is not None or ":" in text):
+    if config.mx and (parsed.ip is not None or ":" in text):
         doc.fail(
             target_node,
             target_path,
             f"module {quote_value(name)} has mx: true, so the target must be a mail domain "
             f"without port, not {quote_value(text)}",
         )
-    key = (parsed.host if module.mx else str(parsed), name)
+    key = target_key(config, parsed, name)
     if key in seen:
         doc.fail(
             item,
@@ -212,38 +263,42 @@ def _parse_target(
             f"duplicate target {quote_value(text)} with module {quote_value(name)} (also at line {seen[key]})",
         )
     seen[key] = line_of(item)
-    interval = defaults.interval
-    if "interval" in entry:
-        interval = duration(doc, entry["interval"][1], join(item_path, "interval"), MAX_INTERVAL)
-    if module.timeout >= interval and ("interval" in entry or defaults_ok):
+    seconds = defaults.interval
+    if interval is not None:
+        seconds = duration(doc, *interval, MAX_INTERVAL)
+    if config.timeout >= seconds and (interval is not None or defaults_ok):
         doc.fail(
             item,
             item_path,
-            f"the timeout {format_duration(module.timeout)} of module {quote_value(name)} must be "
-            f"shorter than the interval {format_duration(interval)}",
+            f"the timeout {format_duration(config.timeout)} of module {quote_value(name)} must be "
+            f"shorter than the interval {format_duration(seconds)}",
         )
-    mx_mode = MXMode.PRIMARY
-    if "mx_mode" in entry:
-        mode_node = entry["mx_mode"][1]
-        mx_mode = choice(doc, mode_node, join(item_path, "mx_mode"), list(MXMode))
-        if mx_mode is MXMode.EACH and not module.mx:
+    mode = MXMode.PRIMARY
+    if mx_mode is not None:
+        mode_node, mode_path = mx_mode
+        mode = choice(doc, mode_node, mode_path, list(MXMode))
+        if mode is MXMode.EACH and not config.mx:
             doc.fail(
                 mode_node,
-                join(item_path, "mx_mode"),
+                mode_path,
                 f"mx_mode: each needs a module with mx: true ({quote_value(name)} has mx: false)",
             )
-    labels = _labels(doc, entry["labels"][1], join(item_path, "labels")) if "labels" in entry else ()
     kept_text = _fresh(text)
-    target = TargetConfig(
+    entry = TargetConfig(
         target=kept_text,
         module=sys.intern(name),
-        interval=interval,
-        labels=labels,
-        mx_mode=mx_mode,
+        interval=seconds,
+        labels=labels(),
+        mx_mode=mode,
         line=line_of(item),
     )
     # The parsed host shares the kept text when they are equal (a host without port).
-    return target, parsed._replace(host=kept_text) if parsed.host == text else parsed
+    return entry, parsed._replace(host=kept_text) if parsed.host == text else parsed
+
+
+def target_key(module: ModuleConfig, parsed: Target, name: str) -> tuple[str, str]:
+    """What two targets may not share: the mail domain (mx modules) or host:port, and the module."""
+    return (parsed.host if module.mx else str(parsed), name)
 
 
 # --- scheduler, metrics, http_probe, shard ------------------------------------------------------------

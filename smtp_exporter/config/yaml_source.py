@@ -37,7 +37,7 @@ def read_text(path: str, what: str, limit: int | None = None) -> str:
         raise ConfigError(path, "invalid YAML: not valid UTF-8", line=line) from None
 
 
-def _check_shape(text: str, source: str) -> None:
+def _check_shape(text: str, source: str, count_targets: bool) -> None:
     """Refuse, before building any node, what would be costly or fatal to build: nesting deeper
     than MAX_NESTING (libyaml's C composer recurses once per level, and a few tens of thousands
     of `[` crash the process; its event parser does not recurse) and more than MAX_TARGETS
@@ -57,7 +57,7 @@ def _check_shape(text: str, source: str) -> None:
                 in_targets = top_key == "targets" and isinstance(event, yaml.SequenceStartEvent)
                 targets_line = _line(event)
             expect_key = not expect_key
-        elif node_event and depth == 2 and in_targets:
+        elif node_event and depth == 2 and in_targets and count_targets:
             targets += 1
             if targets > MAX_TARGETS:
                 raise ConfigError(
@@ -82,10 +82,11 @@ def _line(event: yaml.Event) -> int | None:
     return event.start_mark.line + 1 if event.start_mark else None
 
 
-def compose_yaml(text: str, source: str) -> yaml.Node | None:
-    """The node tree of a one-document YAML text, or None when it is empty."""
+def compose_yaml(text: str, source: str, *, count_targets: bool = True) -> yaml.Node | None:
+    """The node tree of a one-document YAML text, or None when it is empty. `count_targets`
+    false: not a config file (a target file: its loader counts the targets)."""
     try:
-        _check_shape(text, source)
+        _check_shape(text, source, count_targets)
         node: yaml.Node | None = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -34,6 +34,9 @@ class ExporterStats:
         self.config_reload_success_timestamp = 0.0
         # The web config in force was loaded at start (or the exporter would not have started).
         self.web_config_reload_successful = True
+        # Each file target_files found at the latest load: whether it loaded as it is (True) or
+        # is broken, its previous contents running (False).
+        self.target_files: tuple[tuple[str, bool], ...] = ()
         self.targets = 0
         self.probes_in_flight = 0
         self.probes_waiting = 0
@@ -98,6 +101,15 @@ class _StatsCollector(Collector):
             "file it names, succeeded (1) or failed (0).",
             1.0 if stats.web_config_reload_successful else 0.0,
         )
+        files = GaugeMetricFamily(
+            "smtp_exporter_target_file_last_load_successful",
+            "Whether the latest load of each file target_files found succeeded (1) or failed (0: "
+            "its previous contents keep running).",
+            labels=("file",),
+        )
+        for name, ok in stats.target_files:
+            files.add_metric((name,), 1.0 if ok else 0.0)
+        yield files
         yield gauge(
             "smtp_exporter_targets",
             "Scheduled series (targets, or MX hosts in mx_mode each) probed by this process.",

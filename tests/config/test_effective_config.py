@@ -96,7 +96,16 @@ def test_password_never_in_error_messages(
 
 def test_effective_config_shows_every_module_with_defaults() -> None:
     document = yaml.safe_load(effective_config_yaml(default_config()))
-    assert list(document) == ["modules", "defaults", "targets", "scheduler", "metrics", "http_probe", "shard"]
+    assert list(document) == [
+        "modules",
+        "defaults",
+        "targets",
+        "target_files",
+        "scheduler",
+        "metrics",
+        "http_probe",
+        "shard",
+    ]
     assert list(document["modules"]) == list(BUILTIN_MODULES)
     handshake = document["modules"]["smtp_handshake"]
     assert handshake["timeout"] == "10s"
