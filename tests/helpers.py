@@ -35,6 +35,11 @@ DEBIAN_PACKAGES = {
     "/usr/lib/dovecot/imap": "dovecot-imapd",
     "/usr/lib/dovecot/imap-login": "dovecot-imapd",
     "/usr/lib/dovecot/lmtp": "dovecot-lmtpd",
+    "curl": "curl",
+    "ip": "iproute2",
+    "git": "git",
+    "unshare": "util-linux",
+    "nsenter": "util-linux",
 }
 
 # Places where Debian installs binaries that are not on an ordinary user's PATH.
