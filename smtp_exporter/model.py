@@ -110,6 +110,15 @@ class TLSInfo:
     issuer: str | None
     sans: tuple[str, ...]
     fingerprint_sha256: str | None
+    # For the blackbox_exporter-compatible series (metrics/blackbox.py): the leaf's DNS names
+    # and its names as Go spells them (probe/x509_names.py), the earliest expiry over the whole
+    # chain the server presented, and over the chain verification built (its trust anchor
+    # included, as Go's VerifiedChains), or over the presented one when it did not verify.
+    dns_names: tuple[str, ...] = ()
+    subject_dn: str | None = None
+    issuer_dn: str | None = None
+    chain_not_after_timestamp: float | None = None
+    last_chain_not_after_timestamp: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

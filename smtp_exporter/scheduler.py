@@ -137,6 +137,7 @@ class Scheduler:
         self._max_concurrency = 0
         self._buckets = Buckets(())
         self._phase_histograms = False
+        self._blackbox_names = False
         self._stopping = False
 
     # -- configuration ------------------------------------------------------------------------
@@ -157,15 +158,21 @@ class Scheduler:
             self._max_concurrency = config.scheduler.max_concurrency
             self._semaphore = asyncio.Semaphore(self._max_concurrency)
         metrics = config.metrics
-        if (metrics.histogram_buckets, metrics.phase_histograms) != (
+        if (metrics.histogram_buckets, metrics.phase_histograms, metrics.blackbox_names) != (
             self._buckets.bounds,
             self._phase_histograms,
+            self._blackbox_names,
         ):
             self._buckets = Buckets(metrics.histogram_buckets)
             self._phase_histograms = metrics.phase_histograms
+            self._blackbox_names = metrics.blackbox_names
             for job in self._jobs.values():
                 for state in job.series.values():
-                    state.reconfigure(buckets=self._buckets, phase_histograms=self._phase_histograms)
+                    state.reconfigure(
+                        buckets=self._buckets,
+                        phase_histograms=self._phase_histograms,
+                        blackbox_names=self._blackbox_names,
+                    )
 
         for key in [key for key in self._jobs if key not in wanted]:
             self._remove(self._jobs.pop(key))
@@ -307,7 +314,10 @@ class Scheduler:
             state = job.series.get(key)
             if state is None:
                 state = job.series[key] = SeriesState(
-                    job.series_labels(key), buckets=self._buckets, phase_histograms=self._phase_histograms
+                    job.series_labels(key),
+                    buckets=self._buckets,
+                    phase_histograms=self._phase_histograms,
+                    blackbox_names=self._blackbox_names,
                 )
                 self._store.put((job.key, key), state)
             previous = state.latest

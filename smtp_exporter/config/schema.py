@@ -177,6 +177,9 @@ class MetricsConfig:
     histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     # Per-phase histograms multiply series by the number of phases: off unless asked for.
     phase_histograms: bool = False
+    # blackbox_exporter's names (probe_success, probe_ssl_earliest_cert_expiry, ...) beside this
+    # exporter's in /metrics: off by default since they add series (/probe always has them).
+    blackbox_names: bool = False
     # Full results (with transcripts) kept for the status page, /transcript and debug output,
     # shared by all targets: the newest this many.
     history_limit: int = 1000

@@ -346,6 +346,7 @@ SCHEDULER: dict[str, Parser] = {
 METRICS: dict[str, Parser] = {
     "histogram_buckets": _buckets,
     "phase_histograms": boolean,
+    "blackbox_names": boolean,
     "history_limit": integer_in(0, MAX_HISTORY),
 }
 HTTP_PROBE: dict[str, Parser] = {

@@ -12,29 +12,30 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
 from prometheus_client.utils import floatToGoString
 
+from smtp_exporter.metrics.blackbox import BLACKBOX_FAMILIES, blackbox_samples
 from smtp_exporter.metrics.families import (
     ATTEMPT_FAILURES_TOTAL,
     DURATION_HISTOGRAM,
     FAILURES_TOTAL,
     PHASE_DURATION_HISTOGRAM,
-    PROBE_DURATION,
-    PROBE_SUCCESS,
     PROBES_TOTAL,
     RESULT_FAMILIES,
-    SERIES_FAMILIES,
     Family,
     Labels,
+    Sample,
     attempt_failures,
     escape_label_value,
     result_samples,
 )
+from smtp_exporter.metrics.families import SERIES_FAMILIES as OWN_SERIES_FAMILIES
 from smtp_exporter.model import ProbeResult
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -42,6 +43,9 @@ _go_float: Callable[[float], str] = floatToGoString  # the client library's floa
 OPENMETRICS_EOF = b"# EOF\n"
 SCRAPE_CHUNK_BYTES = 256 * 1024
 RECENT_DURATIONS = 32  # probe durations kept per series, for a sparkline
+# A scheduled series' families: this exporter's, then blackbox_exporter's names, whose fragments
+# stay empty (and whose headers are not written) unless `metrics.blackbox_names` is on.
+SERIES_FAMILIES = (*OWN_SERIES_FAMILIES, *BLACKBOX_FAMILIES)
 
 _FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
 _EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
@@ -127,11 +131,13 @@ class SeriesState:
     shared result history, which keeps the newest `metrics.history_limit` of them.
 
     `labels` are the series' own labels: target, module, mx_host in mx_mode each, ip_protocol
-    ("4" or "6") under ip_protocol both, then the target's static labels. `observe` folds in a probe result and re-renders the fragments.
+    ("4" or "6") under ip_protocol both, then the target's static labels. `observe` folds in a
+    probe result and re-renders the fragments; `blackbox_names` adds blackbox_exporter's names.
     """
 
     __slots__ = (
         "_attempt_failures",
+        "_blackbox_names",
         "_durations",
         "_failures",
         "_histogram",
@@ -145,7 +151,10 @@ class SeriesState:
         "probes",
     )
 
-    def __init__(self, labels: Labels, *, buckets: Buckets, phase_histograms: bool) -> None:
+    def __init__(
+        self, labels: Labels, *, buckets: Buckets, phase_histograms: bool, blackbox_names: bool = False
+    ) -> None:
+        self._blackbox_names = blackbox_names
         self.mx_host: str | None = next((value for name, value in labels if name == "mx_host"), None)
         family = next((value for name, value in labels if name == "ip_protocol"), None)
         self.ip_protocol: int | None = None if family is None else int(family)  # ip_protocol both
@@ -161,9 +170,10 @@ class SeriesState:
         self._durations = array("d", bytes(8 * RECENT_DURATIONS))
         self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
 
-    def reconfigure(self, *, buckets: Buckets, phase_histograms: bool) -> None:
+    def reconfigure(self, *, buckets: Buckets, phase_histograms: bool, blackbox_names: bool = False) -> None:
         """Apply the metrics settings of a new config; histograms restart only if they changed."""
-        changed = False
+        changed = blackbox_names != self._blackbox_names
+        self._blackbox_names = blackbox_names
         if buckets.bounds != self._histogram.buckets.bounds:
             self._histogram = Histogram(buckets)
             if self._phase_histograms:
@@ -212,7 +222,10 @@ class SeriesState:
         prefix = self._prefix  # never empty: a series has at least target and module
         index = _FAMILY_INDEX
         columns: dict[int, list[str]] = {}
-        for family, extra, value in result_samples(result, mx_host_label=self.mx_host is not None):
+        samples: Iterable[Sample] = result_samples(result, mx_host_label=self.mx_host is not None)
+        if self._blackbox_names:
+            samples = chain(samples, blackbox_samples(result))
+        for family, extra, value in samples:
             text = str(value) if value.__class__ is int else format_value(value)
             if extra:
                 line = f"{family.name}{{{prefix},{extra}}} {text}\n"
@@ -292,11 +305,11 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
     """The body of a `/probe` response: the result's families without target labels.
 
     Every request renders afresh and keeps nothing (the blackbox_exporter model), with
-    `probe_success` and `probe_duration_seconds` first so generic blackbox rules keep working.
+    blackbox_exporter's names first (`probe_success`, ...) so its users' rules keep working.
     """
     headers = _OPENMETRICS_HEADERS if openmetrics else _TEXT_HEADERS
     columns: dict[Family, list[str]] = {}
-    for family, labels, value in result_samples(result):
+    for family, labels, value in chain(blackbox_samples(result), result_samples(result)):
         text = str(value) if value.__class__ is int else format_value(value)
         line = f"{family.name}{{{labels}}} {text}\n" if labels else f"{family.name} {text}\n"
         lines = columns.get(family)
@@ -304,13 +317,8 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
             columns[family] = [headers[family], line]
         else:
             lines.append(line)
-    parts = [
-        headers[PROBE_SUCCESS],
-        f"{PROBE_SUCCESS.name} {1 if result.success else 0}\n",
-        headers[PROBE_DURATION],
-        f"{PROBE_DURATION.name} {format_value(result.duration_seconds)}\n",
-    ]
-    for family in RESULT_FAMILIES:
+    parts: list[str] = []
+    for family in _PROBE_FAMILIES:
         lines = columns.get(family)
         if lines is not None:
             parts += lines
@@ -325,14 +333,11 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
     return "".join(parts).encode()
 
 
+_PROBE_FAMILIES = (*BLACKBOX_FAMILIES, *RESULT_FAMILIES)
 # Family headers as text, for renderers that build a whole body as one string.
-_TEXT_HEADERS = {
-    family: family.text_header.decode()
-    for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES, ATTEMPT_FAILURES_TOTAL)
-}
+_TEXT_HEADERS = {family: family.text_header.decode() for family in (*_PROBE_FAMILIES, ATTEMPT_FAILURES_TOTAL)}
 _OPENMETRICS_HEADERS = {
-    family: family.openmetrics_header.decode()
-    for family in (PROBE_SUCCESS, PROBE_DURATION, *RESULT_FAMILIES, ATTEMPT_FAILURES_TOTAL)
+    family: family.openmetrics_header.decode() for family in (*_PROBE_FAMILIES, ATTEMPT_FAILURES_TOTAL)
 }
 
 

@@ -162,10 +162,7 @@ SERIES_FAMILIES: tuple[Family, ...] = (
     DURATION_HISTOGRAM,
     PHASE_DURATION_HISTOGRAM,
 )
-
-# blackbox_exporter's generic names, added to /probe responses so its alert rules keep working.
-PROBE_SUCCESS = _g("probe_success", "Whether the probe succeeded (1) or failed (0).")
-PROBE_DURATION = _g("probe_duration_seconds", "How long the probe took to complete.")
+# blackbox_exporter's names (probe_success, ...) are in metrics/blackbox.py.
 
 
 def escape_label_value(value: str) -> str:

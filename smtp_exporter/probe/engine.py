@@ -357,7 +357,7 @@ class Conversation:
             state: HandshakeState | None = getattr(exc, "peer_state", None)
             message = exc.verify_message or str(exc)
             self.tls = self.certificates.tls_info(
-                leaf_der=state.leaf_der if state else None,
+                chain=state.chain if state else (),
                 version=state.version if state else None,
                 cipher=state.cipher if state else None,
                 verified=False,
@@ -370,10 +370,10 @@ class Conversation:
             message = f"TLS handshake failed: {exc or type(exc).__name__}"
             sslobj = self.handshake.sslobj
             broken = received_state(sslobj) if sslobj is not None else None
-            if broken is not None and broken.leaf_der is not None:
+            if broken is not None and broken.chain:
                 # The server broke off after its Certificate: report what it presented.
                 self.tls = self.certificates.tls_info(
-                    leaf_der=broken.leaf_der,
+                    chain=broken.chain,
                     version=broken.version,
                     cipher=broken.cipher,
                     verified=False,

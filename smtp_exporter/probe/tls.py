@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from cryptography import x509
 
 from smtp_exporter.model import TLSInfo
+from smtp_exporter.probe.x509_names import go_name_string
 
 _DER = 2  # _ssl.ENCODING_DER: not exported by the ssl module
 MAX_NAME_CHARS = 256
@@ -32,7 +33,7 @@ MAX_SANS = 32
 class HandshakeState(NamedTuple):
     """What a failed handshake had learnt, attached to the exception as `peer_state`."""
 
-    leaf_der: bytes | None
+    chain: tuple[bytes, ...]  # as presented, leaf first (unverified)
     version: str | None
     cipher: str | None
 
@@ -73,10 +74,10 @@ def watching(watch: HandshakeWatch) -> Iterator[None]:
 
 
 def received_state(sslobj: ssl.SSLObject) -> HandshakeState:
-    """What a handshake that broke off had received (the leaf even when unverified)."""
+    """What a handshake that broke off had received (the chain even when unverified)."""
     cipher = sslobj.cipher()
     return HandshakeState(
-        _unverified_leaf(sslobj),
+        _chain(sslobj, "get_unverified_chain"),
         sslobj.version() or (cipher[1] if cipher else None),
         cipher[0] if cipher else None,
     )
@@ -121,17 +122,15 @@ class _ChainKeepingSSLObject(ssl.SSLObject):
                 transport.write(pending)
 
 
-def _unverified_leaf(sslobj: ssl.SSLObject) -> bytes | None:
-    getter: Any = getattr(sslobj, "get_unverified_chain", None)  # public from Python 3.13
+def _chain(sslobj: ssl.SSLObject, which: str) -> tuple[bytes, ...]:
+    """The peer's chain as DER: `get_unverified_chain` (as presented) or `get_verified_chain`
+    (as verification built it). Public from Python 3.13, private from 3.10."""
+    getter: Any = getattr(sslobj, which, None)
     if getter is None:
-        getter = getattr(sslobj._sslobj, "get_unverified_chain", None)  # type: ignore[attr-defined]
+        getter = getattr(sslobj._sslobj, which, None)  # type: ignore[attr-defined]
     if getter is None:
-        return None
-    chain = getter()
-    if not chain:
-        return None
-    leaf = chain[0]
-    return leaf if isinstance(leaf, bytes) else bytes(leaf.public_bytes(_DER))
+        return ()
+    return tuple(c if isinstance(c, bytes) else bytes(c.public_bytes(_DER)) for c in getter() or ())
 
 
 def _cipher_name(sslobj: ssl.SSLObject) -> str | None:
@@ -151,6 +150,9 @@ class CertificateFacts(NamedTuple):
     issuer: str
     sans: tuple[str, ...]
     fingerprint_sha256: str
+    dns_names: tuple[str, ...]
+    subject_dn: str  # as Go writes it, for blackbox_exporter's labels
+    issuer_dn: str
 
 
 class CertificateReader:
@@ -174,13 +176,16 @@ class CertificateReader:
     def tls_info(
         self,
         *,
-        leaf_der: bytes | None,
+        chain: tuple[bytes, ...],
         version: str | None,
         cipher: str | None,
         verified: bool,
         verify_error: str | None,
+        verified_chain: tuple[bytes, ...] = (),
     ) -> TLSInfo:
-        facts = self.facts(leaf_der) if leaf_der else None
+        """`chain` as presented (leaf first); `verified_chain` as verification built it, when it
+        succeeded."""
+        facts = self.facts(chain[0]) if chain else None
         return TLSInfo(
             version=version or "unknown",
             cipher=cipher or "unknown",
@@ -192,16 +197,32 @@ class CertificateReader:
             issuer=facts.issuer if facts else None,
             sans=facts.sans if facts else (),
             fingerprint_sha256=facts.fingerprint_sha256 if facts else None,
+            dns_names=facts.dns_names if facts else (),
+            subject_dn=facts.subject_dn if facts else None,
+            issuer_dn=facts.issuer_dn if facts else None,
+            chain_not_after_timestamp=self._earliest_not_after(chain),
+            last_chain_not_after_timestamp=self._earliest_not_after(verified_chain or chain),
         )
+
+    def _earliest_not_after(self, chain: tuple[bytes, ...]) -> float | None:
+        """blackbox_exporter's expiry of a chain: the earliest of its certificates' (a certificate
+        that cannot be read is left out, as Go leaves out a zero NotAfter)."""
+        dates = [facts.not_after for facts in map(self.facts, chain) if facts is not None]
+        return min(dates) if dates else None
 
 
 def session_info(reader: CertificateReader, sslobj: ssl.SSLObject, *, verified: bool) -> TLSInfo:
+    chain = _chain(sslobj, "get_unverified_chain")
+    if not chain:  # an interpreter without the chain getters: the leaf at least
+        leaf = sslobj.getpeercert(binary_form=True)
+        chain = (leaf,) if leaf else ()
     return reader.tls_info(
-        leaf_der=sslobj.getpeercert(binary_form=True),
+        chain=chain,
         version=sslobj.version(),
         cipher=_cipher_name(sslobj),
         verified=verified,
         verify_error=None,
+        verified_chain=_chain(sslobj, "get_verified_chain") if verified else (),
     )
 
 
@@ -210,10 +231,10 @@ def _parse(der: bytes, fingerprint: str) -> CertificateFacts | None:
         cert = x509.load_der_x509_certificate(der)
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-            names += [str(n) for n in san.get_values_for_type(x509.IPAddress)]
+            dns_names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            names = dns_names + [str(n) for n in san.get_values_for_type(x509.IPAddress)]
         except x509.ExtensionNotFound:
-            names = []
+            dns_names = names = []
         return CertificateFacts(
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
@@ -221,6 +242,9 @@ def _parse(der: bytes, fingerprint: str) -> CertificateFacts | None:
             issuer=cert.issuer.rfc4514_string()[:MAX_NAME_CHARS],
             sans=tuple(n[:MAX_NAME_CHARS] for n in names[:MAX_SANS]),
             fingerprint_sha256=fingerprint,
+            dns_names=tuple(n[:MAX_NAME_CHARS] for n in dns_names[:MAX_SANS]),
+            subject_dn=go_name_string(cert.subject)[:MAX_NAME_CHARS],
+            issuer_dn=go_name_string(cert.issuer)[:MAX_NAME_CHARS],
         )
     except (ValueError, TypeError):
         return None  # a certificate cryptography cannot read: the session facts still stand

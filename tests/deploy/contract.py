@@ -39,6 +39,15 @@ METRICS = frozenset(
         "smtp_probe_attempts",
         "smtp_probe_fallback",
         "smtp_probe_attempt_failures_total",
+        # blackbox_exporter's names, which migrating users' rules and dashboards use
+        # (docs/migrating-from-blackbox.md); the TLS ones need a TLS peer to be served.
+        "probe_success",
+        "probe_duration_seconds",
+        "probe_ssl_earliest_cert_expiry",
+        "probe_ssl_last_chain_expiry_timestamp_seconds",
+        "probe_ssl_last_chain_info",
+        "probe_tls_version_info",
+        "probe_tls_cipher_info",
         "smtp_exporter_build_info",
         "smtp_exporter_config_last_reload_successful",
         "smtp_exporter_config_last_reload_success_timestamp_seconds",
