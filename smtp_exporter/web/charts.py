@@ -14,10 +14,10 @@ from html import escape
 
 from smtp_exporter.model import ProbeResult
 
-BAR_WIDTH = 140
+BAR_WIDTH = 120
 BAR_HEIGHT = 12
 MIN_SEGMENT = 2  # px: a 0.2 ms phase beside a 5 s timeout must still be seen
-SPARK_WIDTH = 96
+SPARK_WIDTH = 80
 SPARK_HEIGHT = 20
 
 

@@ -42,7 +42,7 @@ MAX_ROWS = 1000
 MAX_RECENT_ROWS = 100
 
 STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1em 1.5em;color:#1d1d1f;background:#fff}
+body{font:14px/1.4 system-ui,sans-serif;margin:1em;color:#1d1d1f;background:#fff}
 h1{font-size:1.4em;margin:0 0 .3em}
 a{color:#0b57d0}
 nav a{margin-right:1em}
@@ -54,10 +54,11 @@ label{display:flex;flex-direction:column;font-size:.85em;color:#444}
 input,select,button{font:inherit;padding:.2em .4em}
 table{border-collapse:collapse;width:100%;font-size:13px}
 caption{text-align:left;padding:.3em 0}
-th,td{border-bottom:1px solid #ddd;padding:.3em .45em;text-align:left;vertical-align:top}
-thead th{background:#f3f4f6;white-space:nowrap}
+th,td{border-bottom:1px solid #ddd;padding:.3em .35em;text-align:left;vertical-align:top}
+thead th{background:#f3f4f6}
 thead th a{color:inherit}
-tbody th{font-weight:600;word-break:break-all}
+tbody th{font-weight:600;min-width:10em;overflow-wrap:anywhere}
+.sub{display:block;font-weight:400;font-size:.9em}
 .badge{display:inline-block;border-radius:.7em;padding:0 .55em;font-size:.85em;font-weight:600;white-space:nowrap}
 .badge.up{background:#d9f2df;color:#125b24}
 .badge.down{background:#fbe0e0;color:#8c1020}
@@ -65,7 +66,8 @@ tbody th{font-weight:600;word-break:break-all}
 .badge.warn{background:#fff1c9;color:#6b4a00}
 .num,.nowrap{white-space:nowrap}
 .num{font-variant-numeric:tabular-nums}
-.msg{max-width:24em;overflow-wrap:anywhere}
+.msg{min-width:11em;max-width:24em;overflow-wrap:anywhere}
+td.tls{min-width:8em}
 svg.bar rect.p0{fill:#5b8def}
 svg.bar rect.p1{fill:#a9c3f7}
 svg.bar rect.failed{fill:#c62828}
@@ -73,14 +75,17 @@ svg{vertical-align:middle}
 svg.spark polyline{fill:none;stroke:#5b8def;stroke-width:1.5}
 svg.spark circle{fill:#1d1d1f}
 .where{display:block;font:12px monospace;color:#8c1020;white-space:nowrap}
-.links a{white-space:nowrap;margin-right:.4em}
+td.links a{display:block;white-space:nowrap}
 @media (max-width:760px){
 body{margin:.6em}
 table,thead,tbody,tr,th,td{display:block}
 thead{position:absolute;left:-9999px}
 tbody tr{border:1px solid #ccc;border-radius:6px;margin:0 0 .7em;padding:.3em .5em}
 tbody td,tbody th{border:0;padding:.15em 0}
+tbody td:empty{display:none}
+caption{display:block}
 tbody td::before{content:attr(data-label) ": ";font-weight:600;color:#555}
+td.links a{display:inline;margin-right:1em}
 .msg{max-width:none}
 }
 """
@@ -91,20 +96,19 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; frame-ancestors 'none'"
 )
 
-_COLUMNS = (  # (header, sort column or ""); the first is each row's header cell
-    ("Target", "target"),
-    ("Module", "module"),
-    ("Labels", ""),
-    ("State", "state"),
-    ("Last probe", "age"),
-    ("Interval, next", "next"),
-    ("Duration", "duration"),
-    ("Phases", ""),
-    ("Failure", "failure"),
-    ("MX host, address", "mx"),
-    ("TLS", "tls"),
-    ("Recent durations", ""),
-    ("Links", ""),
+_COLUMNS = (  # (header, sort column or "", cell class); the first is each row's header cell
+    ("Target, labels", "target", ""),
+    ("Module", "module", ""),
+    ("State", "state", ""),
+    ("Last probe", "age", "num"),
+    ("Next", "next", "num"),
+    ("Duration", "duration", "num"),
+    ("Phases", "", "nowrap"),
+    ("Failure", "failure", "msg"),
+    ("MX host, address", "mx", "path"),
+    ("TLS", "tls", "tls"),
+    ("Recent", "", ""),
+    ("Links", "", "links"),
 )
 
 
@@ -200,14 +204,13 @@ def _row(row: Row, allowlist: TargetAllowlist, now: float) -> str:
     mx_host = None if state is None else state.mx_host
     ip_protocol = None if state is None else state.ip_protocol
     query = escape(series_query(config.target, config.module, mx_host, ip_protocol))
-    upcoming = "probing now" if status.in_flight else f"next in {_age(status.next_probe_timestamp - now)}"
+    upcoming = "probing now" if status.in_flight else f"in {_age(status.next_probe_timestamp - now)}"
     cells: list[str] = [
         escape(config.module),
-        escape(", ".join(f"{key}={value}" for key, value in config.labels)),
         _badge(row.word),
-        "" if result is None else f'<span class="num">{_age(now - result.start_timestamp)} ago</span>',
-        f'<span class="num">every {_interval(config.interval)}, {upcoming}</span>',
-        "" if result is None else f'<span class="num">{duration_text(result.duration_seconds)}</span>',
+        "" if result is None else f"{_age(now - result.start_timestamp)} ago",
+        f'{upcoming}<span class="muted sub">every {_interval(config.interval)}</span>',
+        "" if result is None else duration_text(result.duration_seconds),
         "" if result is None else phase_bar(result),
         _failure_cell(row, now),
         "" if result is None else _path_cell(result),
@@ -221,16 +224,17 @@ def _row(row: Row, allowlist: TargetAllowlist, now: float) -> str:
     if allowlist.allows_target(status.target):
         probe = escape(urlencode({"target": config.target, "module": config.module, "debug": "true"}))
         links.append(f'<a href="/probe?{probe}">probe now</a>')
-    cells.append(f'<span class="links">{"".join(links)}</span>')
+    cells.append("".join(links))
     data = f'data-state="{row.word}" data-module="{escape(config.module)}"'
     if result is not None:
         data += f' data-duration="{result.duration_seconds!r}" data-started="{result.start_timestamp!r}"'
-    classes = ("", "", "", "", "num", "", "", "", "msg", "", "", "", "")
     tds = "".join(
         f'<td data-label="{label}"{f" class={css}" if css else ""}>{cell}</td>'
-        for (label, _), css, cell in zip(_COLUMNS[1:], classes[1:], cells, strict=True)
+        for (label, _, css), cell in zip(_COLUMNS[1:], cells, strict=True)
     )
-    return f'<tr class="series {row.word}" {data}><th scope="row">{escape(row.name)}</th>{tds}</tr>'
+    labels = ", ".join(f"{key}={value}" for key, value in config.labels)
+    name = escape(row.name) + (f'<span class="muted sub">{escape(labels)}</span>' if labels else "")
+    return f'<tr class="series {row.word}" {data}><th scope="row">{name}</th>{tds}</tr>'
 
 
 def _summary(summary: Summary, view: View) -> str:
@@ -274,7 +278,7 @@ def _form(view: View) -> str:
 
 def _header(view: View) -> str:
     cells = []
-    for name, column in _COLUMNS:
+    for name, column, _ in _COLUMNS:
         if not column:
             cells.append(f'<th scope="col">{name}</th>')
             continue
