@@ -17,7 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.browser import Chromium, Page
+from tests.probe.test_failover import silent_host
 from tests.servers.aiosmtpd_server import AiosmtpdServer
+from tests.servers.dns_server import DnsServer
 from tests.servers.scripted import ScriptedServer, silence
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
@@ -260,3 +262,43 @@ async def test_the_page_in_headless_chromium(
             "getComputedStyle(document.querySelector('tbody td'), '::before').content"
         )
         assert label == '"Module: "', label
+
+
+async def test_a_row_names_the_mx_host_and_address_used_and_the_fallback(
+    write_config: Callable[[str], Path],
+    smtp_server: AiosmtpdServer,
+    dns_server: Callable[..., DnsServer],
+) -> None:
+    dns = dns_server(
+        {
+            "fallback.test": {"MX": ["10 mx-silent.example.test.", "20 mx-working.example.test."]},
+            "primary.test": {"MX": ["10 mx-working.example.test."]},
+            "mx-silent.example.test": {"A": "127.0.0.2"},
+            "mx-working.example.test": {"A": "127.0.0.1"},
+        }
+    )
+    config = write_config(
+        f"""
+modules:
+  mx_check: {{mx: true, ip_protocol: ip4, port: {smtp_server.port}, timeout: 900ms, connect_timeout: 300ms,
+             ehlo: probe.test, dns: {{nameservers: ['{dns.nameserver}'], timeout: 300ms}}}}
+targets:
+  - {{target: fallback.test, module: mx_check, interval: 1s}}
+  - {{target: primary.test, module: mx_check, interval: 1s}}
+"""
+    )
+    with silent_host("127.0.0.2", smtp_server.port):
+        async with running_exporter(config) as running:
+            for target in ("fallback.test", "primary.test"):
+                await running.wait_metric("smtp_probe_success", target=target)
+            status, page = await running.get("/?q=example.test")
+    assert status == 200
+    rows = {_name(row): row for row in _rows(page)}
+    assert set(rows) == {"fallback.test", "primary.test"}
+    address = f"127.0.0.1:{smtp_server.port}"
+    fell_back = rows["fallback.test"]
+    assert "mx-working.example.test <span class=muted>(pref 20)</span>" in fell_back and address in fell_back
+    assert '<span class="badge warn">fallback</span> 127.0.0.2 failed (timeout)' in fell_back
+    direct = rows["primary.test"]
+    assert "mx-working.example.test <span class=muted>(pref 10)</span>" in direct and address in direct
+    assert "fallback" not in direct
