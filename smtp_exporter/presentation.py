@@ -1,30 +1,17 @@
 """Every text form of a probe result: the probe command's text and JSON, the transcript and
-debug pages, the scheduler's transcript log line, and the status page.
+debug pages and the scheduler's transcript log line (the HTML pages are web/status_page.py).
 
-Rendering only: everything here takes results and states and returns text (or the JSON
-document as a dict), reads no clock but for "how long ago" on the status page, and keeps nothing.
+Rendering only: everything here takes results and returns text (or the JSON document as a
+dict), reads no clock, and keeps nothing.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from collections.abc import Iterable
-from html import escape
 from typing import Any
-from urllib.parse import urlencode
 
-from smtp_exporter import __version__
-from smtp_exporter.history import HistoryEntry
-from smtp_exporter.metrics import SeriesState
-from smtp_exporter.model import AttemptOutcome, ProbeResult
-from smtp_exporter.status import TargetStatus
-
-# Rows on the status page: a page of 10,000 targets would take the event loop ~0.1s to render.
-MAX_ROWS = 1000
-# Recent results listed from the history on the status page.
-MAX_RECENT_ROWS = 100
-
+from smtp_exporter.model import ProbeResult
 
 # -- the JSON document ----------------------------------------------------------------------------
 
@@ -202,175 +189,3 @@ def series_transcript_text(
 def probe_debug_text(result: ProbeResult, metrics: bytes) -> str:
     """`/probe?debug=true`: the transcript, the phase table and the metrics the probe produced."""
     return f"{transcript_text(result)}\nMetrics that would have been returned:\n{metrics.decode()}"
-
-
-# -- the status page ------------------------------------------------------------------------------
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;font-size:.9em}
-th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f2f2f2}
-.up{color:#17702b;font-weight:bold}.down{color:#b00020;font-weight:bold}.pending{color:#777}
-.phases{font-family:monospace;font-size:.85em}
-"""
-
-
-def _page_ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}ms"
-
-
-def _age(timestamp: float, now: float) -> str:
-    seconds = max(0.0, now - timestamp)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def transcript_url(target: str, module: str, mx_host: str | None, ip_protocol: int | None = None) -> str:
-    query = {"target": target, "module": module}
-    if mx_host is not None:
-        query["mx_host"] = mx_host
-    if ip_protocol is not None:
-        query["ip_protocol"] = str(ip_protocol)
-    return "/transcript?" + urlencode(query)
-
-
-def series_name(target: str, mx_host: str | None, ip_protocol: int | None) -> str:
-    """A scheduled series as the pages name it: its target, MX host (mx_mode each) and family
-    (ip_protocol both)."""
-    if mx_host is not None:
-        target = f"{target} (MX {mx_host or 'lookup failed'})"
-    return target if ip_protocol is None else f"{target} (IPv{ip_protocol})"
-
-
-def _failure_text(result: ProbeResult) -> str:
-    if result.failure is None:
-        return ""
-    failure = result.failure
-    return f"{failure.phase.value} / {failure.reason.value}: {failure.message}"
-
-
-def _row(status: TargetStatus, state: SeriesState | None, now: float) -> str:
-    config = status.config
-    labels = ", ".join(f"{name}={value}" for name, value in config.labels)
-    mx_host = state.mx_host if state is not None else None
-    ip_protocol = state.ip_protocol if state is not None else None
-    cells = [escape(series_name(config.target, mx_host, ip_protocol)), escape(config.module), escape(labels)]
-    result = state.latest if state is not None else None
-    if state is None or result is None:
-        cells += ['<span class="pending">pending</span>', "", "", "", "", ""]
-        return '<tr class="target">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-    word = "up" if result.success else "down"
-    phases = " ".join(
-        f"{phase.phase.value}&nbsp;{_page_ms(phase.duration_seconds)}" for phase in result.phases
-    )
-    failure = escape(_failure_text(result))
-    earlier = state.latest_failure
-    if result.success and earlier is not None:
-        failure = escape(f"last failed {_age(earlier.start_timestamp, now)}: {_failure_text(earlier)}")
-    if result.fallback:
-        first = next(a for a in result.attempts if a.outcome is AttemptOutcome.FAILED)
-        used = result.address.ip if result.address is not None else "another candidate"
-        fallback = f"via fallback: {first.address} failed ({first.reason}), delivered via {used}"
-        failure = escape(fallback) + (f"<br>{failure}" if failure else "")
-    link = escape(transcript_url(config.target, config.module, mx_host, ip_protocol))
-    cells += [
-        f'<span class="{word}">{word}</span>',
-        escape(_age(result.start_timestamp, now)),
-        _page_ms(result.duration_seconds),
-        f'<span class="phases">{phases}</span>',
-        failure,
-        f'<a href="{link}">transcript</a>',
-    ]
-    return f'<tr class="target {word}">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-
-
-def _rank(entry: tuple[TargetStatus, SeriesState | None]) -> int:
-    result = entry[1].latest if entry[1] is not None else None
-    if result is None:
-        return 1
-    return 2 if result.success else 0
-
-
-def _recent_row(entry: HistoryEntry, now: float) -> str:
-    result = entry.result
-    word = "up" if result.success else "down"
-    target = series_name(result.target, entry.mx_host, entry.ip_protocol)
-    cells = [
-        escape(_age(result.start_timestamp, now)),
-        escape(target),
-        escape(result.module),
-        "scheduled" if entry.scheduled else "/probe",
-        f'<span class="{word}">{word}</span>',
-        _page_ms(result.duration_seconds),
-        escape(_failure_text(result)),
-        f'<a href="/transcript?id={entry.id}">transcript</a>',
-    ]
-    return '<tr class="recent">' + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
-
-
-def landing_page(
-    statuses: Iterable[TargetStatus],
-    recent: Iterable[HistoryEntry],
-    *,
-    shard: tuple[int, int],
-    source: str,
-    history_limit: int,
-) -> str:
-    """The status page: failing targets first, then pending ones, then healthy ones (MAX_ROWS at
-    most); then the newest results of the history, scheduled and /probe alike."""
-    now = time.time()
-    entries = [(status, state) for status in statuses for state in status.series or (None,)]
-    count = len({id(status) for status, _ in entries})
-    entries.sort(key=_rank)
-    rows = [_row(status, state, now) for status, state in entries[:MAX_ROWS]]
-    if len(entries) > MAX_ROWS:
-        rows.append(
-            f'<tr><td colspan="9">{len(entries) - MAX_ROWS} more series (healthy or pending) not shown; '
-            'see <a href="/metrics">/metrics</a>.</td></tr>'
-        )
-    recent_rows: list[str] = []
-    for entry in recent:
-        if len(recent_rows) == MAX_RECENT_ROWS:
-            break
-        recent_rows.append(_recent_row(entry, now))
-    shard_text = f", shard {shard[1]} of {shard[0]}" if shard[0] > 1 else ""
-    header = "".join(
-        f"<th>{name}</th>"
-        for name in ("Target", "Module", "Labels", "State", "Last probe", "Duration", "Phases", "Failure", "")
-    )
-    recent_header = "".join(
-        f"<th>{name}</th>"
-        for name in ("Started", "Target", "Module", "From", "State", "Duration", "Failure", "")
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>smtp-exporter</title><style>{_STYLE}</style></head>
-<body>
-<h1>smtp-exporter</h1>
-<p>Version {escape(__version__)}. Config: {escape(source)}{escape(shard_text)}.</p>
-<ul>
-<li><a href="/metrics">Metrics</a></li>
-<li><a href="/config">Configuration</a></li>
-<li><a href="/probe?target=localhost%3A25&amp;module=smtp_handshake&amp;debug=true">Probe (debug)</a></li>
-<li><a href="/-/healthy">Health</a> and <a href="/-/ready">readiness</a></li>
-</ul>
-<h2>Scheduled targets ({count})</h2>
-<table id="targets">
-<thead><tr>{header}</tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody>
-</table>
-<h2>Recent probes</h2>
-<p>The newest of the last {history_limit} results kept with their transcripts (metrics.history_limit).</p>
-<table id="recent">
-<thead><tr>{recent_header}</tr></thead>
-<tbody>
-{chr(10).join(recent_rows)}
-</tbody>
-</table>
-</body></html>
-"""

@@ -333,8 +333,16 @@ class Scheduler:
     # -- status and shutdown ------------------------------------------------------------------
 
     def status(self) -> Iterator[TargetStatus]:
+        # next_at is in the loop's clock; the page shows wall-clock times.
+        offset = time.time() - asyncio.get_running_loop().time()
         for job in self._jobs.values():
-            yield TargetStatus(job.config, job.task is not None, tuple(job.series.values()))
+            yield TargetStatus(
+                job.config,
+                job.compiled.target,
+                job.task is not None,
+                job.next_at + offset,
+                tuple(job.series.values()),
+            )
 
     def find_series(
         self, target: str, module: str, mx_host: str | None = None, ip_protocol: int | None = None

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import math
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 
@@ -27,9 +27,11 @@ from smtp_exporter.metrics import (
     render_probe_result,
     wants_openmetrics,
 )
-from smtp_exporter.presentation import landing_page, probe_debug_text, series_transcript_text, transcript_text
+from smtp_exporter.presentation import probe_debug_text, series_transcript_text, transcript_text
 from smtp_exporter.targets import TargetError, parse_target
 from smtp_exporter.web.backend import WebBackend
+from smtp_exporter.web.status_page import CONTENT_SECURITY_POLICY, history_page, status_page
+from smtp_exporter.web.status_view import View
 
 # How much earlier than Prometheus' scrape timeout a /probe must end, so the answer arrives in time.
 SCRAPE_TIMEOUT_OFFSET = 0.5
@@ -126,6 +128,19 @@ async def _stream(request: web.Request, chunks: Iterable[bytes], content_type: s
             await response.write(chunk)
     await response.write_eof()
     return response
+
+
+async def _html(request: web.Request, page: str) -> web.Response:
+    response = await _payload(request, page.encode(), "text/html; charset=utf-8")
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+def _series(query: Mapping[str, str]) -> tuple[str, str, str | None, int | None]:
+    """(target, module, mx_host, ip_protocol) of a scheduled series, as its pages' links name it."""
+    family = query.get("ip_protocol")
+    ip_protocol = int(family) if family in ("4", "6") else None
+    return query.get("target", ""), query.get("module", ""), query.get("mx_host"), ip_protocol
 
 
 def _text(text: str, status: int = 200) -> web.Response:
@@ -255,15 +270,29 @@ class _Handlers:
 
     async def landing(self, request: web.Request) -> web.Response:
         backend = self.backend
-        config = backend.snapshot().config
-        page = landing_page(
+        snapshot = backend.snapshot()
+        config = snapshot.config
+        page = status_page(
             backend.statuses(),
-            backend.history,
-            shard=(config.shard.count, config.shard.index),
+            View.from_query(request.query),
+            allowlist=snapshot.allowlist,
             source=config.source,
-            history_limit=backend.history.limit,
+            loaded_at=backend.stats.config_reload_success_timestamp,
+            shard=(config.shard.count, config.shard.index),
         )
-        return await _payload(request, page.encode(), "text/html; charset=utf-8")
+        return await _html(request, page)
+
+    async def history(self, request: web.Request) -> web.Response:
+        """The newest results of the history; of one scheduled series with target and module
+        (and mx_host, ip_protocol as /transcript takes them)."""
+        query = request.query
+        history = self.backend.history
+        if "target" not in query:
+            return await _html(request, history_page(history, history.limit, None))
+        series = _series(query)
+        state = self.backend.find_series(*series)
+        durations = None if state is None else state.recent_durations().tolist
+        return await _html(request, history_page(history, history.limit, series, durations))
 
     async def transcript(self, request: web.Request) -> web.Response:
         """A history entry by `id`, or the latest probe of a scheduled series (target, module,
@@ -280,12 +309,7 @@ class _Handlers:
                     404,
                 )
             return _text(transcript_text(entry.full_result()))
-        mx_host = query.get("mx_host")
-        family = query.get("ip_protocol")
-        ip_protocol = int(family) if family in ("4", "6") else None
-        state = self.backend.find_series(
-            query.get("target", ""), query.get("module", ""), mx_host, ip_protocol
-        )
+        state = self.backend.find_series(*_series(query))
         if state is None or state.latest is None:
             return _text("no probe result for this target and module (yet)", 404)
         latest = state.latest
@@ -331,6 +355,7 @@ def create_app(backend: WebBackend) -> web.Application:
     app.router.add_get("/", handlers.landing)
     app.router.add_get("/metrics", handlers.metrics)
     app.router.add_get("/probe", handlers.probe)
+    app.router.add_get("/history", handlers.history)
     app.router.add_get("/transcript", handlers.transcript)
     app.router.add_get("/config", handlers.config)
     app.router.add_get("/-/healthy", handlers.healthy)

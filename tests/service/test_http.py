@@ -188,7 +188,7 @@ async def test_graceful_stop_waits_for_running_probes_and_reports_not_ready(
         assert len(exporter.store) == 1  # and its result was kept
 
 
-async def test_the_history_feeds_the_status_page_and_transcripts(
+async def test_the_history_feeds_the_history_page_and_transcripts(
     write_config: Callable[[str], Path], smtp_sink: SmtpSink, fault_server: Callable[..., AiosmtpdServer]
 ) -> None:
     failing = fault_server("mail", 451, "4.3.0", "Try later")
@@ -197,11 +197,11 @@ async def test_the_history_feeds_the_status_page_and_transcripts(
         for target in (failing.target, smtp_sink.target, smtp_sink.target):
             status, _ = await running.get("/probe", params={"target": target, "module": "envelope"})
             assert status == 200
-        status, page = await running.get("/")
+        status, page = await running.get("/history")
         assert status == 200
         recent = page.partition('id="recent"')[2]
         # The newest two of three /probe results, each linked by its id; the first fell out.
-        assert recent.count('<tr class="recent">') == 2 and "/probe" in recent
+        assert recent.count('<tr class="recent"') == 2 and "/probe" in recent
         assert "/transcript?id=3" in recent and "/transcript?id=2" in recent
         assert "/transcript?id=1" not in recent and failing.target not in recent
         status, text = await running.get("/transcript", params={"id": "3"})
@@ -235,17 +235,17 @@ async def test_a_transcript_that_left_the_history_still_shows_the_phases(
             "/transcript", params={"target": failing.target, "module": "envelope"}
         )
         assert status == 200 and "451 4.3.0 Try later" in text and "no longer kept" not in text
-        status, page = await running.get("/")
-        assert status == 200 and page.partition('id="recent"')[2].count('<tr class="recent">') == 0
+        status, page = await running.get("/history")
+        assert status == 200 and page.partition('id="recent"')[2].count('<tr class="recent"') == 0
 
 
 async def test_a_reload_resizes_the_history(write_config: Callable[[str], Path], smtp_sink: SmtpSink) -> None:
     path = write_config(NO_TARGETS + "metrics: {history_limit: 3}\n")
 
     async def recent_rows() -> int:
-        status, page = await running.get("/")
+        status, page = await running.get("/history")
         assert status == 200
-        return page.partition('id="recent"')[2].count('<tr class="recent">')
+        return page.partition('id="recent"')[2].count('<tr class="recent"')
 
     async with running_exporter(path, watch_interval=3600) as running:
         for _ in range(3):
