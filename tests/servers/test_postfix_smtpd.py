@@ -63,7 +63,8 @@ def test_postfix_relays_through_its_queue(
     with smtplib.SMTP(*postfix.address, timeout=5) as client:
         client.sendmail("from@example.test", ["to@example.org"], MESSAGE)
     (message,) = smtp_sink.wait_messages(1, timeout=15)
-    assert message.rcpt_args[0].startswith("<to@example.org>")
+    # (The recipient is checked in Postfix's own log below: the sink does not always record
+    # RCPT's arguments.)
     assert message.content.endswith(b"\n\nthrough a real Postfix queue\n")
     postfix.wait_log(r"to=<to@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent")
 
