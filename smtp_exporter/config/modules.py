@@ -34,6 +34,7 @@ from smtp_exporter.config.nodes import (
     sequence,
     string,
 )
+from smtp_exporter.config.posture import check_posture, parse_posture
 from smtp_exporter.config.schema import (
     AuthConfig,
     AuthMechanism,
@@ -287,6 +288,7 @@ _MODULE: dict[str, Parser] = {
     "happy_eyeballs_delay": duration_upto(MAX_TIMEOUT, allow_zero=True),
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
+    "posture": parse_posture,
 }
 assert set(_MODULE) == {field.name for field in dataclasses.fields(ModuleConfig)}
 
@@ -323,6 +325,7 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "connect_timeout"),
             f"must not be longer than the module's timeout ({format_duration(module.timeout)})",
         )
+    check_posture(doc, module, keys, path)
 
 
 def parse_modules(doc: ModulesDocument, node: yaml.Node, path: str) -> dict[str, ModuleConfig]:

@@ -105,6 +105,26 @@ class DNSConfig:
     timeout: float = 2.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DNSBLConfig:
+    zones: tuple[str, ...] = ()  # lower case, without the trailing dot
+    addresses: tuple[str, ...] = ()  # IP literals checked beside the connected address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostureConfig:
+    """The `posture` section: mail-security checks run beside the conversation (`posture/`)."""
+
+    interval: float = 300.0  # each check runs at most this often per series
+    dane: bool = False
+    mta_sts: bool = False
+    tls_rpt: bool = False
+    fcrdns: bool = False
+    dnsbl: DNSBLConfig | None = None
+    mx_hygiene: bool = False
+    ca_file: str | None = None  # for MTA-STS; None: the system's CA store
+
+
 MAX_DEFAULT_CONNECT_TIMEOUT = 5.0  # Postfix's smtp_connect_timeout is 30s; probes have less time
 
 
@@ -134,6 +154,7 @@ class ModuleConfig:
     happy_eyeballs_delay: float = 0.25  # auto / prefer_ip4: the other family starts after this
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
+    posture: PostureConfig | None = None  # None: no posture checks
 
     @property
     def source_family(self) -> int | None:
