@@ -247,6 +247,23 @@ def fell_back(success: bool, attempts: tuple[Attempt, ...]) -> bool:
     return success and len(attempts) > 1 and attempts[0].outcome is AttemptOutcome.FAILED
 
 
+# One posture sample: (metric name, the sample's own labels rendered as `name="value",...`, value).
+PostureSample = tuple[str, str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """The latest run of one posture check (smtp_exporter/posture/): reported with every probe of
+    its series until the check runs again. Samples name their family by metric name, since the
+    families are the metrics package's and this module is below it."""
+
+    check: str  # the `check` label: mx_hygiene, dane, ...
+    ran_at: float  # Unix time at which it ran
+    samples: tuple[PostureSample, ...]
+    reasons: tuple[str, ...]  # what it found, in words
+    details: tuple[tuple[str, object], ...] = ()  # JSON-ready facts, for the `posture` section
+
+
 NO_TRANSCRIPT = Transcript()  # for results kept without their transcript
 
 
@@ -269,6 +286,7 @@ class ProbeResult:
     # it was slower and got cancelled): see `fell_back`. Kept, not derived from `attempts`, since
     # an `ip_protocol: both` result joins two probes' attempts, each with its own first candidate.
     fallback: bool = False
+    posture: tuple[CheckReport, ...] = ()  # the module's posture checks, fresh or kept
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -289,6 +307,7 @@ class ProbeResult:
             NO_TRANSCRIPT,
             self.attempts,
             self.fallback,
+            self.posture,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

@@ -68,6 +68,14 @@ def probe_json(result: ProbeResult) -> dict[str, Any]:
             }
             for a in result.attempts
         ],
+        "posture": {
+            report.check: {
+                "last_run_timestamp": report.ran_at,
+                "reasons": list(report.reasons),
+                **dict(report.details),
+            }
+            for report in result.posture
+        },
         "transcript": [
             {"offset_seconds": t.offset_seconds, "direction": t.direction, "text": t.text}
             for t in result.transcript
@@ -135,6 +143,11 @@ def format_text(result: ProbeResult, *, transcript_gone: str | None = None) -> s
             f"  valid {_date(tls.cert_not_before_timestamp)} to {_date(tls.cert_not_after_timestamp)}",
             f"  names {', '.join(tls.sans) or '-'}; sha256 {tls.fingerprint_sha256}",
         ]
+    if result.posture:
+        out += ["", "Posture (never changes the probe's success):"]
+        for report in result.posture:
+            out.append(f"  {report.check}, run {_date(report.ran_at)}:")
+            out += [f"    {reason}" for reason in report.reasons]
     where = ""
     if result.address is not None:
         where = f" via {result.address.ip} port {result.address.port}"

@@ -32,7 +32,7 @@ from smtp_exporter.metrics import Buckets, ExporterStats, MetricsStore, SeriesSt
 from smtp_exporter.metrics.health import LAG_INTERVAL
 from smtp_exporter.model import ProbeResult
 from smtp_exporter.presentation import transcript_lines
-from smtp_exporter.probe import Prober
+from smtp_exporter.probe import PostureMemory, Prober
 from smtp_exporter.snapshot import CompiledTarget, Snapshot
 from smtp_exporter.status import TargetStatus
 
@@ -92,7 +92,7 @@ def schedule_phase(target: str, module: str) -> float:
 class _Job:
     """One scheduled target: its config, next start, running probe and series."""
 
-    __slots__ = ("compiled", "config", "key", "next_at", "phase", "removed", "series", "task")
+    __slots__ = ("compiled", "config", "key", "next_at", "phase", "posture", "removed", "series", "task")
 
     def __init__(self, key: JobKey, compiled: CompiledTarget) -> None:
         self.key = key
@@ -105,6 +105,9 @@ class _Job:
         # (mx_host ("" when the MX lookup failed) in mx_mode each, else None; family under
         # ip_protocol both, else None) -> series.
         self.series: dict[SeriesKey, SeriesState] = {}
+        # Its posture checks' last reports: one memory per family (None unless ip_protocol both),
+        # each keyed by mx_host as the series are, so that each series has its own.
+        self.posture: dict[int | None, PostureMemory] = {}
 
     def series_labels(self, key: SeriesKey) -> tuple[tuple[str, str], ...]:
         mx_host, family = key
@@ -273,14 +276,14 @@ class Scheduler:
                 compiled = job.compiled
                 results: list[tuple[int | None, ProbeResult]]
                 if compiled.module.config.ip_protocol is IPProtocol.BOTH:
-                    ran = await asyncio.gather(*(self._probe(compiled, family) for family in BOTH_FAMILIES))
+                    ran = await asyncio.gather(*(self._probe(job, family) for family in BOTH_FAMILIES))
                     results = [
                         (family, result)
                         for family, run in zip(BOTH_FAMILIES, ran, strict=True)
                         for result in run
                     ]
                 else:
-                    results = [(None, result) for result in await self._probe(compiled, None)]
+                    results = [(None, result) for result in await self._probe(job, None)]
             finally:
                 stats.probes_in_flight -= 1
                 semaphore.release()
@@ -295,12 +298,14 @@ class Scheduler:
         finally:
             job.task = None
 
-    async def _probe(self, compiled: CompiledTarget, family: int | None) -> list[ProbeResult]:
+    async def _probe(self, job: _Job, family: int | None) -> list[ProbeResult]:
         """One probe of the target, or one per MX host in mx_mode each; of `family` only, if given."""
+        compiled = job.compiled
         prober, target, module, text = self._prober, compiled.target, compiled.module, compiled.config.target
+        posture = job.posture.setdefault(family, PostureMemory())
         if compiled.config.mx_mode is MXMode.EACH:
-            return await prober.probe_each_mx(target, module, text, family=family)
-        return [await prober.probe(target, module, text, family=family)]
+            return await prober.probe_each_mx(target, module, text, family=family, posture=posture)
+        return [await prober.probe(target, module, text, family=family, posture=posture)]
 
     def _record(self, job: _Job, results: list[tuple[int | None, ProbeResult]]) -> None:
         each = job.config.mx_mode is MXMode.EACH

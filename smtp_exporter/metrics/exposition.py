@@ -36,6 +36,7 @@ from smtp_exporter.metrics.families import (
     result_samples,
 )
 from smtp_exporter.metrics.families import SERIES_FAMILIES as OWN_SERIES_FAMILIES
+from smtp_exporter.metrics.posture import POSTURE_FAMILIES, posture_samples
 from smtp_exporter.model import ProbeResult
 
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -47,8 +48,10 @@ RECENT_DURATIONS = 32  # probe durations kept per series, for a sparkline
 # stay empty (and whose headers are not written) unless `metrics.blackbox_names` is on.
 SERIES_FAMILIES = (*OWN_SERIES_FAMILIES, *BLACKBOX_FAMILIES)
 
-_FAMILY_INDEX = {family: index for index, family in enumerate(SERIES_FAMILIES)}
-_EMPTY_FRAGMENTS = (b"",) * len(SERIES_FAMILIES)
+# Every family a scheduled series renders, in exposition order: the probe's, then posture's.
+_ALL_FAMILIES: tuple[Family, ...] = (*SERIES_FAMILIES, *POSTURE_FAMILIES)
+_FAMILY_INDEX = {family: index for index, family in enumerate(_ALL_FAMILIES)}
+_EMPTY_FRAGMENTS = (b"",) * len(_ALL_FAMILIES)
 _PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
 _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
 _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
@@ -225,6 +228,8 @@ class SeriesState:
         samples: Iterable[Sample] = result_samples(result, mx_host_label=self.mx_host is not None)
         if self._blackbox_names:
             samples = chain(samples, blackbox_samples(result))
+        if result.posture:
+            samples = chain(samples, posture_samples(result))
         for family, extra, value in samples:
             text = str(value) if value.__class__ is int else format_value(value)
             if extra:
@@ -253,7 +258,7 @@ class SeriesState:
             for phase, histogram in self._phase_histograms.items():
                 phase_lines += histogram.render(PHASE_DURATION_HISTOGRAM.name, f'{prefix},phase="{phase}"')
             columns[_PHASE_DURATION_HISTOGRAM_INDEX] = phase_lines
-        fragments = [b""] * len(SERIES_FAMILIES)
+        fragments = [b""] * len(_ALL_FAMILIES)
         for position, lines in columns.items():
             fragments[position] = "".join(lines).encode()
         return tuple(fragments)
@@ -288,7 +293,7 @@ class MetricsStore:
 
 
 def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[bytes]:
-    for family, column in zip(SERIES_FAMILIES, columns, strict=False):
+    for family, column in zip(_ALL_FAMILIES, columns, strict=False):
         sample = column[:: len(column) // 16 + 1]
         step = SCRAPE_CHUNK_BYTES // (sum(map(len, sample)) // len(sample) + 1) + 1
         header = family.openmetrics_header if openmetrics else family.text_header
@@ -309,7 +314,9 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
     """
     headers = _OPENMETRICS_HEADERS if openmetrics else _TEXT_HEADERS
     columns: dict[Family, list[str]] = {}
-    for family, labels, value in chain(blackbox_samples(result), result_samples(result)):
+    for family, labels, value in chain(
+        blackbox_samples(result), result_samples(result), posture_samples(result)
+    ):
         text = str(value) if value.__class__ is int else format_value(value)
         line = f"{family.name}{{{labels}}} {text}\n" if labels else f"{family.name} {text}\n"
         lines = columns.get(family)
@@ -333,7 +340,7 @@ def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
     return "".join(parts).encode()
 
 
-_PROBE_FAMILIES = (*BLACKBOX_FAMILIES, *RESULT_FAMILIES)
+_PROBE_FAMILIES = (*BLACKBOX_FAMILIES, *RESULT_FAMILIES, *POSTURE_FAMILIES)
 # Family headers as text, for renderers that build a whole body as one string.
 _TEXT_HEADERS = {family: family.text_header.decode() for family in (*_PROBE_FAMILIES, ATTEMPT_FAILURES_TOTAL)}
 _OPENMETRICS_HEADERS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from smtp_exporter.config.schema import IPProtocol, ModuleConfig
@@ -16,6 +17,7 @@ from smtp_exporter.model import (
     Transcript,
     round_to_ns,
 )
+from smtp_exporter.posture.runner import PostureMemory, run_posture
 from smtp_exporter.probe.connection import perf_counter
 from smtp_exporter.probe.engine import Conversation, this_host_fqdn
 from smtp_exporter.probe.errors import ProbeError
@@ -23,7 +25,7 @@ from smtp_exporter.probe.module import CompiledModule, compile_modules
 from smtp_exporter.probe.tls import CertificateReader
 from smtp_exporter.targets import Target
 
-__all__ = ["CompiledModule", "Prober", "compile_modules"]
+__all__ = ["CompiledModule", "PostureMemory", "Prober", "compile_modules"]
 
 
 class Prober:
@@ -51,17 +53,21 @@ class Prober:
         *,
         timeout: float | None = None,
         family: int | None = None,
+        posture: PostureMemory | None = None,
     ) -> ProbeResult:
         """One probe; its failures are in the result. `target_text`, the target as written,
         names the result (default: `str(target)`). `family` (4 or 6): only that family, as the
         scheduler probes each of an `ip_protocol: both` module's; without it such a module's
-        probe is `probe_both`'s."""
+        probe is `probe_both`'s. The module's posture checks run after the conversation, those
+        `posture` (the memory of a scheduled target's series of this family) ran recently reused."""
         text = str(target) if target_text is None else target_text
         if family is None and module.config.ip_protocol is IPProtocol.BOTH:
-            return await self.probe_both(target, module, text, timeout=timeout)
-        return await self._run(
-            target, text, module, timeout=timeout, lookup_mx=module.config.mx, family=family
-        )
+            result = await self.probe_both(target, module, text, timeout=timeout)
+        else:
+            result = await self._run(
+                target, text, module, timeout=timeout, lookup_mx=module.config.mx, family=family
+            )
+        return await _with_posture(result, target, module, posture, None)
 
     async def probe_both(
         self, target: Target, module: CompiledModule, target_text: str, *, timeout: float | None
@@ -107,10 +113,34 @@ class Prober:
         *,
         timeout: float | None = None,
         family: int | None = None,
+        posture: PostureMemory | None = None,
     ) -> list[ProbeResult]:
         """`mx_mode: each`: one result per MX host of the domain `target`, probed concurrently.
-        When the MX lookup itself fails, one failed result without `mx`. `family`: as for `probe`
-        (the scheduler gives it for `ip_protocol: both`)."""
+        When the MX lookup itself fails, one failed result without `mx` (its series is "").
+        `family`: as for `probe` (the scheduler gives it for `ip_protocol: both`). Posture runs
+        per series, as `probe`'s; `posture` is the memory of this family's series."""
+        results = await self._each_mx(target, module, target_text, timeout=timeout, family=family)
+        keys = [result.mx.host if result.mx is not None else "" for result in results]
+        if posture is not None:
+            posture.keep_only(keys)
+        return list(
+            await asyncio.gather(
+                *(
+                    _with_posture(result, target, module, posture, key)
+                    for result, key in zip(results, keys, strict=True)
+                )
+            )
+        )
+
+    async def _each_mx(
+        self,
+        target: Target,
+        module: CompiledModule,
+        target_text: str | None,
+        *,
+        timeout: float | None,
+        family: int | None,
+    ) -> list[ProbeResult]:
         text = str(target) if target_text is None else target_text
         module_name = module.name
         deadline = module.config.timeout if timeout is None else min(timeout, module.config.timeout)
@@ -201,3 +231,17 @@ class Prober:
             family=family,
         )
         return await conversation.run()
+
+
+async def _with_posture(
+    result: ProbeResult,
+    target: Target,
+    module: CompiledModule,
+    memory: PostureMemory | None,
+    key: str | None,
+) -> ProbeResult:
+    """`result` with the module's posture reports; the result itself (success, duration) as it was."""
+    if module.posture_dns is None:
+        return result
+    reports = await run_posture(result, target.host, module.config, module.posture_dns, memory, key)
+    return dataclasses.replace(result, posture=reports)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from smtp_exporter.config.modules import uses_tls
 from smtp_exporter.config.schema import DNSConfig, ModuleConfig, TLSConfig
+from smtp_exporter.posture.dns import PostureDNS
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import keep_peer_chain
 
@@ -23,6 +24,7 @@ class CompiledModule:
     config: ModuleConfig
     tls_context: ssl.SSLContext | None  # None when its probes never speak TLS
     dns: DNSClient
+    posture_dns: PostureDNS | None  # the posture checks' lookups (DO set); None without `posture`
 
 
 def compile_modules(
@@ -30,8 +32,9 @@ def compile_modules(
 ) -> dict[str, CompiledModule]:
     """Every module of a config, with `contexts` (per `TLSConfig`, built by the loader for each
     module that uses TLS, and given here the probes' hook that keeps the peer's chain): modules
-    with equal `dns` sections share one client."""
+    with equal `dns` sections share one client (and one posture client, for those with `posture`)."""
     clients: dict[DNSConfig, DNSClient] = {}
+    posture_clients: dict[DNSConfig, PostureDNS] = {}
     compiled = {}
     for name, module in modules.items():
         dns = clients.get(module.dns)
@@ -40,5 +43,10 @@ def compile_modules(
         context = contexts[module.tls_config] if uses_tls(module) else None
         if context is not None:
             keep_peer_chain(context)
-        compiled[name] = CompiledModule(name, module, context, dns)
+        posture_dns = None
+        if module.posture is not None:
+            posture_dns = posture_clients.get(module.dns)
+            if posture_dns is None:
+                posture_dns = posture_clients[module.dns] = PostureDNS(module.dns)
+        compiled[name] = CompiledModule(name, module, context, dns, posture_dns)
     return compiled
