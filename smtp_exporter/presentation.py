@@ -50,6 +50,7 @@ def probe_json(result: ProbeResult) -> dict[str, Any]:
             "issuer": tls.issuer,
             "sans": list(tls.sans),
             "fingerprint_sha256": tls.fingerprint_sha256,
+            "chain_earliest_not_after_timestamp": tls.chain_not_after_timestamp,
         },
         "server": {"banner": server.banner, "extensions": {k: list(v) for k, v in server.extensions}},
         "address": None
@@ -142,6 +143,7 @@ def format_text(result: ProbeResult, *, transcript_gone: str | None = None) -> s
             f"  subject {tls.subject}, issuer {tls.issuer}",
             f"  valid {_date(tls.cert_not_before_timestamp)} to {_date(tls.cert_not_after_timestamp)}",
             f"  names {', '.join(tls.sans) or '-'}; sha256 {tls.fingerprint_sha256}",
+            f"  presented chain expires {_date(tls.chain_not_after_timestamp)} (its earliest certificate)",
         ]
     if result.posture:
         out += ["", "Posture (never changes the probe's success):"]

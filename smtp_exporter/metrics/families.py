@@ -89,6 +89,10 @@ CERT_NOT_BEFORE = _g(
     "smtp_probe_tls_cert_not_before_timestamp_seconds",
     "Unix time from which the server certificate is valid.",
 )
+CHAIN_NOT_AFTER = _g(
+    "smtp_probe_tls_chain_earliest_not_after_timestamp_seconds",
+    "Unix time at which the first certificate of the presented chain (leaf or intermediate) expires.",
+)
 CERT_VERIFIED = _g(
     "smtp_probe_tls_cert_verified", "Whether the server certificate chain and name verified (1) or not (0)."
 )
@@ -126,6 +130,7 @@ RESULT_FAMILIES: tuple[Family, ...] = (
     TLS_CIPHER,
     CERT_NOT_AFTER,
     CERT_NOT_BEFORE,
+    CHAIN_NOT_AFTER,
     CERT_VERIFIED,
     CERT_INFO,
     EXTENSION,
@@ -218,6 +223,8 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
             yield CERT_NOT_AFTER, "", tls.cert_not_after_timestamp
         if tls.cert_not_before_timestamp is not None:
             yield CERT_NOT_BEFORE, "", tls.cert_not_before_timestamp
+        if tls.chain_not_after_timestamp is not None:
+            yield CHAIN_NOT_AFTER, "", tls.chain_not_after_timestamp
         yield CERT_VERIFIED, "", 1 if tls.verified else 0
         if tls.subject is not None or tls.fingerprint_sha256 is not None:
             cert = (

@@ -30,6 +30,7 @@ METRICS = frozenset(
         "smtp_probe_tls_cipher_info",
         "smtp_probe_tls_cert_not_after_timestamp_seconds",
         "smtp_probe_tls_cert_not_before_timestamp_seconds",
+        "smtp_probe_tls_chain_earliest_not_after_timestamp_seconds",
         "smtp_probe_tls_cert_verified",
         "smtp_probe_tls_cert_info",
         "smtp_probe_extension_info",

@@ -44,6 +44,7 @@ TLS_KEYS = {
     "verify_error",
     "cert_not_before_timestamp",
     "cert_not_after_timestamp",
+    "chain_earliest_not_after_timestamp",
     "subject",
     "issuer",
     "sans",
