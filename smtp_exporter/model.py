@@ -119,6 +119,9 @@ class TLSInfo:
     issuer_dn: str | None = None
     chain_not_after_timestamp: float | None = None
     last_chain_not_after_timestamp: float | None = None
+    # Every certificate the server presented (DER, leaf first), for the posture checks that judge
+    # it (MTA-STS); dropped once they ran, so that no kept result holds certificates.
+    chain: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

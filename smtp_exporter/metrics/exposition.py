@@ -229,7 +229,7 @@ class SeriesState:
         if self._blackbox_names:
             samples = chain(samples, blackbox_samples(result))
         if result.posture:
-            samples = chain(samples, posture_samples(result))
+            samples = chain(samples, posture_samples(result, self.mx_host))
         for family, extra, value in samples:
             text = str(value) if value.__class__ is int else format_value(value)
             if extra:

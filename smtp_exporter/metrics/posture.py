@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from smtp_exporter.metrics.families import Family, Kind, Sample
+from smtp_exporter.metrics.families import Family, Kind, Sample, bound
 from smtp_exporter.model import ProbeResult
 
 POSTURE_LAST_RUN = Family(
@@ -22,14 +22,81 @@ MX_RECORDS = Family("smtp_mx_records", Kind.GAUGE, "MX records of the mail domai
 MX_PROBLEM = Family(
     "smtp_mx_problem", Kind.GAUGE, "Whether the mail domain's MX records have each problem (1) or not (0)."
 )
+# mta_sts
+MTA_STS_RECORD_VALID = Family(
+    "smtp_mta_sts_record_valid",
+    Kind.GAUGE,
+    "Whether _mta-sts.<domain> holds exactly one valid v=STSv1 TXT record (RFC 8461 section 3.1).",
+)
+MTA_STS_FETCH_SUCCESS = Family(
+    "smtp_mta_sts_policy_fetch_success",
+    Kind.GAUGE,
+    "Whether the MTA-STS policy was fetched (HTTPS, valid certificate, HTTP 200, at most 64 KiB) and is valid.",
+)
+MTA_STS_MODE = Family(
+    "smtp_mta_sts_policy_mode",
+    Kind.GAUGE,
+    "The MTA-STS policy's mode, one series per mode (enforce, testing, none): 1 for the current one, all 0 without a valid policy.",
+)
+MTA_STS_MAX_AGE = Family(
+    "smtp_mta_sts_policy_max_age_seconds",
+    Kind.GAUGE,
+    "The MTA-STS policy's max_age (present with a valid policy).",
+)
+MTA_STS_MX_COVERED = Family(
+    "smtp_mta_sts_mx_covered",
+    Kind.GAUGE,
+    "Whether each MX host of the domain matches an mx pattern of the MTA-STS policy (RFC 8461 section 4.1).",
+)
+MTA_STS_CERT_VALID = Family(
+    "smtp_mta_sts_cert_valid",
+    Kind.GAUGE,
+    "Whether the certificate of the MX the probe connected to is PKIX-valid for its host name (RFC 8461 section 4.2).",
+)
+MTA_STS_CHANGED = Family(
+    "smtp_mta_sts_policy_changed_without_id_change",
+    Kind.GAUGE,
+    "Whether the MTA-STS policy body changed while the TXT record's id did not (senders keep the stale policy).",
+)
+# tls_rpt
+TLS_RPT_RECORD_VALID = Family(
+    "smtp_tls_rpt_record_valid",
+    Kind.GAUGE,
+    "Whether _smtp._tls.<domain> holds exactly one valid v=TLSRPTv1 record with mailto:/https: rua URIs (RFC 8460 section 3).",
+)
 
-POSTURE_FAMILIES: tuple[Family, ...] = (POSTURE_LAST_RUN, MX_RECORDS, MX_PROBLEM)
+POSTURE_FAMILIES: tuple[Family, ...] = (
+    POSTURE_LAST_RUN,
+    MX_RECORDS,
+    MX_PROBLEM,
+    MTA_STS_RECORD_VALID,
+    MTA_STS_FETCH_SUCCESS,
+    MTA_STS_MODE,
+    MTA_STS_MAX_AGE,
+    MTA_STS_MX_COVERED,
+    MTA_STS_CERT_VALID,
+    MTA_STS_CHANGED,
+    TLS_RPT_RECORD_VALID,
+)
 _BY_NAME = {family.name: family for family in POSTURE_FAMILIES}
 
 
-def posture_samples(result: ProbeResult) -> Iterator[Sample]:
-    """The samples of the result's posture reports: each check's last run, then its own."""
+def posture_samples(result: ProbeResult, mx_host: str | None = None) -> Iterator[Sample]:
+    """The samples of the result's posture reports: each check's last run, then its own.
+
+    `mx_host`: the series already carries that label (mx_mode each). A sample about one MX
+    (labelled `mx_host` first) is then the series' own MX's without the label, and another MX's
+    is left to that MX's series, which reports it too.
+    """
+    own = f'mx_host="{bound(mx_host)}"' if mx_host is not None else None
     for report in result.posture:
         yield POSTURE_LAST_RUN, f'check="{report.check}"', report.ran_at
         for name, labels, value in report.samples:
+            if own is not None and labels.startswith("mx_host="):
+                if labels == own:
+                    labels = ""
+                elif labels.startswith(own + ","):
+                    labels = labels[len(own) + 1 :]
+                else:
+                    continue
             yield _BY_NAME[name], labels, value

@@ -172,3 +172,9 @@ def _follow(
         owner = next(iter(cname)).target
         aliases.append(owner.to_text(omit_final_dot=True).lower())
     return (), tuple(aliases)
+
+
+def txt_texts(lookup: Lookup) -> list[str]:
+    """Each TXT record of `lookup` as one text: its strings joined (RFC 7208 section 3.3 does so
+    for SPF; RFC 8461 and 8460 records are read the same way), bytes that are not UTF-8 replaced."""
+    return [b"".join(r.strings).decode("utf-8", "replace") for r in lookup.records]  # type: ignore[attr-defined]

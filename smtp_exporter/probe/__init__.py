@@ -8,6 +8,7 @@ import time
 
 from smtp_exporter.config.schema import IPProtocol, ModuleConfig
 from smtp_exporter.model import (
+    CheckReport,
     Failure,
     FailureReason,
     MXInfo,
@@ -240,8 +241,12 @@ async def _with_posture(
     memory: PostureMemory | None,
     key: str | None,
 ) -> ProbeResult:
-    """`result` with the module's posture reports; the result itself (success, duration) as it was."""
-    if module.posture_dns is None:
-        return result
-    reports = await run_posture(result, target.host, module.config, module.posture_dns, memory, key)
-    return dataclasses.replace(result, posture=reports)
+    """`result` with the module's posture reports, without the presented chain (only the checks
+    need it); the result itself (success, duration) as it was."""
+    reports: tuple[CheckReport, ...] = ()
+    if module.posture_dns is not None:
+        reports = await run_posture(result, target.host, module.config, module.posture_dns, memory, key)
+    tls = result.tls
+    if tls is not None and tls.chain:
+        return dataclasses.replace(result, tls=dataclasses.replace(tls, chain=()), posture=reports)
+    return dataclasses.replace(result, posture=reports) if reports else result

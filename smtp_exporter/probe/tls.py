@@ -202,6 +202,7 @@ class CertificateReader:
             issuer_dn=facts.issuer_dn if facts else None,
             chain_not_after_timestamp=self._earliest_not_after(chain),
             last_chain_not_after_timestamp=self._earliest_not_after(verified_chain or chain),
+            chain=chain,
         )
 
     def _earliest_not_after(self, chain: tuple[bytes, ...]) -> float | None:
