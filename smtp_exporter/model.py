@@ -123,6 +123,14 @@ class TLSInfo:
     # it (MTA-STS); dropped once they ran, so that no kept result holds certificates.
     chain: tuple[bytes, ...] = field(default=(), repr=False)
 
+    @property
+    def earliest_not_after_timestamp(self) -> float | None:
+        """When the first certificate the server presented expires (an intermediate that expires
+        before the leaf breaks delivery first): what the status page and the Nagios output count
+        days to. The leaf's when the chain is unknown."""
+        chain = self.chain_not_after_timestamp
+        return self.cert_not_after_timestamp if chain is None else chain
+
 
 @dataclass(frozen=True, slots=True)
 class ServerInfo:

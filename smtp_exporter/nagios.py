@@ -65,7 +65,7 @@ def _perfdata(result: ProbeResult, thresholds: NagiosThresholds) -> str:
 def _certificate(result: ProbeResult, thresholds: NagiosThresholds, now: float) -> tuple[NagiosState, str]:
     """The certificate's part of the status line and the state it calls for."""
     tls = result.tls
-    not_after = None if tls is None else tls.cert_not_after_timestamp
+    not_after = None if tls is None else tls.earliest_not_after_timestamp
     if not_after is None:
         if thresholds.checks_certificate:
             return NagiosState.CRITICAL, "no certificate to check (no TLS)"

@@ -31,7 +31,6 @@ from smtp_exporter.web.status_view import (
     Summary,
     View,
     build_rows,
-    expiry_timestamp,
     series_name,
     summarize,
 )
@@ -185,7 +184,7 @@ def _tls_cell(result: ProbeResult, now: float) -> str:
     if tls is None:
         return '<span class="muted">no TLS</span>'
     parts = [escape(tls.version)]
-    expiry = expiry_timestamp(tls)
+    expiry = tls.earliest_not_after_timestamp
     if expiry is not None:
         days = (expiry - now) / 86400
         when = f"expired {-days:.0f} d ago" if days < 0 else f"expires in {days:.0f} d"

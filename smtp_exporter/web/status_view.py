@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from smtp_exporter.metrics import SeriesState
-from smtp_exporter.model import ProbeResult, TLSInfo
+from smtp_exporter.model import ProbeResult
 from smtp_exporter.status import TargetStatus
 
 STATES = ("down", "pending", "up")  # the order failing-first sorts them in
@@ -31,9 +31,6 @@ def series_name(target: str, mx_host: str | None, ip_protocol: int | None) -> st
     return target if ip_protocol is None else f"{target} (IPv{ip_protocol})"
 
 
-def expiry_timestamp(tls: TLSInfo) -> float | None:
-    """The certificate expiry the page counts days to."""
-    return tls.cert_not_after_timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +115,7 @@ def _failure(row: Row) -> str | None:
 
 def _tls_expiry(row: Row) -> float | None:
     result = row.result
-    return None if result is None or result.tls is None else expiry_timestamp(result.tls)
+    return None if result is None or result.tls is None else result.tls.earliest_not_after_timestamp
 
 
 # Column -> its sort key (None: the row has no value and sorts last, in either order).

@@ -17,6 +17,7 @@ from tests.probe.test_command import run_probe, write_config
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
+from tests.service.test_blackbox_names import Chain
 
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"  # perfdata numbers: no exponent notation
 
@@ -195,3 +196,28 @@ def test_bad_config_content_is_unknown(tmp_path: Path) -> None:
         done.stderr
         == f"smtp-exporter probe: {config}:3: modules.foo.port: must be between 1 and 65535, not 0\n"
     )
+
+
+def test_certificate_days_count_to_the_earliest_expiry_in_the_chain(
+    tmp_path: Path, smtp_server_factory: Callable[..., AiosmtpdServer]
+) -> None:
+    """An intermediate expiring in 20 days under a leaf valid for 60: the status line counts 20,
+    and --cert-warning 30d warns, as a mail client would fail in 20 days."""
+    chain = Chain(tmp_path, expired_extra=False)
+    server = smtp_server_factory(starttls=chain.server_cert)
+    config = write_config(
+        tmp_path,
+        f"""
+modules:
+  tls:
+    ehlo: probe.test
+    starttls: required
+    tls_config: {{ca_file: {chain.ca_file}, server_name: mail.test}}
+""",
+    )
+    probe = ("--config.file", config, "--module", "tls", server.target)
+    status, line = nagios(*probe)
+    assert status == 0, line
+    assert re.search(r"certificate valid (19|20) days", line), line  # not the leaf's 59-60
+    status, line = nagios("--cert-warning", "30d", *probe)
+    assert status == 1 and "(warning under 4w2d)" in line, line

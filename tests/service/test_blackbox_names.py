@@ -73,9 +73,9 @@ class Chain:
     """A root, an intermediate expiring in 20 days, a leaf with a many-attribute subject, and an
     unrelated expired certificate the server sends too (as servers sent Let's Encrypt's expired
     DST Root X3 cross-sign): the earliest expiry of the presented chain is that expired one, the
-    last chain's is the intermediate's."""
+    last chain's is the intermediate's. Without `expired_extra`, the intermediate's is both."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, expired_extra: bool = True) -> None:
         root_key, mid_key, leaf_key, old_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
         root_name = _name((NameOID.COMMON_NAME, "Test Root"))
         mid_name = _name((NameOID.ORGANIZATION_NAME, "Test"), (NameOID.COMMON_NAME, "Test Intermediate"))
@@ -96,12 +96,12 @@ class Chain:
         )
         old_name = _name((NameOID.COMMON_NAME, "Old Cross-sign"))
         old = _cert(old_name, old_key, old_name, old_key, not_after=NOW - 3 * DAY, ca=True)
-        self.earliest = int((NOW - 3 * DAY).timestamp())
+        self.earliest = int((NOW - 3 * DAY if expired_extra else NOW + 20 * DAY).timestamp())
         self.last_chain = int((NOW + 20 * DAY).timestamp())
         pem = serialization.Encoding.PEM
         self.ca_file = directory / "root.pem"
         self.ca_file.write_bytes(root.public_bytes(pem))
-        chain = b"".join(c.public_bytes(pem) for c in (leaf, mid, old))
+        chain = b"".join(c.public_bytes(pem) for c in ((leaf, mid, old) if expired_extra else (leaf, mid)))
         key_pem = leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         (directory / "chain.pem").write_bytes(chain)
         (directory / "leaf.key").write_bytes(key_pem)

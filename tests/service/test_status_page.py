@@ -24,6 +24,7 @@ from tests.servers.scripted import ScriptedServer, silence
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
 from tests.service.conftest import Running, running_exporter
+from tests.service.test_blackbox_names import Chain
 
 ROWS = "Array.from(document.querySelectorAll('#targets tbody tr'))"
 
@@ -302,3 +303,29 @@ targets:
     direct = rows["primary.test"]
     assert "mx-working.example.test <span class=muted>(pref 10)</span>" in direct and address in direct
     assert "fallback" not in direct
+
+
+async def test_tls_days_count_to_the_earliest_expiry_in_the_chain(
+    tmp_path: Path,
+    write_config: Callable[[str], Path],
+    smtp_server_factory: Callable[..., AiosmtpdServer],
+) -> None:
+    """An intermediate that expires in 20 days under a leaf valid for 60 breaks delivery in 20:
+    the row counts to the chain's earliest expiry, as the issue's 'days until the earliest chain
+    expiry' asks, and sorting by TLS uses the same figure."""
+    chain = Chain(tmp_path, expired_extra=False)
+    server = smtp_server_factory(starttls=chain.server_cert)
+    config = write_config(
+        f"""
+modules:
+  tls: {{starttls: required, timeout: 900ms, tls_config: {{ca_file: {chain.ca_file}, server_name: mail.test}}}}
+targets:
+  - {{target: '{server.target}', module: tls, interval: 1s}}
+"""
+    )
+    async with running_exporter(config) as running:
+        await running.wait_metric("smtp_probe_success", target=server.target, module="tls")
+        status, page = await running.get("/")
+    assert status == 200
+    (row,) = _rows(page)
+    assert re.search(r"TLSv1\.[23], expires in (19|20) d, verified", row), row
