@@ -96,7 +96,15 @@ def _verdict(
     failed = [lookup.describe() for lookup in forward if not lookup.answered]
     if failed:
         return f"{address}: forward lookup failed ({'; '.join(failed)}): not confirmed"
-    return f"{address} has PTR {', '.join(names)}, whose {rdtype} records do not include it: not confirmed"
+    found = "; ".join(_forward(name, lookup, rdtype) for name, lookup in zip(names, forward, strict=True))
+    return f"{address} has PTR {', '.join(names)}, none resolving back to it ({found}): not confirmed"
+
+
+def _forward(name: str, lookup: Lookup, rdtype: str) -> str:
+    if lookup.nxdomain:
+        return f"{name} does not exist"
+    addresses = [str(r.address) for r in lookup.records]  # type: ignore[attr-defined]
+    return f"{name} {rdtype} {', '.join(addresses)}" if addresses else f"{name} has no {rdtype} record"
 
 
 CHECK = Check("fcrdns", run)

@@ -61,6 +61,8 @@ def lab() -> Iterator[DnssecLab]:
         # A signed zone: a DNSBL's DNSSEC does not change its answers' meaning.
         signed = lab.zone("signed.test.")
         signed.add("2.0.0.127.signed.test", "A", "127.0.0.2").add("10.2.0.192.signed.test", "A", "127.0.0.2")
+        # A listing whose signature is broken: a validating resolver gives SERVFAIL (bogus).
+        signed.add("13.2.0.192.signed.test", "A", "127.0.0.2").corrupt("13.2.0.192.signed.test", "A")
         # The probe's own targets: an MX list whose first host refuses connections, whose second
         # greets 421 (the probe moves on), whose third answers; a host with an A and an AAAA.
         lab.add("failover.example.test", "MX", "10 refuses.example.test.")
@@ -222,7 +224,15 @@ async def test_a_signed_zone_means_the_same(lab: DnssecLab) -> None:
     assert _series(report, "signed.test", "192.0.2.20") == (0, "not_listed", 0)
 
 
-async def test_a_zone_that_does_not_answer_is_an_error(lab: DnssecLab) -> None:
+async def test_a_bogus_answer_is_an_error_not_a_listing(lab: DnssecLab) -> None:
+    report = await _report(lab, ("signed.test",), ("192.0.2.13",))
+    assert _series(report, "signed.test", "192.0.2.13") == (0, "error", 0)
+    assert str(_entry(report, "signed.test", "192.0.2.13")["reason"]).startswith(
+        "lookup failed: 13.2.0.192.signed.test A: bogus"
+    )
+
+
+async def test_a_zone_that_is_not_served_is_unhealthy(lab: DnssecLab) -> None:
     # Outside every served zone: unbound finds no delegation in the test root (NXDOMAIN for the
     # addresses and the test entries alike), so the health test fails rather than "not listed".
     report = await _report(lab, ("missing.test",), ("192.0.2.10",))

@@ -123,12 +123,14 @@ async def test_a_ptr_that_does_not_confirm(
     _, report, samples = await _probe(lab, smtp_server_factory, "127.0.0.2", "other.example.test")
     assert samples == {MATCH: 0, NAME_MATCH: 1}  # the names agree, the forward DNS does not
     assert report.reasons[0] == (
-        "127.0.0.2 has PTR other.example.test, whose A records do not include it: not confirmed"
+        "127.0.0.2 has PTR other.example.test, none resolving back to it (other.example.test A 127.0.0.9): "
+        "not confirmed"
     )
     _, report, samples = await _probe(lab, smtp_server_factory, "127.0.0.5")
     assert samples == {MATCH: 0, NAME_MATCH: 0}
     assert report.reasons[0] == (
-        "127.0.0.5 has PTR gone.example.test, whose A records do not include it: not confirmed"
+        "127.0.0.5 has PTR gone.example.test, none resolving back to it (gone.example.test does not exist): "
+        "not confirmed"
     )
 
 
