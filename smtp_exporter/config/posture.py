@@ -38,7 +38,7 @@ MAX_DNSBL_ADDRESSES = 64
 # The checks of the contract (the `check` label values), and those whose implementation does
 # not exist yet: enabling one of those is an error.
 CHECKS = ("dane", "mta_sts", "tls_rpt", "fcrdns", "dnsbl", "mx_hygiene")
-NOT_IMPLEMENTED = ("dane", "fcrdns", "dnsbl")
+NOT_IMPLEMENTED = ("dane",)
 # The checks about the mail domain: they need the target to be one (mx: true).
 _NEED_MX = ("mta_sts", "tls_rpt", "mx_hygiene")
 

@@ -64,6 +64,33 @@ TLS_RPT_RECORD_VALID = Family(
     Kind.GAUGE,
     "Whether _smtp._tls.<domain> holds exactly one valid v=TLSRPTv1 record with mailto:/https: rua URIs (RFC 8460 section 3).",
 )
+# fcrdns
+FCRDNS_MATCH = Family(
+    "smtp_fcrdns_match",
+    Kind.GAUGE,
+    "Whether the connected address has a PTR name that resolves back to it (forward-confirmed reverse DNS).",
+)
+FCRDNS_BANNER_NAME_MATCH = Family(
+    "smtp_fcrdns_banner_name_match",
+    Kind.GAUGE,
+    "Whether a PTR name of the connected address equals the banner or EHLO host name (advice, RFC 5321 4.1.4).",
+)
+# dnsbl
+DNSBL_LISTED = Family(
+    "smtp_dnsbl_listed",
+    Kind.GAUGE,
+    "Whether the address is listed in the DNSBL zone (never for error answers).",
+)
+DNSBL_STATE = Family(
+    "smtp_dnsbl_state",
+    Kind.GAUGE,
+    "The address's state in the DNSBL zone: listed, not_listed, error or zone_unhealthy (1 for the current one).",
+)
+DNSBL_RETURN_CODE = Family(
+    "smtp_dnsbl_return_code",
+    Kind.GAUGE,
+    "The last octet of the zone's 127/8 answer for the address (e.g. 2), 0 when there is none.",
+)
 
 POSTURE_FAMILIES: tuple[Family, ...] = (
     POSTURE_LAST_RUN,
@@ -77,6 +104,11 @@ POSTURE_FAMILIES: tuple[Family, ...] = (
     MTA_STS_CERT_VALID,
     MTA_STS_CHANGED,
     TLS_RPT_RECORD_VALID,
+    FCRDNS_MATCH,
+    FCRDNS_BANNER_NAME_MATCH,
+    DNSBL_LISTED,
+    DNSBL_STATE,
+    DNSBL_RETURN_CODE,
 )
 _BY_NAME = {family.name: family for family in POSTURE_FAMILIES}
 

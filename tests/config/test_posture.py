@@ -40,6 +40,20 @@ def test_mta_sts_and_tls_rpt_load(tls_ca: TestCA) -> None:
     assert "mta_sts: true" in effective_config_yaml(config)
 
 
+def test_fcrdns_and_dnsbl_load_without_mx() -> None:
+    # Both are about the addresses the probe connected to: any target, mail domain or host.
+    config = load_config_text(
+        _module("posture: {fcrdns: true, dnsbl: {zones: [zen.spamhaus.org], addresses: [198.51.100.7]}}"),
+        source="smtp.yml",
+    )
+    posture = config.modules["m"].posture
+    assert posture == PostureConfig(
+        fcrdns=True, dnsbl=DNSBLConfig(zones=("zen.spamhaus.org",), addresses=("198.51.100.7",))
+    )
+    rendered = effective_config_yaml(config)
+    assert "fcrdns: true" in rendered and "zen.spamhaus.org" in rendered
+
+
 def test_the_default_interval_is_five_minutes() -> None:
     config = load_config_text(_module("mx: true\nposture: {mx_hygiene: true}"), source="smtp.yml")
     posture = config.modules["m"].posture
@@ -92,13 +106,6 @@ def test_a_ca_file_is_loaded_as_a_bundle(tmp_path: Path) -> None:
             "implicit_tls: true\nposture: {dane: true}",
             4,
             "modules.m.posture.dane",
-            "this posture check is not supported yet",
-        ),
-        ("posture: {fcrdns: true}", 3, "modules.m.posture.fcrdns", "this posture check is not supported yet"),
-        (
-            "posture: {dnsbl: {zones: [zen.spamhaus.org]}}",
-            3,
-            "modules.m.posture.dnsbl",
             "this posture check is not supported yet",
         ),
         ("posture: {interval: 5m}", 3, "modules.m.posture", "enables no check"),
@@ -174,16 +181,15 @@ def test_a_file_that_is_not_a_ca_bundle_is_refused(tmp_path: Path) -> None:
 
 
 def test_dnsbl_lists_are_normalised() -> None:
-    # Parsed although refused as not supported yet: the parser's output is what the check will get.
-    import yaml
-
-    from smtp_exporter.config.nodes import Document
-    from smtp_exporter.config.posture import parse_posture
-
-    node = yaml.compose(
-        "{dnsbl: {zones: [ZEN.Spamhaus.org., zen.spamhaus.org], addresses: ['2001:DB8::1', 198.51.100.7]}}"
+    config = load_config_text(
+        _module(
+            "posture: {dnsbl: {zones: [ZEN.Spamhaus.org., zen.spamhaus.org], "
+            "addresses: ['2001:DB8::1', 198.51.100.7]}}"
+        ),
+        source="smtp.yml",
     )
-    posture = parse_posture(Document("smtp.yml", None), node, "posture")
+    posture = config.modules["m"].posture
+    assert posture is not None
     assert posture.dnsbl == DNSBLConfig(
         zones=("zen.spamhaus.org",), addresses=("2001:db8::1", "198.51.100.7")
     )
