@@ -23,6 +23,7 @@ class CompiledModule:
     config: ModuleConfig
     tls_context: ssl.SSLContext | None  # None when its probes never speak TLS
     dns: DNSClient
+    imap_tls_context: ssl.SSLContext | None = None  # the delivery's IMAP connection; None: no delivery
 
 
 def compile_modules(
@@ -40,5 +41,6 @@ def compile_modules(
         context = contexts[module.tls_config] if uses_tls(module) else None
         if context is not None:
             keep_peer_chain(context)
-        compiled[name] = CompiledModule(name, module, context, dns)
+        imap = contexts[module.delivery.imap.tls_config] if module.delivery is not None else None
+        compiled[name] = CompiledModule(name, module, context, dns, imap)
     return compiled
