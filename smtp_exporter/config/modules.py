@@ -59,7 +59,7 @@ _MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext
 _EXTENSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # Headers build_message writes itself.
-_GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject"})
+_GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject", "x-smtp-exporter-probe"})
 
 
 class ModulesDocument(Document):

@@ -155,6 +155,7 @@ class Conversation:
             domain=self.ehlo_name,
             timestamp=timestamp,
             unique=f"smtp-exporter.{secrets.token_hex(8)}",
+            module=self.module_name,
         )
 
     async def _converse(self, message: bytes | None) -> None:
