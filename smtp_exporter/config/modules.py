@@ -297,6 +297,12 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
         )
+    if module.delivery is not None and module.transaction is not Transaction.MESSAGE:
+        doc.fail(
+            keys["delivery"],
+            join(path, "delivery"),
+            "delivery needs transaction: message (the message it waits for in the mailbox)",
+        )
     if module.connect_timeout is not None and module.connect_timeout > module.timeout:
         doc.fail(
             keys["connect_timeout"],

@@ -3,23 +3,26 @@
 Phases, in order: imap_connect (TCP, and the greeting when TLS is not implicit), imap_tls (the
 handshake; with STARTTLS the command too, and the greeting with implicit TLS), imap_login
 (LOGIN, and CAPABILITY when the login's reply lists none), imap_select, delivery (from the 250
-after the message to the moment it is in the mailbox: IDLE when offered, else UID SEARCH every
-poll_interval), imap_fetch (its header block) and imap_logout (with `delete`, the cleanup first:
-the message and this module's leftovers older than delivery.timeout, then LOGOUT). Each failure
-ends the check as a `Failure` of its phase; a timeout in the delivery phase is not_delivered.
+after the message to the moment it is in the mailbox: IDLE when offered, else NOOP and UID
+SEARCH every poll_interval), imap_fetch (its header block) and imap_logout (with `delete`, the
+cleanup first: the message and this module's leftovers older than delivery.timeout, then
+LOGOUT). Each failure ends the check as a `Failure` of its phase; running out of time in the
+delivery phase is not_delivered. The delivery phase starts before the IMAP connection (at the
+250), so it overlaps imap_connect .. imap_select.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import ssl
 import time
 from typing import NamedTuple
 
 from smtp_exporter.config.schema import DeliveryConfig, IPProtocol
 from smtp_exporter.delivery.client import ConnectionClosed, IMAPConnection
-from smtp_exporter.delivery.headers import HeaderFacts, read_headers
+from smtp_exporter.delivery.headers import HeaderFacts, read_headers, read_token
 from smtp_exporter.delivery.imap import IMAPProtocolError, Response, quoted
 from smtp_exporter.model import (
     DeliveryInfo,
@@ -32,12 +35,15 @@ from smtp_exporter.model import (
 )
 from smtp_exporter.probe.attempts import CONNECT_ERRORS
 from smtp_exporter.probe.connection import perf_counter
-from smtp_exporter.probe.errors import ProbeError
+from smtp_exporter.probe.errors import LOCAL_ERROR, ProbeError
 from smtp_exporter.probe.module import CompiledModule
 from smtp_exporter.protocol.auth import REDACTED
 from smtp_exporter.protocol.message import TOKEN_HEADER, Token
 
+log = logging.getLogger("smtp_exporter.delivery")
+
 IDLE_AT_MOST = 60.0  # re-IDLE (and SEARCH) at least this often, should a notification be missed
+MAX_LEFTOVERS = 100  # leftovers looked at per probe: a full mailbox is cleaned over several probes
 
 
 class DeliveryOutcome(NamedTuple):
@@ -55,7 +61,8 @@ class _Failed(Exception):
 
 
 class DeliveryCheck:
-    """One probe's delivery check; `run()` once."""
+    """One probe's delivery check; `run()` once. `deadline`: delivery.timeout, or less when the
+    probe's own deadline (/probe's scrape timeout) is nearer."""
 
     def __init__(
         self,
@@ -75,13 +82,14 @@ class DeliveryCheck:
         self.token = token
         self.message_id = message_id
         self.accepted_at = accepted_at
-        self.deadline = deadline  # delivery.timeout, or less when the probe's own deadline is nearer
+        self.deadline = deadline
         self.events: list[TranscriptEvent] = []
         self.phases: list[PhaseResult] = []
         self.phase = Phase.IMAP_CONNECT
         self._started = 0.0
         self.conn: IMAPConnection | None = None
         self.capabilities: frozenset[str] = frozenset()
+        self._preauth = False
         self.found_at: float | None = None
         self.facts: HeaderFacts | None = None
         self.cleaned_up = 0
@@ -101,11 +109,16 @@ class DeliveryCheck:
             failure = Failure(self.phase, FailureReason.PROTOCOL_ERROR, str(exc))
         except OSError as exc:
             failure = Failure(self.phase, FailureReason.CONNECTION_CLOSED, f"IMAP connection: {exc}")
+        except Exception as exc:  # a bug or an exporter-side failure: a result all the same
+            log.exception("delivery check of %s failed on the exporter's side", self.host)
+            failure = Failure(self.phase, FailureReason.LOCAL_ERROR, f"{LOCAL_ERROR}: {type(exc).__name__}")
         finally:
             if self.conn is not None:
                 self.conn.close()
         if failure is not None:
-            self._note(f"delivery check failed in {failure.phase.value}: {failure.reason.value}: {failure.message}")
+            self._note(
+                f"delivery check failed in {failure.phase.value}: {failure.reason.value}: {failure.message}"
+            )
         facts = self.facts
         duration = None if self.found_at is None else round_to_ns(self.found_at - self.accepted_at)
         info = DeliveryInfo(
@@ -120,40 +133,43 @@ class DeliveryCheck:
         return DeliveryOutcome(tuple(self.phases), self.events, failure, info)
 
     def _timed_out(self) -> Failure:
+        cut = "" if self.deadline >= self.config.timeout else " (what the probe's deadline left of it)"
         if self.phase is Phase.DELIVERY:
             return Failure(
                 Phase.DELIVERY,
                 FailureReason.NOT_DELIVERED,
                 f"the message {self.message_id} did not appear in {self.config.imap.mailbox} "
-                f"within {self.deadline:g}s",
+                f"within the {self.deadline:g}s delivery timeout{cut}",
             )
-        cut = "" if self.deadline >= self.config.timeout else " (what the probe's deadline left)"
         return Failure(
-            self.phase, FailureReason.TIMEOUT, f"the IMAP part did not finish within {self.deadline:g}s{cut}"
+            self.phase,
+            FailureReason.TIMEOUT,
+            f"the IMAP part did not finish within the {self.deadline:g}s delivery timeout{cut}",
         )
 
     def _note(self, text: str) -> None:
-        if self.conn is not None:
-            self.conn.note("*", text)
-        else:
-            self.events.append((perf_counter(), "*", text))
+        self.events.append((perf_counter(), "*", text))
 
     def _begin(self, phase: Phase) -> None:
         self.phase = phase
         self._started = perf_counter()
 
-    def _end(self, reply: Response | None, started: float | None = None) -> None:
-        begun = self._started if started is None else started
-        text = None if reply is None else reply.text[:200]
-        self.phases.append(PhaseResult(self.phase, round_to_ns(perf_counter() - begun), None, None, text))
+    def _end(self, reply: Response | None, *, ended: float | None = None, text: str | None = None) -> None:
+        at = perf_counter() if ended is None else ended
+        shown = text if text is not None else (None if reply is None else reply.summary()[:200])
+        self.phases.append(PhaseResult(self.phase, round_to_ns(at - self._started), None, None, shown))
 
-    async def _ok(self, line: bytes, shown: str | None = None, *, no: FailureReason = FailureReason.IMAP_ERROR) -> tuple[Response, list[Response]]:
+    async def _ok(
+        self, line: bytes, shown: str | None = None, *, no: FailureReason = FailureReason.IMAP_ERROR
+    ) -> tuple[Response, list[Response]]:
+        """A command whose tagged reply must be OK: NO fails the phase with `no`, BAD (or
+        anything else) with imap_error."""
         assert self.conn is not None
         reply, untagged = await self.conn.command(line, shown)
         if reply.status != "OK":
             what = (shown or line.decode("utf-8", "replace")).split(" ", 1)[0]
             reason = no if reply.status == "NO" else FailureReason.IMAP_ERROR
-            raise _Failed(reason, f"{what}: {reply.text[:200]}")
+            raise _Failed(reason, f"{what}: {reply.status} {reply.detail[:200]}".rstrip())
         return reply, untagged
 
     async def _steps(self) -> None:
@@ -174,10 +190,7 @@ class DeliveryCheck:
         if self.config.delete:
             await self._clean_up(uid)
         assert self.conn is not None
-        try:
-            reply, _ = await self.conn.command(b"LOGOUT")
-        except ConnectionClosed:  # BYE, then closed before the tagged OK: left all the same
-            reply = None
+        reply, _ = await self.conn.command(b"LOGOUT", bye=True)
         self._end(reply)
 
     async def _connect(self) -> None:
@@ -214,12 +227,13 @@ class DeliveryCheck:
             reply, _ = await self._ok(b"STARTTLS")
             if conn.buffered():
                 # Bytes after the OK, before TLS, would be read as if they came inside it.
-                raise IMAPProtocolError("data after the STARTTLS reply, before TLS (command injection)")
+                raise IMAPProtocolError("data after the STARTTLS reply, before TLS (response injection)")
             await self._handshake(conn, context, server_name)
             self._end(reply)
         if greeting.status == "BYE":
             raise _Failed(FailureReason.IMAP_ERROR, f"greeting: {greeting.text[:200]}")
-        self.capabilities = greeting.capabilities() or frozenset()
+        # Capabilities announced before TLS are not trusted (RFC 3501 6.2.1): asked again later.
+        self.capabilities = (greeting.capabilities() or frozenset()) if imap.tls_on_connect else frozenset()
         self._preauth = greeting.status == "PREAUTH"
 
     async def _address(self) -> str:
@@ -255,44 +269,51 @@ class DeliveryCheck:
         if not self._preauth:
             user = quoted(imap.username)
             shown = f"LOGIN {user.decode('utf-8', 'replace')} {REDACTED}"
+            password = quoted(imap.password.reveal())
             reply, untagged = await self._ok(
-                b"LOGIN " + user + b" " + quoted(str.__str__(imap.password)), shown, no=FailureReason.AUTH_FAILED
+                b"LOGIN " + user + b" " + password, shown, no=FailureReason.AUTH_FAILED
             )
-            self.capabilities = reply.capabilities() or frozenset()
-            for response in untagged:
-                self.capabilities = response.capabilities() or self.capabilities
+            self.capabilities = _capabilities(reply, untagged) or self.capabilities
         if not self.capabilities:
             reply, untagged = await self._ok(b"CAPABILITY")
-            for response in untagged:
-                self.capabilities = response.capabilities() or self.capabilities
+            self.capabilities = _capabilities(reply, untagged) or frozenset()
         self._end(reply)
 
-    async def _search(self, criteria: bytes) -> list[int]:
+    async def _search(self, criteria: bytes) -> tuple[list[int], bool]:
+        """The UIDs found, and whether the server announced a new message meanwhile."""
         _, untagged = await self._ok(b"UID SEARCH " + criteria)
-        return [uid for response in untagged for uid in response.search_uids()]
+        uids = [uid for response in untagged for uid in response.search_uids()]
+        return uids, any(response.status == "EXISTS" for response in untagged)
 
     async def _wait(self) -> int:
-        """The message's UID, once it is in the mailbox (the delivery phase)."""
-        self._begin(Phase.DELIVERY)
+        """The message's UID, once it is in the mailbox (the delivery phase, from the 250)."""
+        self.phase = Phase.DELIVERY
+        self._started = self.accepted_at
         conn = self.conn
         assert conn is not None
         by_token = b"HEADER " + TOKEN_HEADER.encode() + b" " + quoted(str(self.token))
         idle = "IDLE" in self.capabilities
-        self._note(f"waiting for {self.message_id}: " + ("IDLE" if idle else f"SEARCH every {self.config.poll_interval:g}s"))
+        how = "IDLE" if idle else f"NOOP and SEARCH every {self.config.poll_interval:g}s"
+        self._note(f"waiting for {self.message_id}: {how}")
         news: float | None = None
         while True:
-            found = await self._search(by_token)
+            found, announced = await self._search(by_token)
             if found:
+                uid = max(found)
                 self.found_at = news if news is not None else conn.last_read
-                self._end(None, started=self.accepted_at)
-                self.phases[-1] = self.phases[-1]._replace(reply=f"UID {max(found)}")
-                return max(found)
+                self._end(None, ended=self.found_at, text=f"UID {uid}")
+                return uid
+            news = None
+            if announced:
+                continue  # it may have come while the SEARCH ran: look again at once
             if idle:
                 news, reply = await conn.idle(IDLE_AT_MOST)
                 if reply is not None and reply.status != "OK":
-                    raise _Failed(FailureReason.IMAP_ERROR, f"IDLE: {reply.text[:200]}")
+                    raise _Failed(FailureReason.IMAP_ERROR, f"IDLE: {reply.status} {reply.detail[:200]}")
             else:
                 await asyncio.sleep(self.config.poll_interval)
+                # A server may report (and search) new messages only at a command that syncs.
+                await self._ok(b"NOOP")
 
     async def _clean_up(self, uid: int) -> None:
         """The found message, and this module's leftovers older than delivery.timeout (by the
@@ -300,14 +321,16 @@ class DeliveryCheck:
         message whose header is not this module's token is never touched."""
         mine = {uid}
         module = self.token.module
-        candidates = [u for u in await self._search(b"HEADER " + TOKEN_HEADER.encode() + b" " + quoted(module + " ")) if u != uid]
+        candidates, _ = await self._search(b"HEADER " + TOKEN_HEADER.encode() + b" " + quoted(module))
+        candidates = sorted(u for u in candidates if u != uid)[:MAX_LEFTOVERS]
         if candidates:
             oldest_kept = time.time() - self.config.timeout
             uids = b",".join(b"%d" % u for u in candidates)
-            _, untagged = await self._ok(b"UID FETCH " + uids + b" (BODY.PEEK[HEADER.FIELDS (" + TOKEN_HEADER.encode() + b")])")
+            fields = b"(BODY.PEEK[HEADER.FIELDS (" + TOKEN_HEADER.encode() + b")])"
+            _, untagged = await self._ok(b"UID FETCH " + uids + b" " + fields)
             for response in untagged:
                 found = response.fetch_uid()
-                if found is None or not response.literals:
+                if found is None or found not in candidates or not response.literals:
                     continue
                 token = read_token(response.literals[0])
                 if token is not None and token.module == module and token.timestamp < oldest_kept:
@@ -318,18 +341,21 @@ class DeliveryCheck:
             _, untagged = await self._ok(b"UID EXPUNGE " + uids)
         else:
             # EXPUNGE removes every \Deleted message: only when no other message is so flagged.
-            others = [u for u in await self._search(b"DELETED") if u not in mine]
+            flagged, _ = await self._search(b"DELETED")
+            others = [u for u in flagged if u not in mine]
             if others:
-                self._note(f"not expunged: {len(others)} other messages are flagged \\Deleted and the server has no UIDPLUS")
+                self._note(
+                    f"not expunged: {len(others)} other messages are flagged \\Deleted "
+                    "and the server has no UIDPLUS"
+                )
                 return
             await self._ok(b"UID STORE " + uids + b" +FLAGS.SILENT (\\Deleted)")
             _, untagged = await self._ok(b"EXPUNGE")
         self.cleaned_up = sum(1 for response in untagged if response.status == "EXPUNGE")
 
 
-def read_token(block: bytes) -> Token | None:
-    """The token of a fetched X-SMTP-Exporter-Probe header field."""
-    name, _, value = block.decode("utf-8", "replace").partition(":")
-    if name.strip().lower() != TOKEN_HEADER.lower():
-        return None
-    return Token.parse(" ".join(value.split()))
+def _capabilities(reply: Response, untagged: list[Response]) -> frozenset[str] | None:
+    found = reply.capabilities()
+    for response in untagged:
+        found = response.capabilities() or found
+    return found

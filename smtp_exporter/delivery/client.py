@@ -21,6 +21,7 @@ from smtp_exporter.delivery.imap import (
 )
 from smtp_exporter.model import TranscriptEvent
 from smtp_exporter.probe.connection import perf_counter
+from smtp_exporter.protocol.auth import REDACTED
 
 MAX_TRANSCRIPT_EVENTS = 200  # a SEARCH answer a line, a FETCH one: the rest is not kept
 READ_CHUNK = 65536
@@ -71,16 +72,22 @@ class IMAPConnection:
         self.note("C", shown if shown is not None else data.decode("utf-8", "replace").rstrip("\r\n"))
         self.writer.write(data)
 
-    async def command(self, line: bytes, shown: str | None = None) -> tuple[Response, list[Response]]:
+    async def command(
+        self, line: bytes, shown: str | None = None, *, bye: bool = False
+    ) -> tuple[Response, list[Response]]:
         """Send `line` (without tag and CR LF; synchronizing literals sent after each "+"), and
-        read up to its tagged response. `shown`: the transcript's text instead of the line
-        (credentials)."""
+        read up to its tagged response. `shown`: the transcript's text instead of the line, whose
+        literals are then not shown either (credentials). `bye`: an untagged BYE is expected
+        (LOGOUT), not the end of the connection."""
         self._tags += 1
         tag = f"a{self._tags}"
         pieces = split_literals(tag.encode() + b" " + line + b"\r\n")
         untagged: list[Response] = []
         for index, piece in enumerate(pieces):
-            self.send(piece, f"{tag} {shown}" if shown is not None and index == 0 else None)
+            if shown is None:
+                self.send(piece)
+            else:
+                self.send(piece, f"{tag} {shown}" if index == 0 else REDACTED)
             if index == len(pieces) - 1:
                 break
             while True:  # the continuation that lets the literal go
@@ -89,52 +96,59 @@ class IMAPConnection:
                     break
                 if response.tag == tag:
                     return response, untagged
-                self._untagged(response, untagged)
+                self._untagged(response, untagged, bye)
         while True:
             response = await self.read()
             if response.tag == tag:
                 return response, untagged
             if response.tag != "+":
-                self._untagged(response, untagged)
+                self._untagged(response, untagged, bye)
 
     @staticmethod
-    def _untagged(response: Response, untagged: list[Response]) -> None:
-        if response.tag == "*" and response.status == "BYE":
+    def _untagged(response: Response, untagged: list[Response], bye: bool = False) -> None:
+        if response.tag == "*" and response.status == "BYE" and not bye:
             raise ConnectionClosed(f"the server said {response.summary()[:200]}")
         untagged.append(response)
 
     async def idle(self, wait: float) -> tuple[float | None, Response | None]:
-        """IDLE (RFC 2177) until the mailbox reports a new message (EXISTS or RECENT) or `wait`
+        """IDLE (RFC 2177) until the mailbox reports a new message (EXISTS) or `wait`
         seconds pass, then DONE. Returns when the news arrived (None: none did) and the tagged
         reply to IDLE (None when the server refused IDLE before its continuation: the reply
         is then the one returned)."""
         self._tags += 1
         tag = f"a{self._tags}"
         self.send(f"{tag} IDLE\r\n".encode())
+        news: float | None = None
         while True:
             response = await self.read()
             if response.tag == "+":
                 break
             if response.tag == tag:
                 return None, response
-        news: float | None = None
-        try:
-            async with asyncio.timeout(wait):
-                while news is None:
-                    response = await self.read()
-                    if response.tag == "*" and response.status in ("EXISTS", "RECENT"):
-                        news = self.last_read
-                    elif response.tag == "*" and response.status == "BYE":
-                        raise ConnectionClosed(f"the server said {response.summary()[:200]}")
-        except TimeoutError:
-            pass
+            if response.tag == "*" and response.status == "EXISTS":
+                news = self.last_read
+        if news is None:
+            try:
+                async with asyncio.timeout(wait):
+                    while news is None:
+                        response = await self.read()
+                        if response.tag == "*" and response.status == "EXISTS":
+                            news = self.last_read
+                        elif response.tag == "*" and response.status == "BYE":
+                            raise ConnectionClosed(f"the server said {response.summary()[:200]}")
+            except TimeoutError:
+                pass
         self.send(b"DONE\r\n")
         while True:
             response = await self.read()
             if response.tag == tag:
                 return news, response
-            if response.tag == "*" and response.status in ("EXISTS", "RECENT") and news is None:
+            if response.tag == "*" and response.status == "EXISTS" and news is None:
                 news = self.last_read
+
+    def buffered(self) -> bool:
+        """Whether bytes were read past the latest response (before STARTTLS: an injection)."""
+        return bool(self._pending) or self._parser.buffered
 
     async def start_tls(self, context: ssl.SSLContext, server_name: str) -> None:
         await self.writer.start_tls(context, server_hostname=server_name)

@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import authres
 
+from smtp_exporter.protocol.message import TOKEN_HEADER, Token
+
 MAX_RESULTS = 16  # methods kept per header: labels of a metric, so a hostile header is bounded
 MAX_VALUE_CHARS = 64
 
@@ -29,7 +31,9 @@ def read_headers(block: bytes, authserv_id: str | None) -> HeaderFacts:
     if len(times) >= 2 and times[0] is not None and times[-1] is not None:
         # Received headers are prepended: the first is the newest, the last the oldest.
         span = max(times[0] - times[-1], 0.0)
-    return HeaderFacts(len(received), span, _results(message.get_all("Authentication-Results") or [], authserv_id))
+    return HeaderFacts(
+        len(received), span, _results(message.get_all("Authentication-Results") or [], authserv_id)
+    )
 
 
 def _received_time(value: str) -> float | None:
@@ -51,7 +55,9 @@ def _results(values: list[str], authserv_id: str | None) -> tuple[tuple[str, str
     chosen = []
     for value in values:
         try:
-            header = authres.AuthenticationResultsHeader.parse("Authentication-Results: " + " ".join(value.split()))
+            header = authres.AuthenticationResultsHeader.parse(
+                "Authentication-Results: " + " ".join(value.split())
+            )
         except (authres.AuthResError, ValueError, IndexError):
             if authserv_id is None:
                 return ()
@@ -68,3 +74,10 @@ def _results(values: list[str], authserv_id: str | None) -> tuple[tuple[str, str
             if method not in results and len(results) < MAX_RESULTS:
                 results[method] = str(result.result).lower()[:MAX_VALUE_CHARS]
     return tuple(results.items())
+
+
+def read_token(block: bytes) -> Token | None:
+    """The token of a fetched header block holding X-SMTP-Exporter-Probe (HEADER.FIELDS)."""
+    message = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    value = message.get(TOKEN_HEADER)
+    return None if value is None else Token.parse(" ".join(str(value).split()))

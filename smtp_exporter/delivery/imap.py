@@ -97,6 +97,11 @@ class ResponseParser:
         self._literal_size: int | None = None  # a literal of this many bytes comes next
         self._size = 0
 
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a response not yet complete are held."""
+        return bool(self._buffer) or bool(self._parts)
+
     def feed(self, data: bytes) -> list[Response]:
         self._buffer += data
         out: list[Response] = []

@@ -74,6 +74,7 @@ modules:
     delivery:
       imap: {starttls: required, username: u, password_env: PROBE_IMAP_PASSWORD, mailbox: Probes}
       poll_interval: 500ms
+    transaction: message
 """,
     )
     delivery = load(path).config.modules["roundtrip"].delivery

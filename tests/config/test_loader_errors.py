@@ -277,7 +277,7 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
         "or an environment variable (password_env)",
     ),
     "delivery_interval_too_short": (
-        8,
+        9,
         "targets[0]",
         'the timeout 10s plus the delivery.timeout 2m of module "roundtrip" must be shorter than '
         "the interval 2m",
@@ -293,6 +293,11 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
         5,
         "modules.roundtrip.delivery.poll_interval",
         "must be shorter than delivery.timeout (10s)",
+    ),
+    "delivery_needs_message": (
+        3,
+        "modules.roundtrip.delivery",
+        "delivery needs transaction: message (the message it waits for in the mailbox)",
     ),
     "delivery_imap_clear_text": (
         5,
