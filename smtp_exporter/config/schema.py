@@ -222,6 +222,19 @@ class MetricsConfig:
     histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     # Per-phase histograms multiply series by the number of phases: off unless asked for.
     phase_histograms: bool = False
+    # Buckets of smtp_delivery_duration_distribution_seconds (seconds): 1 s .. 30 min.
+    delivery_histogram_buckets: tuple[float, ...] = (
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        120.0,
+        300.0,
+        600.0,
+        1800.0,
+    )
     # blackbox_exporter's names (probe_success, probe_ssl_earliest_cert_expiry, ...) beside this
     # exporter's in /metrics: off by default since they add series (/probe always has them).
     blackbox_names: bool = False

@@ -349,6 +349,7 @@ SCHEDULER: dict[str, Parser] = {
 METRICS: dict[str, Parser] = {
     "histogram_buckets": _buckets,
     "phase_histograms": boolean,
+    "delivery_histogram_buckets": _buckets,
     "blackbox_names": boolean,
     "history_limit": integer_in(0, MAX_HISTORY),
 }

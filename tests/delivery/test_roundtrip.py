@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from smtp_exporter.config.schema import DeliveryConfig, ImapConfig, Secret, StartTLS
+from smtp_exporter.metrics import Buckets, SeriesState
+from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import FailureReason, Phase, ProbeResult
 from smtp_exporter.presentation import probe_json
 from smtp_exporter.probe import Prober
@@ -94,6 +96,25 @@ async def test_the_round_trip_finds_the_message_and_reads_its_headers(
         "cleaned_up",
     }
     assert document["authentication_results"] == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}
+    served = render_probe_result(result, openmetrics=False).decode()
+    assert "smtp_delivery_success 1\n" in served and "smtp_delivery_hops 2\n" in served
+    assert f"smtp_delivery_duration_seconds {delivery.duration_seconds!r}\n" in served
+    assert 'smtp_delivery_authentication_result{method="dkim",result="pass"} 1\n' in served
+    assert 'smtp_probe_phase_duration_seconds{phase="imap_login"}' in served
+    state = SeriesState(
+        (("target", "t"), ("module", "roundtrip")),
+        buckets=Buckets((1.0,)),
+        phase_histograms=False,
+        delivery_buckets=Buckets((1.0, 1800.0)),
+    )
+    state.observe(result)
+    lines = b"".join(state.fragments).decode()
+    below = 1 if delivery.duration_seconds <= 1.0 else 0
+    assert (
+        f'smtp_delivery_duration_distribution_seconds_bucket{{target="t",module="roundtrip",le="1.0"}} {below}\n'
+        in lines
+    )
+    assert 'smtp_delivery_duration_distribution_seconds_count{target="t",module="roundtrip"} 1\n' in lines
     text = "\n".join(line.text for line in result.transcript)
     assert path.dovecot.password not in text and "LOGIN" in text and "<redacted>" in text
     assert "IDLE" in text
@@ -153,6 +174,9 @@ async def test_a_deferring_relay_is_not_delivered_and_the_next_probe_cleans_the_
     assert 3.0 <= waited < 8.0
     assert "delivery" not in names(result) and names(result)[-1] == "imap_select"
     assert result.delivery is not None and result.delivery.duration_seconds is None
+    served = render_probe_result(result, openmetrics=False).decode()
+    assert "smtp_delivery_success 0\n" in served and "smtp_delivery_duration_seconds" not in served
+    assert 'smtp_probe_last_failure_info{phase="delivery",reason="not_delivered"} 1' in served
     deferring.postfix.wait_log(r"status=deferred \(deferred transport\)")
 
     now = int(time.time())
