@@ -22,6 +22,21 @@ HEADER_CHECKS = """\
 """
 
 
+def relaying_to(dovecot: Dovecot, directory: Path, *, deliver: bool = True) -> dict[str, str]:
+    """Postfix's main.cf settings relaying every message over LMTP to `dovecot` (deliver=False:
+    held in the queue by defer_transports), through HEADER_CHECKS (written into `directory`)."""
+    checks = directory / "header_checks"
+    checks.write_text(HEADER_CHECKS)
+    return {
+        "default_transport": f"lmtp:unix:{dovecot.lmtp_socket}",
+        # A transport that defers: mail waits in the queue (until `postqueue -f`).
+        "defer_transports": "" if deliver else "lmtp",
+        "header_checks": f"regexp:{checks}",
+        # No reverse lookups of the loopback client.
+        "smtpd_peername_lookup": "no",
+    }
+
+
 class MailPath(NamedTuple):
     postfix: PostfixSmtpd
     dovecot: Dovecot
@@ -39,18 +54,8 @@ def mail_path(
         if dovecot is None:
             dovecot = Dovecot(tls_ca.server_cert, **dovecot_options).start()
             started.append(dovecot)
-        checks = tmp_path / "header_checks"
-        checks.write_text(HEADER_CHECKS)
         postfix = postfix_factory(
-            tls=tls_ca.server_cert,
-            main_cf={
-                "default_transport": f"lmtp:unix:{dovecot.lmtp_socket}",
-                # A transport that defers: mail waits in the queue (until `postqueue -f`).
-                "defer_transports": "" if deliver else "lmtp",
-                "header_checks": f"regexp:{checks}",
-                # Received: dates with seconds are all Postfix writes; no DNS for loopback clients.
-                "smtpd_peername_lookup": "no",
-            },
+            tls=tls_ca.server_cert, main_cf=relaying_to(dovecot, tmp_path, deliver=deliver)
         )
         return MailPath(postfix, dovecot)
 

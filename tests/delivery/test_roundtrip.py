@@ -178,6 +178,7 @@ async def test_a_deferring_relay_is_not_delivered_and_the_next_probe_cleans_the_
     assert "smtp_delivery_success 0\n" in served and "smtp_delivery_duration_seconds" not in served
     assert 'smtp_probe_last_failure_info{phase="delivery",reason="not_delivered"} 1' in served
     deferring.postfix.wait_log(r"status=deferred \(deferred transport\)")
+    deferring.postfix.stop()  # it can deliver nothing late while the next probe runs
 
     now = int(time.time())
     kept = [
@@ -187,12 +188,14 @@ async def test_a_deferring_relay_is_not_delivered_and_the_next_probe_cleans_the_
     with smtplib.LMTP(dovecot.lmtp_socket) as lmtp:
         for message in [_probe_message(*result.delivery.token.split()), *kept, USER_MESSAGE]:
             lmtp.sendmail("probe@example.org", [dovecot.username], message)
-    assert len(probe_messages(deferring)) == 3
+    tokens = [email.message_from_bytes(m)[TOKEN_HEADER] for m in probe_messages(deferring)]
+    late = tokens.count(result.delivery.token)  # one, or two should Postfix have let it go after all
+    assert late >= 1 and len(tokens) == late + 2
 
     relaying = mail_path(dovecot=dovecot)
     second = await Prober().probe(*roundtrip(relaying, tls_ca, timeout=3.0))
     assert second.success, describe(second)
-    assert second.delivery is not None and second.delivery.cleaned_up == 2
+    assert second.delivery is not None and second.delivery.cleaned_up == late + 1
     remaining = sorted(dovecot.messages())
     assert len(remaining) == 3
     assert sum(b"Subject: lunch" in m for m in remaining) == 1
