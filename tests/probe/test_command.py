@@ -33,6 +33,7 @@ TOP_KEYS = {
     "address",
     "mx",
     "attempts",
+    "delivery",  # null unless the module has `delivery` (tests/delivery/test_roundtrip.py)
     "transcript",
 }
 PHASE_KEYS = {"phase", "duration_seconds", "reply_code", "enhanced_status", "reply"}
