@@ -31,6 +31,14 @@ class Phase(enum.StrEnum):
     MESSAGE = "message"
     RSET = "rset"
     QUIT = "quit"
+    # The delivery check (a module with `delivery`), after the SMTP conversation.
+    IMAP_CONNECT = "imap_connect"
+    IMAP_TLS = "imap_tls"
+    IMAP_LOGIN = "imap_login"
+    IMAP_SELECT = "imap_select"
+    DELIVERY = "delivery"  # from the 250 after the message to the moment it is in the mailbox
+    IMAP_FETCH = "imap_fetch"
+    IMAP_LOGOUT = "imap_logout"
 
 
 class FailureReason(enum.StrEnum):
@@ -53,6 +61,8 @@ class FailureReason(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     EXPECTATION_FAILED = "expectation_failed"
     LOCAL_ERROR = "local_error"  # the exporter's own side: no file descriptor, an unbindable source, ...
+    NOT_DELIVERED = "not_delivered"  # the probe message did not appear within delivery.timeout
+    IMAP_ERROR = "imap_error"  # a NO or BAD reply where the IMAP phase needs OK
 
 
 class Transaction(enum.StrEnum):
@@ -182,6 +192,19 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryInfo:
+    """The delivery check's findings: the message it sent and found, and what its headers say."""
+
+    message_id: str
+    token: str
+    duration_seconds: float | None  # None: not found
+    hops: int | None = None  # Received: headers
+    received_span_seconds: float | None = None  # the oldest Received date to the newest
+    authentication_results: tuple[tuple[str, str], ...] = ()  # method -> result
+    cleaned_up: int = 0  # messages expunged, leftovers included
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptLine:
     """One line of the conversation: `direction` is "C" (client), "S" (server) or "*" (event)."""
 
@@ -298,6 +321,7 @@ class ProbeResult:
     # an `ip_protocol: both` result joins two probes' attempts, each with its own first candidate.
     fallback: bool = False
     posture: tuple[CheckReport, ...] = ()  # the module's posture checks, fresh or kept
+    delivery: DeliveryInfo | None = None  # a module with `delivery` whose SMTP part succeeded
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -319,6 +343,7 @@ class ProbeResult:
             self.attempts,
             self.fallback,
             self.posture,
+            self.delivery,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

@@ -11,7 +11,7 @@ import datetime
 import time
 from typing import Any
 
-from smtp_exporter.model import ProbeResult
+from smtp_exporter.model import DeliveryInfo, ProbeResult
 
 # -- the JSON document ----------------------------------------------------------------------------
 
@@ -77,10 +77,24 @@ def probe_json(result: ProbeResult) -> dict[str, Any]:
             }
             for report in result.posture
         },
+        "delivery": None if result.delivery is None else delivery_json(result.delivery),
         "transcript": [
             {"offset_seconds": t.offset_seconds, "direction": t.direction, "text": t.text}
             for t in result.transcript
         ],
+    }
+
+
+def delivery_json(delivery: DeliveryInfo) -> dict[str, Any]:
+    """The `delivery` object (a module with `delivery`): exactly these keys, a contract."""
+    return {
+        "message_id": delivery.message_id,
+        "token": delivery.token,
+        "duration_seconds": delivery.duration_seconds,
+        "hops": delivery.hops,
+        "received_span_seconds": delivery.received_span_seconds,
+        "authentication_results": dict(delivery.authentication_results),
+        "cleaned_up": delivery.cleaned_up,
     }
 
 
@@ -150,6 +164,21 @@ def format_text(result: ProbeResult, *, transcript_gone: str | None = None) -> s
         for report in result.posture:
             out.append(f"  {report.check}, run {_date(report.ran_at)}:")
             out += [f"    {reason}" for reason in report.reasons]
+    delivery = result.delivery
+    if delivery is not None:
+        took = (
+            "not found"
+            if delivery.duration_seconds is None
+            else f"found after {_ms(delivery.duration_seconds)}"
+        )
+        results = ", ".join(f"{m}={r}" for m, r in delivery.authentication_results) or "-"
+        out += [
+            "",
+            f"Delivery: {delivery.message_id} {took}; token {delivery.token}",
+            f"  hops {delivery.hops if delivery.hops is not None else '-'}, received span "
+            f"{'-' if delivery.received_span_seconds is None else f'{delivery.received_span_seconds:g}s'}, "
+            f"authentication results {results}, cleaned up {delivery.cleaned_up}",
+        ]
     where = ""
     if result.address is not None:
         where = f" via {result.address.ip} port {result.address.port}"

@@ -139,6 +139,7 @@ class Scheduler:
         self._semaphore = asyncio.Semaphore(1)
         self._max_concurrency = 0
         self._buckets = Buckets(())
+        self._delivery_buckets = Buckets(())
         self._phase_histograms = False
         self._blackbox_names = False
         self._stopping = False
@@ -161,12 +162,20 @@ class Scheduler:
             self._max_concurrency = config.scheduler.max_concurrency
             self._semaphore = asyncio.Semaphore(self._max_concurrency)
         metrics = config.metrics
-        if (metrics.histogram_buckets, metrics.phase_histograms, metrics.blackbox_names) != (
+        settings = (
+            metrics.histogram_buckets,
+            metrics.phase_histograms,
+            metrics.blackbox_names,
+            metrics.delivery_histogram_buckets,
+        )
+        if settings != (
             self._buckets.bounds,
             self._phase_histograms,
             self._blackbox_names,
+            self._delivery_buckets.bounds,
         ):
             self._buckets = Buckets(metrics.histogram_buckets)
+            self._delivery_buckets = Buckets(metrics.delivery_histogram_buckets)
             self._phase_histograms = metrics.phase_histograms
             self._blackbox_names = metrics.blackbox_names
             for job in self._jobs.values():
@@ -175,6 +184,7 @@ class Scheduler:
                         buckets=self._buckets,
                         phase_histograms=self._phase_histograms,
                         blackbox_names=self._blackbox_names,
+                        delivery_buckets=self._delivery_buckets,
                     )
 
         for key in [key for key in self._jobs if key not in wanted]:
@@ -323,6 +333,7 @@ class Scheduler:
                     buckets=self._buckets,
                     phase_histograms=self._phase_histograms,
                     blackbox_names=self._blackbox_names,
+                    delivery_buckets=self._delivery_buckets,
                 )
                 self._store.put((job.key, key), state)
             previous = state.latest

@@ -8,14 +8,17 @@ watch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 import stat
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import yaml
 
 from smtp_exporter.config.durations import quote_value
-from smtp_exporter.config.nodes import Document, join, string
+from smtp_exporter.config.nodes import Check, Document, Parser, fields, join, pairs, string
 from smtp_exporter.config.schema import Secret, TLSConfig
 from smtp_exporter.tls_settings import TLSSettingsError, client_context
 
@@ -84,3 +87,48 @@ def load_client_context(
         else:
             message = f"cannot load certificate and key: {exc.reason}"
         doc.fail(keys.get(exc.setting), join(path, exc.setting), message)
+
+
+_C = TypeVar("_C")
+
+
+def credentials(
+    doc: Document,
+    node: yaml.Node,
+    path: str,
+    default: _C,
+    parsers: Mapping[str, Parser],
+    check: Check[_C] | None = None,
+) -> _C:
+    """A section with `username` and a password (`default` a dataclass with `password`,
+    `password_file` and `password_env` fields): the password comes from password_file or
+    password_env, never from the config file itself; the other keys are read by `parsers`."""
+    for key, key_node, _ in pairs(doc, node, path):
+        if key == "password":
+            doc.fail(
+                key_node,
+                join(path, key),
+                "a password is not allowed in the config file: put it in a file (password_file) "
+                "or an environment variable (password_env)",
+            )
+    values: dict[str, Any] = {}
+    lines: dict[str, yaml.Node] = {}
+    for key, key_node, value in fields(doc, node, path, [*parsers, "password_file", "password_env"]):
+        sub = join(path, key)
+        lines[key] = key_node
+        if key == "password_file":
+            values[key], values["password"] = read_secret_file(doc, value, sub)
+        elif key == "password_env":
+            values[key], values["password"] = read_secret_env(doc, value, sub)
+        else:
+            values[key] = parsers[key](doc, value, sub)
+    if not values.get("username"):
+        doc.fail(node, path, 'missing required key "username"')
+    if "password_file" in values and "password_env" in values:
+        doc.fail(lines["password_env"], path, "set password_file or password_env, not both")
+    if "password" not in values:
+        doc.fail(node, path, "missing password_file or password_env")
+    result: _C = dataclasses.replace(default, **values)  # type: ignore[type-var]
+    if check is not None:
+        check(doc, result, lines, path)
+    return result

@@ -28,7 +28,7 @@ from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.durations import quote_value
 from smtp_exporter.config.errors import ConfigError, raise_errors
 from smtp_exporter.config.files import load_client_context
-from smtp_exporter.config.modules import MAX_TIMEOUT, ModulesDocument, parse_modules, uses_tls
+from smtp_exporter.config.modules import MAX_TIMEOUT, ModulesDocument, parse_modules, tls_configs
 from smtp_exporter.config.nodes import (
     EMPTY,
     Check,
@@ -100,7 +100,7 @@ class LoadedConfig:
 
     config: Config
     targets: tuple[Target, ...]  # config.targets[i], parsed
-    client_contexts: Mapping[TLSConfig, ssl.SSLContext]  # the tls_config of every module that uses TLS
+    client_contexts: Mapping[TLSConfig, ssl.SSLContext]  # every tls_config a module uses (SMTP, IMAP)
     allowlist: TargetAllowlist  # config.http_probe.allowed_targets, parsed
     files: tuple[str, ...]  # the certificate, key, CA and password files it names
     # The targets of target_files, and which files loaded; their errors do not fail the load.
@@ -194,20 +194,20 @@ def load_text(
     )
     contexts = doc.client_contexts
     for name, module in modules.items():
-        if name in doc.broken_modules or not uses_tls(module) or module.tls_config in contexts:
-            continue  # no tls_config: the defaults
-        context, _ = checked(doc, None, load_client_context, doc, module.tls_config, {}, "")
-        if context is not None:
-            contexts[module.tls_config] = context
+        for tls in () if name in doc.broken_modules else tls_configs(module):
+            if tls in contexts:
+                continue
+            # no tls_config: the defaults
+            context, _ = checked(doc, None, load_client_context, doc, tls, {}, "")
+            if context is not None:
+                contexts[tls] = context
     if doc.errors:
         doc.errors.sort(key=lambda error: error.line or 0)
         raise_errors([*doc.errors, *target_files.errors])
     return LoadedConfig(
         config=config,
         targets=parsed,
-        client_contexts={
-            module.tls_config: contexts[module.tls_config] for module in modules.values() if uses_tls(module)
-        },
+        client_contexts={tls: contexts[tls] for module in modules.values() for tls in tls_configs(module)},
         allowlist=TargetAllowlist(config.http_probe.allowed_targets),
         files=tuple(doc.files),
         target_files=target_files,

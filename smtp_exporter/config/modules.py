@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
+from smtp_exporter.config.delivery import delivery_parser
 from smtp_exporter.config.durations import format_duration, quote_value
-from smtp_exporter.config.files import load_client_context, read_secret_env, read_secret_file, readable_file
+from smtp_exporter.config.files import credentials, load_client_context, readable_file
 from smtp_exporter.config.nodes import (
     Document,
     Parser,
@@ -25,7 +26,6 @@ from smtp_exporter.config.nodes import (
     checked,
     choice,
     duration_upto,
-    fields,
     integer_in,
     join,
     one_of,
@@ -60,7 +60,7 @@ _MODULE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 ftext
 _EXTENSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
 # Headers build_message writes itself.
-_GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject"})
+_GENERATED_HEADERS = frozenset({"date", "message-id", "from", "to", "subject", "x-smtp-exporter-probe"})
 
 
 class ModulesDocument(Document):
@@ -78,6 +78,13 @@ class ModulesDocument(Document):
 def uses_tls(module: ModuleConfig) -> bool:
     """Whether probes of `module` may speak TLS (and so need its SSL context)."""
     return module.implicit_tls or module.starttls is not StartTLS.NEVER
+
+
+def tls_configs(module: ModuleConfig) -> tuple[TLSConfig, ...]:
+    """The `tls_config` sections whose SSL contexts probes of `module` need: its own when it may
+    speak TLS, and its delivery's IMAP one (which always does)."""
+    own = (module.tls_config,) if uses_tls(module) else ()
+    return own + ((module.delivery.imap.tls_config,) if module.delivery is not None else ())
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -222,36 +229,8 @@ def _tls_config(doc: Document, node: yaml.Node, path: str) -> TLSConfig:
 
 
 def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
-    """Not a plain table: the password comes from password_file or password_env, never the file."""
-    for key, key_node, _ in pairs(doc, node, path):
-        if key == "password":
-            doc.fail(
-                key_node,
-                join(path, key),
-                "a password is not allowed in the config file: put it in a file (password_file) "
-                "or an environment variable (password_env)",
-            )
-    keys = ("mechanism", "username", "password_file", "password_env")
-    values: dict[str, Any] = {}
-    lines: dict[str, yaml.Node] = {}
-    for key, key_node, value in fields(doc, node, path, keys):
-        sub = join(path, key)
-        lines[key] = key_node
-        if key == "mechanism":
-            values[key] = one_of(AuthMechanism)(doc, value, sub)
-        elif key == "username":
-            values[key] = _command_text(doc, value, sub)
-        elif key == "password_file":
-            values[key], values["password"] = read_secret_file(doc, value, sub)
-        else:
-            values[key], values["password"] = read_secret_env(doc, value, sub)
-    if not values.get("username"):
-        doc.fail(node, path, 'missing required key "username"')
-    if "password_file" in values and "password_env" in values:
-        doc.fail(lines["password_env"], path, "set password_file or password_env, not both")
-    if "password" not in values:
-        doc.fail(node, path, "missing password_file or password_env")
-    return dataclasses.replace(AuthConfig(), **values)
+    parsers: dict[str, Parser] = {"mechanism": one_of(AuthMechanism), "username": _command_text}
+    return credentials(doc, node, path, AuthConfig(), parsers)
 
 
 # --- the module ---------------------------------------------------------------------------------------
@@ -289,6 +268,7 @@ _MODULE: dict[str, Parser] = {
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
     "posture": parse_posture,
+    "delivery": delivery_parser(_tls_config, _command_text, _address),
 }
 assert set(_MODULE) == {field.name for field in dataclasses.fields(ModuleConfig)}
 
@@ -318,6 +298,12 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             keys["source_ip_address"],
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
+        )
+    if module.delivery is not None and module.transaction is not Transaction.MESSAGE:
+        doc.fail(
+            keys["delivery"],
+            join(path, "delivery"),
+            "delivery needs transaction: message (the message it waits for in the mailbox)",
         )
     if module.connect_timeout is not None and module.connect_timeout > module.timeout:
         doc.fail(

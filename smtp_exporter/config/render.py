@@ -11,7 +11,14 @@ from smtp_exporter.config.durations import format_duration
 from smtp_exporter.config.schema import Config, Secret
 
 _DURATION_FIELDS = frozenset(
-    {"timeout", "connect_timeout", "happy_eyeballs_delay", "interval", "shutdown_grace_period"}
+    {
+        "timeout",
+        "connect_timeout",
+        "happy_eyeballs_delay",
+        "interval",
+        "shutdown_grace_period",
+        "poll_interval",
+    }
 )
 _MAPPING_FIELDS = frozenset({"labels", "headers"})
 

@@ -125,6 +125,45 @@ class PostureConfig:
     ca_file: str | None = None  # for MTA-STS; None: the system's CA store
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImapConfig:
+    host: str | None = None  # None: the target's host
+    port: int | None = None  # None: 993 with implicit TLS, 143 otherwise
+    implicit_tls: bool | None = None  # None: true unless starttls is required
+    starttls: StartTLS = StartTLS.NEVER  # required or never: the password never goes in clear
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+    username: str = ""
+    # Read from password_file or password_env at load time; never from the YAML itself.
+    password: Secret = Secret("")  # noqa: RUF009 (immutable)
+    password_file: str | None = None
+    password_env: str | None = None
+    mailbox: str = "INBOX"
+
+    @property
+    def tls_on_connect(self) -> bool:
+        """Implicit TLS (IMAPS): set so, or not set and no STARTTLS asked for."""
+        if self.implicit_tls is not None:
+            return self.implicit_tls
+        return self.starttls is not StartTLS.REQUIRED
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.tls_on_connect else 143
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """End-to-end delivery: after the SMTP part, wait for the probe message over IMAP."""
+
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    timeout: float = 120.0  # the IMAP part, connect to logout, waiting for the message included
+    poll_interval: float = 2.0  # SEARCH every this often when the server offers no IDLE
+    delete: bool = True  # remove the found message and this module's leftovers
+    authserv_id: str | None = None  # trust Authentication-Results of this authserv-id only
+
+
 MAX_DEFAULT_CONNECT_TIMEOUT = 5.0  # Postfix's smtp_connect_timeout is 30s; probes have less time
 
 
@@ -155,6 +194,12 @@ class ModuleConfig:
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
     posture: PostureConfig | None = None  # None: no posture checks
+    delivery: DeliveryConfig | None = None  # None: the probe ends with the SMTP conversation
+
+    @property
+    def total_timeout(self) -> float:
+        """The SMTP part's deadline plus the IMAP part's, when there is one."""
+        return self.timeout + (self.delivery.timeout if self.delivery is not None else 0.0)
 
     @property
     def source_family(self) -> int | None:
@@ -198,6 +243,19 @@ class MetricsConfig:
     histogram_buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
     # Per-phase histograms multiply series by the number of phases: off unless asked for.
     phase_histograms: bool = False
+    # Buckets of smtp_delivery_duration_distribution_seconds (seconds): 1 s .. 30 min.
+    delivery_histogram_buckets: tuple[float, ...] = (
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        120.0,
+        300.0,
+        600.0,
+        1800.0,
+    )
     # blackbox_exporter's names (probe_success, probe_ssl_earliest_cert_expiry, ...) beside this
     # exporter's in /metrics: off by default since they add series (/probe always has them).
     blackbox_names: bool = False

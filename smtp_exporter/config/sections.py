@@ -266,11 +266,14 @@ def build_target(
     seconds = defaults.interval
     if interval is not None:
         seconds = duration(doc, *interval, MAX_INTERVAL)
-    if config.timeout >= seconds and (interval is not None or defaults_ok):
+    if config.total_timeout >= seconds and (interval is not None or defaults_ok):
+        timeout = format_duration(config.timeout)
+        if config.delivery is not None:
+            timeout += f" plus the delivery.timeout {format_duration(config.delivery.timeout)}"
         doc.fail(
             item,
             item_path,
-            f"the timeout {format_duration(config.timeout)} of module {quote_value(name)} must be "
+            f"the timeout {timeout} of module {quote_value(name)} must be "
             f"shorter than the interval {format_duration(seconds)}",
         )
     mode = MXMode.PRIMARY
@@ -346,6 +349,7 @@ SCHEDULER: dict[str, Parser] = {
 METRICS: dict[str, Parser] = {
     "histogram_buckets": _buckets,
     "phase_histograms": boolean,
+    "delivery_histogram_buckets": _buckets,
     "blackbox_names": boolean,
     "history_limit": integer_in(0, MAX_HISTORY),
 }

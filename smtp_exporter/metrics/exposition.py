@@ -23,6 +23,7 @@ from prometheus_client.utils import floatToGoString
 from smtp_exporter.metrics.blackbox import BLACKBOX_FAMILIES, blackbox_samples
 from smtp_exporter.metrics.families import (
     ATTEMPT_FAILURES_TOTAL,
+    DELIVERY_HISTOGRAM,
     DURATION_HISTOGRAM,
     FAILURES_TOTAL,
     PHASE_DURATION_HISTOGRAM,
@@ -57,6 +58,7 @@ _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
 _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
 _DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[DURATION_HISTOGRAM]
 _PHASE_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]
+_DELIVERY_HISTOGRAM_INDEX = _FAMILY_INDEX[DELIVERY_HISTOGRAM]
 
 
 def wants_openmetrics(accept: str | None) -> bool:
@@ -89,6 +91,9 @@ class Buckets:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "le", tuple(_go_float(bound) for bound in self.bounds))
+
+
+_NO_BUCKETS = Buckets(())
 
 
 class Histogram:
@@ -141,6 +146,8 @@ class SeriesState:
     __slots__ = (
         "_attempt_failures",
         "_blackbox_names",
+        "_delivery_buckets",
+        "_delivery_histogram",
         "_durations",
         "_failures",
         "_histogram",
@@ -155,9 +162,18 @@ class SeriesState:
     )
 
     def __init__(
-        self, labels: Labels, *, buckets: Buckets, phase_histograms: bool, blackbox_names: bool = False
+        self,
+        labels: Labels,
+        *,
+        buckets: Buckets,
+        phase_histograms: bool,
+        blackbox_names: bool = False,
+        delivery_buckets: Buckets = _NO_BUCKETS,
     ) -> None:
         self._blackbox_names = blackbox_names
+        self._delivery_buckets = delivery_buckets
+        # Made at the first result of a module with `delivery`: other series have none.
+        self._delivery_histogram: Histogram | None = None
         self.mx_host: str | None = next((value for name, value in labels if name == "mx_host"), None)
         family = next((value for name, value in labels if name == "ip_protocol"), None)
         self.ip_protocol: int | None = None if family is None else int(family)  # ip_protocol both
@@ -173,10 +189,22 @@ class SeriesState:
         self._durations = array("d", bytes(8 * RECENT_DURATIONS))
         self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
 
-    def reconfigure(self, *, buckets: Buckets, phase_histograms: bool, blackbox_names: bool = False) -> None:
+    def reconfigure(
+        self,
+        *,
+        buckets: Buckets,
+        phase_histograms: bool,
+        blackbox_names: bool = False,
+        delivery_buckets: Buckets = _NO_BUCKETS,
+    ) -> None:
         """Apply the metrics settings of a new config; histograms restart only if they changed."""
         changed = blackbox_names != self._blackbox_names
         self._blackbox_names = blackbox_names
+        if delivery_buckets.bounds != self._delivery_buckets.bounds:
+            self._delivery_buckets = delivery_buckets
+            if self._delivery_histogram is not None:
+                self._delivery_histogram = Histogram(delivery_buckets)
+                changed = True
         if buckets.bounds != self._histogram.buckets.bounds:
             self._histogram = Histogram(buckets)
             if self._phase_histograms:
@@ -198,6 +226,12 @@ class SeriesState:
         for reason in attempt_failures(result):
             self._attempt_failures[reason] = self._attempt_failures.get(reason, 0) + 1
         self._histogram.observe(result.duration_seconds)
+        delivery = result.delivery
+        if delivery is not None:
+            if self._delivery_histogram is None:
+                self._delivery_histogram = Histogram(self._delivery_buckets)
+            if delivery.duration_seconds is not None:
+                self._delivery_histogram.observe(delivery.duration_seconds)
         if self._phase_histograms is not None:
             buckets = self._histogram.buckets
             for phase in result.phases:
@@ -253,6 +287,10 @@ class SeriesState:
                 for reason, count in self._attempt_failures.items()
             ]
         columns[_DURATION_HISTOGRAM_INDEX] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
+        if self._delivery_histogram is not None:
+            columns[_DELIVERY_HISTOGRAM_INDEX] = self._delivery_histogram.render(
+                DELIVERY_HISTOGRAM.name, prefix
+            )
         if self._phase_histograms:
             phase_lines: list[str] = []
             for phase, histogram in self._phase_histograms.items():

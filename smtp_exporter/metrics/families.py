@@ -117,6 +117,20 @@ FALLBACK = _g(
     "preferred address family) because that first one failed (1) or not (0).",
 )
 
+DELIVERY_SUCCESS = _g(
+    "smtp_delivery_success",
+    "Whether the latest probe's message was found in the mailbox within delivery.timeout (1) or not (0).",
+)
+DELIVERY_DURATION = _g(
+    "smtp_delivery_duration_seconds",
+    "Time from the 250 after the message to the message visible in the mailbox, in the latest probe.",
+)
+DELIVERY_HOPS = _g("smtp_delivery_hops", "Received: headers of the latest probe's delivered message.")
+DELIVERY_AUTHENTICATION_RESULT = _g(
+    "smtp_delivery_authentication_result",
+    "Authentication-Results of the receiving side for the latest probe's message, by method and result.",
+)
+
 # The families describing one probe result, in exposition order.
 RESULT_FAMILIES: tuple[Family, ...] = (
     SUCCESS,
@@ -139,6 +153,10 @@ RESULT_FAMILIES: tuple[Family, ...] = (
     MX_INFO,
     ATTEMPTS,
     FALLBACK,
+    DELIVERY_SUCCESS,
+    DELIVERY_DURATION,
+    DELIVERY_HOPS,
+    DELIVERY_AUTHENTICATION_RESULT,
 )
 
 # Families kept across the probes of a scheduled target.
@@ -153,6 +171,11 @@ DURATION_HISTOGRAM = Family(
 PHASE_DURATION_HISTOGRAM = Family(
     "smtp_probe_phase_duration_distribution_seconds", Kind.HISTOGRAM, "Distribution of phase durations."
 )
+DELIVERY_HISTOGRAM = Family(
+    "smtp_delivery_duration_distribution_seconds",
+    Kind.HISTOGRAM,
+    "Distribution of delivery durations (the delivery phase of probes whose message was found).",
+)
 # Counted in the scheduled series across its probes; a /probe response counts its own probe's.
 ATTEMPT_FAILURES_TOTAL = Family(
     "smtp_probe_attempt_failures_total",
@@ -166,6 +189,7 @@ SERIES_FAMILIES: tuple[Family, ...] = (
     ATTEMPT_FAILURES_TOTAL,
     DURATION_HISTOGRAM,
     PHASE_DURATION_HISTOGRAM,
+    DELIVERY_HISTOGRAM,
 )
 # blackbox_exporter's names (probe_success, ...) are in metrics/blackbox.py.
 
@@ -247,6 +271,16 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
         yield IP_PROTOCOL, "", result.address.family
     yield ATTEMPTS, "", len(result.attempts)
     yield FALLBACK, "", 1 if result.fallback else 0
+    delivery = result.delivery
+    if delivery is not None:
+        found = delivery.duration_seconds
+        yield DELIVERY_SUCCESS, "", 0 if found is None else 1
+        if found is not None:
+            yield DELIVERY_DURATION, "", found
+        if delivery.hops is not None:
+            yield DELIVERY_HOPS, "", delivery.hops
+        for method, outcome in delivery.authentication_results:
+            yield DELIVERY_AUTHENTICATION_RESULT, f'method="{bound(method)}",result="{bound(outcome)}"', 1
     if result.mx is not None:
         if mx_host_label:
             yield MX_INFO, f'preference="{result.mx.preference}"', 1

@@ -7,8 +7,10 @@ import dataclasses
 import time
 
 from smtp_exporter.config.schema import IPProtocol, ModuleConfig
+from smtp_exporter.delivery.check import DeliveryCheck
 from smtp_exporter.model import (
     CheckReport,
+    DeliveryInfo,
     Failure,
     FailureReason,
     MXInfo,
@@ -79,7 +81,7 @@ class Prober:
         TLS, address) are the IPv4 probe's unless only the IPv6 one failed, as the failure of
         a probe is that of its attempt that ended last."""
         config = module.config
-        deadline = config.timeout if timeout is None else min(timeout, config.timeout)
+        deadline = config.total_timeout if timeout is None else min(timeout, config.total_timeout)
         started = perf_counter()
         lookup_mx = config.mx
         ip6 = await self._run(
@@ -104,6 +106,7 @@ class Prober:
             transcript=ip6.transcript.followed_by(ip4.transcript),
             attempts=ip6.attempts + ip4.attempts,
             fallback=success and (ip6.fallback or ip4.fallback),
+            delivery=shown.delivery,
         )
 
     async def probe_each_mx(
@@ -144,19 +147,21 @@ class Prober:
     ) -> list[ProbeResult]:
         text = str(target) if target_text is None else target_text
         module_name = module.name
-        deadline = module.config.timeout if timeout is None else min(timeout, module.config.timeout)
+        config = module.config
+        deadline = config.total_timeout if timeout is None else min(timeout, config.total_timeout)
+        mx_deadline = min(deadline, config.timeout)
         dns = module.dns
         start_timestamp = time.time()
         started = perf_counter()
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(mx_deadline):
                 hosts = await dns.mx_hosts(target.host)
         except ProbeError as exc:
             return [
                 self._resolve_failure(text, module_name, start_timestamp, started, exc.reason, exc.message)
             ]
         except TimeoutError:
-            message = f"MX lookup did not finish within the {deadline:g}s deadline"
+            message = f"MX lookup did not finish within the {mx_deadline:g}s deadline"
             return [
                 self._resolve_failure(
                     text, module_name, start_timestamp, started, FailureReason.TIMEOUT, message
@@ -231,7 +236,41 @@ class Prober:
             pre_resolve_seconds=pre_resolve_seconds,
             family=family,
         )
-        return await conversation.run()
+        result = await conversation.run()
+        if config.delivery is None:
+            return result
+        return await _with_delivery(result, conversation, module, target.host, timeout)
+
+
+async def _with_delivery(
+    result: ProbeResult, conversation: Conversation, module: CompiledModule, host: str, timeout: float | None
+) -> ProbeResult:
+    """The result of the SMTP part, followed by the delivery check's (when the SMTP part
+    succeeded): its phases after the SMTP ones, its failure, its transcript, `delivery`. The IMAP
+    part runs under delivery.timeout, or what is left of the probe's `timeout` when less."""
+    delivery = module.config.delivery
+    assert delivery is not None
+    token = conversation.token
+    accepted = conversation.session.message_accepted_at
+    if not result.success or token is None or accepted is None:
+        info = DeliveryInfo(conversation.message_id, "" if token is None else str(token), None)
+        return dataclasses.replace(result, delivery=info)
+    deadline = delivery.timeout
+    if timeout is not None:
+        deadline = min(deadline, max(timeout - (perf_counter() - conversation.t0), 0.001))
+    check = DeliveryCheck(
+        module, host, token=token, message_id=conversation.message_id, accepted_at=accepted, deadline=deadline
+    )
+    outcome = await check.run()
+    return dataclasses.replace(
+        result,
+        success=outcome.failure is None,
+        duration_seconds=round_to_ns(perf_counter() - conversation.t0),
+        phases=result.phases + outcome.phases,
+        failure=outcome.failure,
+        transcript=result.transcript.followed_by(Transcript(outcome.events)),
+        delivery=outcome.info,
+    )
 
 
 async def _with_posture(

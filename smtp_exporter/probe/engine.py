@@ -44,6 +44,7 @@ from smtp_exporter.probe.tls import (
 )
 from smtp_exporter.protocol import ClientSession, build_message
 from smtp_exporter.protocol.exchange import CLOSING, TALKING, TLS
+from smtp_exporter.protocol.message import Token
 from smtp_exporter.targets import Target
 
 log = logging.getLogger("smtp_exporter.probe")
@@ -95,6 +96,9 @@ class Conversation:
         # A fresh session for each connection; they share one transcript (see _new_session).
         self.session = ClientSession(module, ehlo_name=ehlo_name, timeout=timeout)
         self._resolve_times: tuple[float, float] | None = None
+        # What names the probe message (transaction: message), for the delivery check to find.
+        self.token: Token | None = None
+        self.message_id = ""
 
     def _deadline_left(self) -> float:
         return self.timeout - (perf_counter() - self.t0)
@@ -146,6 +150,9 @@ class Conversation:
         module = self.module
         if module.transaction is not Transaction.MESSAGE:
             return None
+        unique = f"smtp-exporter.{secrets.token_hex(8)}"
+        self.token = Token(self.module_name, int(timestamp), unique)
+        self.message_id = f"<{unique}@{self.ehlo_name}>"
         return build_message(
             mail_from=module.mail_from,
             rcpt_to=module.rcpt_to,
@@ -154,7 +161,8 @@ class Conversation:
             headers=module.message.headers,
             domain=self.ehlo_name,
             timestamp=timestamp,
-            unique=f"smtp-exporter.{secrets.token_hex(8)}",
+            unique=unique,
+            module=self.module_name,
         )
 
     async def _converse(self, message: bytes | None) -> None:

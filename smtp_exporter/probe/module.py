@@ -25,6 +25,7 @@ class CompiledModule:
     tls_context: ssl.SSLContext | None  # None when its probes never speak TLS
     dns: DNSClient
     posture_dns: PostureDNS | None  # the posture checks' lookups (DO set); None without `posture`
+    imap_tls_context: ssl.SSLContext | None = None  # the delivery's IMAP connection; None: no delivery
 
 
 def compile_modules(
@@ -48,5 +49,6 @@ def compile_modules(
             posture_dns = posture_clients.get(module.dns)
             if posture_dns is None:
                 posture_dns = posture_clients[module.dns] = PostureDNS(module.dns)
-        compiled[name] = CompiledModule(name, module, context, dns, posture_dns)
+        imap = contexts[module.delivery.imap.tls_config] if module.delivery is not None else None
+        compiled[name] = CompiledModule(name, module, context, dns, posture_dns, imap)
     return compiled

@@ -4,6 +4,32 @@ from __future__ import annotations
 
 import email.utils
 from functools import lru_cache
+from typing import NamedTuple
+
+# The header that names a probe message: the delivery check finds exactly its own message by it,
+# and recognises its module's leftovers (see `Token`).
+TOKEN_HEADER = "X-SMTP-Exporter-Probe"
+
+
+class Token(NamedTuple):
+    """What the probe header says: `<module> <unix time> <id>`. The id is also the Message-ID's
+    local part. The module and the time let an exporter clean up its own module's leftovers
+    (never a younger message, which another exporter sharing the mailbox may still wait for)."""
+
+    module: str
+    timestamp: int
+    unique: str
+
+    def __str__(self) -> str:
+        return f"{self.module} {self.timestamp} {self.unique}"
+
+    @classmethod
+    def parse(cls, value: str) -> Token | None:
+        """The token of a header value, or None when it is not one this exporter writes."""
+        parts = value.strip().split(" ")
+        if len(parts) != 3 or not parts[1].isascii() or not parts[1].isdigit() or not parts[2]:
+            return None
+        return cls(parts[0], int(parts[1]), parts[2])
 
 
 def build_message(
@@ -16,9 +42,12 @@ def build_message(
     domain: str,
     timestamp: float,
     unique: str,
+    module: str,
 ) -> bytes:
-    """The DATA payload, ready to send: CRLF line ends, dot-stuffed, ending in CRLF.CRLF."""
-    head = f"Date: {_date(int(timestamp))}\r\nMessage-ID: <{unique}@{domain}>\r\n"
+    """The DATA payload, ready to send: CRLF line ends, dot-stuffed, ending in CRLF.CRLF. It
+    carries the probe's token (`Token`: `module`, the time, `unique`) in `TOKEN_HEADER`."""
+    token = Token(module, int(timestamp), unique)
+    head = f"Date: {_date(int(timestamp))}\r\nMessage-ID: <{unique}@{domain}>\r\n{TOKEN_HEADER}: {token}\r\n"
     return head.encode("utf-8") + _rest(mail_from, rcpt_to, subject, body, headers, domain)
 
 

@@ -76,6 +76,8 @@ class ClientSession(Exchange):
         self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
         self._auth: AuthExchange | None = None  # while AUTH is under way (its secrets leave replies)
         self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
+        # When the 250 after the message's final dot arrived: the delivery phase starts there.
+        self.message_accepted_at: float | None = None
 
     # Inputs
 
@@ -422,7 +424,10 @@ class ClientSession(Exchange):
             self._record(command.phase, reply, at)
         if refused:
             self._refused(command.phase, reply)
-        elif steps:
+            return
+        if command.phase is Phase.MESSAGE:
+            self.message_accepted_at = at
+        if steps:
             self._outbox.append(steps.popleft())
         else:
             self._quit()

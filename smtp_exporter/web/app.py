@@ -250,7 +250,9 @@ class _Handlers:
                 503,
             )
         deadline = scrape_deadline(
-            request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"), module.config.timeout
+            # A delivery module's deadline covers its SMTP and IMAP parts.
+            request.headers.get("X-Prometheus-Scrape-Timeout-Seconds"),
+            module.config.total_timeout,
         )
         self.probes_in_flight += 1
         stats.probes_in_flight += 1

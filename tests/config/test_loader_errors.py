@@ -270,6 +270,40 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     ),
     "shard_count_zero": (2, "shard.count", "must be between 1 and 100000, not 0"),
     "shard_index_out_of_range": (3, "shard.index", "must be less than shard.count (2), not 2"),
+    "delivery_password_in_config": (
+        6,
+        "modules.roundtrip.delivery.imap.password",
+        "a password is not allowed in the config file: put it in a file (password_file) "
+        "or an environment variable (password_env)",
+    ),
+    "delivery_interval_too_short": (
+        9,
+        "targets[0]",
+        'the timeout 10s plus the delivery.timeout 2m of module "roundtrip" must be shorter than '
+        "the interval 2m",
+    ),
+    "delivery_starttls_auto": (
+        5,
+        "modules.roundtrip.delivery.imap.starttls",
+        "starttls: auto would send the IMAP password in clear text to a server that stops offering "
+        "STARTTLS: use required, or implicit_tls: true",
+    ),
+    "delivery_imap_missing": (4, "modules.roundtrip.delivery", 'missing required key "imap"'),
+    "delivery_poll_interval_too_long": (
+        5,
+        "modules.roundtrip.delivery.poll_interval",
+        "must be shorter than delivery.timeout (10s)",
+    ),
+    "delivery_needs_message": (
+        3,
+        "modules.roundtrip.delivery",
+        "delivery needs transaction: message (the message it waits for in the mailbox)",
+    ),
+    "delivery_imap_clear_text": (
+        5,
+        "modules.roundtrip.delivery.imap.implicit_tls",
+        "the IMAP login needs an encrypted connection: set implicit_tls: true or starttls: required",
+    ),
 }
 
 

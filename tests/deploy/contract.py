@@ -13,6 +13,7 @@ _HISTOGRAMS = (
     # Not "..._histogram_seconds": promtool check metrics rejects a type name in a metric name.
     "smtp_probe_duration_distribution_seconds",
     "smtp_probe_phase_duration_distribution_seconds",
+    "smtp_delivery_duration_distribution_seconds",
 )
 
 METRICS = frozenset(
@@ -40,6 +41,11 @@ METRICS = frozenset(
         "smtp_probe_attempts",
         "smtp_probe_fallback",
         "smtp_probe_attempt_failures_total",
+        # A module with `delivery` (issue 15).
+        "smtp_delivery_success",
+        "smtp_delivery_duration_seconds",
+        "smtp_delivery_hops",
+        "smtp_delivery_authentication_result",
         # blackbox_exporter's names, which migrating users' rules and dashboards use
         # (docs/migrating-from-blackbox.md); the TLS ones need a TLS peer to be served.
         "probe_success",

@@ -96,6 +96,9 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         "SMTPExporterWebConfigReloadFailed",
         "SMTPExporterOverloaded",
         "SMTPProbeFallback",
+        "SMTPDeliveryFailing",
+        "SMTPDeliverySlow",
+        "SMTPDeliveryAuthenticationFailing",
     } <= names
 
 

@@ -22,6 +22,9 @@ SCHEDULED_ONLY = re.compile(
     r"smtp_probes_total|smtp_probe_failures_total|_distribution_seconds|smtp_exporter_"
 )
 EXPORTER_OWN = re.compile(r"smtp_exporter_")
+# The Delivery row's series exist only for modules with `delivery`: shown with data by the own
+# stack of test_delivery.py (a real Postfix and Dovecot), not this one.
+DELIVERY_ONLY = re.compile(r"smtp_delivery_")
 
 
 def _run(stack: Stack, query: PanelQuery, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -73,6 +76,8 @@ def _check_every_query(
         for values in runs:
             if _run(stack, query, values):
                 answered += 1
+            elif DELIVERY_ONLY.search(query.expr):
+                continue
             elif allow_empty is None or not allow_empty.search(query.expr):
                 empty.append(
                     f"{query.panel} {query.ref_id}: {interpolate(query.expr, {**BUILTINS, **values})}"

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
-from smtp_exporter.config.modules import uses_tls
+from smtp_exporter.config.modules import tls_configs
 from smtp_exporter.config.schema import AuthConfig, AuthMechanism, ModuleConfig, Secret, TLSConfig
 from smtp_exporter.model import ProbeResult
 from smtp_exporter.probe import CompiledModule, compile_modules
@@ -63,7 +63,7 @@ def module(base: str = "smtp_handshake", **changes: Any) -> ModuleConfig:
 def compiled(target: str, name: str, settings: ModuleConfig) -> tuple[Target, CompiledModule, str]:
     """What `Prober.probe` takes, made the way the config loader makes it: `target` parsed with
     the module's port, the module `name` compiled (its SSL context built), and the text."""
-    contexts = {settings.tls_config: _client_context(settings.tls_config)} if uses_tls(settings) else {}
+    contexts = {tls: _client_context(tls) for tls in tls_configs(settings)}
     return parse_target(target, settings.port), compile_modules({name: settings}, contexts)[name], target
 
 

@@ -34,6 +34,7 @@ TOP_KEYS = {
     "mx",
     "attempts",
     "posture",
+    "delivery",  # null unless the module has `delivery` (tests/delivery/test_roundtrip.py)
     "transcript",
 }
 PHASE_KEYS = {"phase", "duration_seconds", "reply_code", "enhanced_status", "reply"}

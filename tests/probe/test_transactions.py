@@ -114,6 +114,10 @@ async def test_message_as_received(smtp_server: AiosmtpdServer) -> None:
     sent_at = email.utils.parsedate_to_datetime(parsed["Date"]).timestamp()
     assert before - 2 <= sent_at <= time.time() + 2
     assert parsed["Message-ID"].startswith("<") and parsed["Message-ID"].endswith(f"@{EHLO}>")
+    # The token names the module, the send time and the Message-ID's id.
+    module_name, stamp, unique = parsed["X-SMTP-Exporter-Probe"].split(" ")
+    assert module_name == result.module and before - 2 <= int(stamp) <= time.time() + 2
+    assert parsed["Message-ID"] == f"<{unique}@{EHLO}>"
     assert parsed["From"] == "probe@probe.test"
     assert [a.addr_spec for a in parsed["To"].addresses] == [
         "one@mail.test",

@@ -8,7 +8,7 @@ import email.policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_exporter.protocol.message import build_message
+from smtp_exporter.protocol.message import Token, build_message
 
 BASE = {
     "mail_from": "probe@example.org",
@@ -18,6 +18,7 @@ BASE = {
     "domain": "probe.example.org",
     "timestamp": 1_700_000_000.0,
     "unique": "abc123",
+    "module": "roundtrip",
 }
 
 
@@ -40,6 +41,7 @@ def test_required_headers_are_present() -> None:
     assert [a.addr_spec for a in parsed["To"].addresses] == ["postmaster@example.net", "abuse@example.net"]
     assert parsed["Subject"] == "smtp-exporter probe"
     assert parsed["X-Probe"] == "yes"
+    assert parsed["X-SMTP-Exporter-Probe"] == "roundtrip 1700000000 abc123"
     assert parsed.get_content().strip() == "hello"
 
 
@@ -87,3 +89,11 @@ def test_any_body_is_framed_safely(body: str) -> None:
     assert inner.replace(b"\r\n", b"").count(b"\r") == 0
     expected = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n") + "\r\n"
     assert unstuff(message).decode().endswith("\r\n\r\n" + expected)
+
+
+def test_token_names_module_time_and_id() -> None:
+    token = Token("round.trip-2", 1_700_000_000, "smtp-exporter.0011")
+    assert Token.parse(str(token)) == token
+    assert Token.parse(" round.trip-2 1700000000 smtp-exporter.0011\r\n") == token
+    for value in ("", "roundtrip", "roundtrip 17x 1", "roundtrip 1 ", "a b c d", "roundtrip ١٢ x"):
+        assert Token.parse(value) is None, value
