@@ -269,6 +269,7 @@ class ProbeResult:
     # it was slower and got cancelled): see `fell_back`. Kept, not derived from `attempts`, since
     # an `ip_protocol: both` result joins two probes' attempts, each with its own first candidate.
     fallback: bool = False
+    pipelined: bool = False  # MAIL, RCPT and DATA went out in one write (RFC 2920)
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -289,6 +290,7 @@ class ProbeResult:
             NO_TRANSCRIPT,
             self.attempts,
             self.fallback,
+            self.pipelined,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

@@ -35,19 +35,24 @@ from smtp_exporter.config.nodes import (
     string,
 )
 from smtp_exporter.config.schema import (
+    SMTPUTF8,
     AuthConfig,
     AuthMechanism,
+    BodyType,
+    Chunking,
     DNSConfig,
     ExpectConfig,
     IPProtocol,
     MessageConfig,
     ModuleConfig,
     MXFailover,
+    Pipelining,
     StartTLS,
     TLSConfig,
 )
 from smtp_exporter.model import Transaction
 from smtp_exporter.protocol import CommandError, validate_argument
+from smtp_exporter.protocol.envelope import has_8bit_content
 from smtp_exporter.targets import parse_nameserver
 from smtp_exporter.tls_settings import TLS_VERSIONS
 
@@ -287,6 +292,12 @@ _MODULE: dict[str, Parser] = {
     "happy_eyeballs_delay": duration_upto(MAX_TIMEOUT, allow_zero=True),
     "dns": _table(DNSConfig(), _DNS),
     "fail_on_quit": boolean,
+    "pipelining": one_of(Pipelining),
+    "chunking": one_of(Chunking),
+    "size_declaration": boolean,
+    "body_type": one_of(BodyType),
+    "smtputf8": one_of(SMTPUTF8),
+    "requiretls": boolean,
 }
 assert set(_MODULE) == {field.name for field in dataclasses.fields(ModuleConfig)}
 
@@ -316,6 +327,26 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             keys["source_ip_address"],
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
+        )
+    if module.requiretls and not (module.implicit_tls or module.starttls is StartTLS.REQUIRED):
+        doc.fail(
+            keys["requiretls"],
+            join(path, "requiretls"),
+            "REQUIRETLS is only sent over TLS: set starttls: required or implicit_tls: true",
+        )
+    if module.transaction is Transaction.NONE:
+        # Settings of the mail transaction, on a module that never starts one.
+        for key, used in (
+            ("pipelining", module.pipelining is Pipelining.REQUIRED),
+            ("requiretls", module.requiretls),
+        ):
+            if used:
+                doc.fail(keys[key], join(path, key), f"{key} needs transaction: envelope or message")
+    if module.body_type is BodyType.SEVEN_BIT and has_8bit_content(module):
+        doc.fail(
+            keys["body_type"],
+            join(path, "body_type"),
+            "body_type: 7bit, but the message's addresses, subject, headers or body are not ASCII",
         )
     if module.connect_timeout is not None and module.connect_timeout > module.timeout:
         doc.fail(

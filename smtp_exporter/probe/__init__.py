@@ -97,6 +97,7 @@ class Prober:
             transcript=ip6.transcript.followed_by(ip4.transcript),
             attempts=ip6.attempts + ip4.attempts,
             fallback=success and (ip6.fallback or ip4.fallback),
+            pipelined=shown.pipelined,
         )
 
     async def probe_each_mx(

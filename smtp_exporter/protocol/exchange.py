@@ -50,6 +50,7 @@ class Outcome(NamedTuple):
     events: list[TranscriptEvent]
     failure: Failure | None
     server: ServerInfo
+    pipelined: bool = False
 
 
 class Command:

@@ -38,6 +38,7 @@ METRICS = frozenset(
         "smtp_probe_mx_info",
         "smtp_probe_attempts",
         "smtp_probe_fallback",
+        "smtp_probe_pipelined",
         "smtp_probe_attempt_failures_total",
         # blackbox_exporter's names, which migrating users' rules and dashboards use
         # (docs/migrating-from-blackbox.md); the TLS ones need a TLS peer to be served.
