@@ -354,4 +354,3 @@ def _with_starttls(inside_tls: ExtensionList, in_clear: ExtensionList) -> Extens
         return inside_tls
     starttls = [entry for entry in in_clear if entry[0] == "STARTTLS"]
     return (*inside_tls, *starttls)
-

@@ -33,6 +33,7 @@ TOP_KEYS = {
     "address",
     "mx",
     "attempts",
+    "pipelined",
     "transcript",
 }
 PHASE_KEYS = {"phase", "duration_seconds", "reply_code", "enhanced_status", "reply"}
