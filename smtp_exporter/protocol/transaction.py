@@ -16,7 +16,7 @@ from smtp_exporter.config.schema import ModuleConfig
 from smtp_exporter.model import Failure, FailureReason, Phase, PhaseResult, Transaction
 from smtp_exporter.protocol.commands import encode_command
 from smtp_exporter.protocol.envelope import EnvelopeRefused, Extensions, plan_envelope
-from smtp_exporter.protocol.exchange import CLOSING, DONE, TALKING, Command, Exchange
+from smtp_exporter.protocol.exchange import CLOSING, DONE, TALKING, Command, Exchange, Handler
 from smtp_exporter.protocol.reply import Reply, ReplyCode
 
 QUIT_LINE = b"QUIT\r\n"
@@ -64,7 +64,7 @@ class MailTransaction(Exchange):
         data_pending = False
         for command in self._awaiting:
             data_pending = data_pending or command.phase is Phase.DATA
-            command.on_reply = MailTransaction._after_failure if command.phase is Phase.DATA else _ignore
+            command.on_reply = _AFTER_FAILURE.get(command.phase, _ignore)
         if not data_pending:
             self._send(Phase.QUIT, QUIT_LINE, MailTransaction._on_goodbye, shown="QUIT")
 
@@ -92,6 +92,12 @@ class MailTransaction(Exchange):
             # connection mid-message aborts the transaction (RFC 5321 3.8).
             self._note(at, "*", "closing without ending the message, so nothing is delivered")
             self.status = DONE
+
+    def _rcpt_after_failure(self, command: Command, reply: Reply, at: float) -> None:
+        """A later recipient of a batch that failed earlier: one it accepted would receive
+        whatever message ends the transaction (even the lone dot)."""
+        if reply.code in _RCPT_OK:
+            self._recipients_accepted += 1
 
     def _on_empty_message(self, command: Command, reply: Reply, at: float) -> None:
         self._send(Phase.QUIT, QUIT_LINE, MailTransaction._on_goodbye, shown="QUIT")
@@ -135,19 +141,23 @@ class MailTransaction(Exchange):
         if envelope.pipelined:
             # RFC 2920 3.1: the batch ends with DATA (or RSET); BDAT waits for the replies.
             self.pipelined = True
-            self._note(self._now, "*", "PIPELINING: MAIL, RCPT and DATA in one write")
-            while steps and steps[0].phase in (Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.RSET):
+            while steps and steps[0].phase in _BATCH:
                 self._outbox.append(steps.popleft())
+            self._note(self._now, "*", f"PIPELINING: {_batch_text(self._outbox)} in one write")
         else:
             self._outbox.append(steps.popleft())
 
     def _on_step(self, command: Command, reply: Reply, at: float) -> None:
         phase = command.phase
-        if self.pipelined and reply.code == ReplyCode.START_MAIL_INPUT and phase is not Phase.DATA:
-            # In place of MAIL's or a RCPT's reply: the server is reading a message already, so
-            # no QUIT follows (it would be text).
+        if self.pipelined and phase in _BATCH and _out_of_place(phase, reply):
+            # A reply of the batch missing (DATA's 354 came in MAIL's or a RCPT's place) or one
+            # too many (a 2xx in DATA's place): the replies are out of step with the commands.
+            # The server may be reading a message already, so no QUIT follows (it would be text).
             self._record(phase, reply, at)
-            message = f"354 where the reply to {phase.value} belongs: the server broke the pipelined batch"
+            message = (
+                f"{reply.code} where the reply to {phase.value} belongs: the server broke the"
+                f" pipelined batch (a reply missing or out of place): {reply.summary()}"
+            )
             self._fail(phase, FailureReason.PROTOCOL_ERROR, message, say_quit=False)
             return
         refused = reply.code not in command.expected
@@ -181,6 +191,29 @@ class MailTransaction(Exchange):
         self._record(Phase.QUIT, reply, at)
         self._quitting = False
         self.status = DONE
+
+
+_BATCH = frozenset((Phase.MAIL, Phase.RCPT, Phase.DATA, Phase.RSET))
+_AFTER_FAILURE: dict[Phase, Handler] = {
+    Phase.DATA: MailTransaction._after_failure,
+    Phase.RCPT: MailTransaction._rcpt_after_failure,
+}
+
+
+def _out_of_place(phase: Phase, reply: Reply) -> bool:
+    """Whether a reply in a pipelined batch cannot be the reply to `phase`'s command: 354 only
+    answers DATA, and DATA is never answered 2xx (RFC 5321 4.3.2)."""
+    if phase is Phase.DATA:
+        return reply.code_class == 2
+    return reply.code == ReplyCode.START_MAIL_INPUT
+
+
+def _batch_text(batch: list[Command]) -> str:
+    """ "MAIL, 2 RCPT and DATA": the commands of a batch, for the transcript."""
+    recipients = sum(1 for command in batch if command.phase is Phase.RCPT)
+    names = [command.phase.value.upper() for command in batch if command.phase is not Phase.RCPT]
+    names.insert(1, "RCPT" if recipients == 1 else f"{recipients} RCPT")
+    return f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _undotted(message: bytes) -> bytes:
