@@ -328,11 +328,13 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
         )
-    if module.requiretls and not (module.implicit_tls or module.starttls is StartTLS.REQUIRED):
+    if module.requiretls and module.starttls is StartTLS.NEVER and not module.implicit_tls:
+        # With starttls: auto a server without STARTTLS fails the probe (expectation_failed),
+        # as it fails a sender's REQUIRETLS message; with never no probe could ever pass.
         doc.fail(
             keys["requiretls"],
             join(path, "requiretls"),
-            "REQUIRETLS is only sent over TLS: set starttls: required or implicit_tls: true",
+            "REQUIRETLS is only sent over TLS, and starttls: never rules it out",
         )
     if module.transaction is Transaction.NONE:
         # Settings of the mail transaction, on a module that never starts one.
