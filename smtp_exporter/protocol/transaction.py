@@ -149,14 +149,15 @@ class MailTransaction(Exchange):
 
     def _on_step(self, command: Command, reply: Reply, at: float) -> None:
         phase = command.phase
-        if self.pipelined and phase in _BATCH and _out_of_place(phase, reply):
-            # A reply of the batch missing (DATA's 354 came in MAIL's or a RCPT's place) or one
-            # too many (a 2xx in DATA's place): the replies are out of step with the commands.
-            # The server may be reading a message already, so no QUIT follows (it would be text).
+        if self.pipelined and reply.code == ReplyCode.START_MAIL_INPUT and phase is not Phase.DATA:
+            # DATA's 354 in MAIL's or a RCPT's place: a reply of the batch is missing, and the
+            # server is reading a message already, so no QUIT follows (it would be text). (A 2xx
+            # in DATA's place stays an unexpected reply: a server answering DATA 250 looks the
+            # same as one that answered twice earlier.)
             self._record(phase, reply, at)
             message = (
-                f"{reply.code} where the reply to {phase.value} belongs: the server broke the"
-                f" pipelined batch (a reply missing or out of place): {reply.summary()}"
+                f"354 where the reply to {phase.value} belongs: the server broke the pipelined"
+                f" batch (a reply missing or out of place): {reply.summary()}"
             )
             self._fail(phase, FailureReason.PROTOCOL_ERROR, message, say_quit=False)
             return
@@ -198,14 +199,6 @@ _AFTER_FAILURE: dict[Phase, Handler] = {
     Phase.DATA: MailTransaction._after_failure,
     Phase.RCPT: MailTransaction._rcpt_after_failure,
 }
-
-
-def _out_of_place(phase: Phase, reply: Reply) -> bool:
-    """Whether a reply in a pipelined batch cannot be the reply to `phase`'s command: 354 only
-    answers DATA, and DATA is never answered 2xx (RFC 5321 4.3.2)."""
-    if phase is Phase.DATA:
-        return reply.code_class == 2
-    return reply.code == ReplyCode.START_MAIL_INPUT
 
 
 def _batch_text(batch: list[Command]) -> str:

@@ -142,17 +142,6 @@ def test_a_missing_reply_among_several_recipients() -> None:
     assert wire.last == batch
 
 
-def test_an_extra_reply_puts_a_250_where_datas_354_belongs() -> None:
-    """MAIL answered twice: every later reply is one off, and DATA gets a 250."""
-    wire = Wire(module()).start()
-    batch = wire.last
-    wire.feed(OK_MAIL + OK_MAIL + OK_RCPT)
-    assert wire.failure() == (Phase.DATA, "protocol_error")
-    outcome = wire.outcome()
-    assert outcome.failure is not None and "250 where the reply to data belongs" in outcome.failure.message
-    assert wire.last == batch  # DATA's real reply (a 354) may follow: no QUIT
-
-
 def test_without_pipelining_a_354_to_rcpt_is_an_unexpected_reply() -> None:
     wire = Wire(module(pipelining=Pipelining.NEVER)).start()
     wire.feed(OK_MAIL)
