@@ -322,6 +322,7 @@ class ProbeResult:
     fallback: bool = False
     posture: tuple[CheckReport, ...] = ()  # the module's posture checks, fresh or kept
     delivery: DeliveryInfo | None = None  # a module with `delivery` whose SMTP part succeeded
+    pipelined: bool = False  # MAIL, RCPT and DATA went out in one write (RFC 2920)
 
     def without_transcript(self) -> ProbeResult:
         """This result without its transcript, as a series keeps a success. Every field is passed
@@ -344,6 +345,7 @@ class ProbeResult:
             self.fallback,
             self.posture,
             self.delivery,
+            self.pipelined,
         )
 
     def phase(self, phase: Phase) -> PhaseResult | None:

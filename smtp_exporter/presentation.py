@@ -57,6 +57,7 @@ def probe_json(result: ProbeResult) -> dict[str, Any]:
         if address is None
         else {"ip": address.ip, "port": address.port, "family": address.family},
         "mx": None if mx is None else {"host": mx.host, "preference": mx.preference},
+        "pipelined": result.pipelined,
         "attempts": [
             {
                 "mx_host": a.mx_host,

@@ -36,19 +36,24 @@ from smtp_exporter.config.nodes import (
 )
 from smtp_exporter.config.posture import check_posture, parse_posture
 from smtp_exporter.config.schema import (
+    SMTPUTF8,
     AuthConfig,
     AuthMechanism,
+    BodyType,
+    Chunking,
     DNSConfig,
     ExpectConfig,
     IPProtocol,
     MessageConfig,
     ModuleConfig,
     MXFailover,
+    Pipelining,
     StartTLS,
     TLSConfig,
 )
 from smtp_exporter.model import Transaction
 from smtp_exporter.protocol import CommandError, validate_argument
+from smtp_exporter.protocol.envelope import has_8bit_content
 from smtp_exporter.targets import parse_nameserver
 from smtp_exporter.tls_settings import TLS_VERSIONS
 
@@ -269,6 +274,12 @@ _MODULE: dict[str, Parser] = {
     "fail_on_quit": boolean,
     "posture": parse_posture,
     "delivery": delivery_parser(_tls_config, _command_text, _address),
+    "pipelining": one_of(Pipelining),
+    "chunking": one_of(Chunking),
+    "size_declaration": boolean,
+    "body_type": one_of(BodyType),
+    "smtputf8": one_of(SMTPUTF8),
+    "requiretls": boolean,
 }
 assert set(_MODULE) == {field.name for field in dataclasses.fields(ModuleConfig)}
 
@@ -298,6 +309,28 @@ def _check_module(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             keys["source_ip_address"],
             join(path, "source_ip_address"),
             f"an IPv{family} source contradicts ip_protocol: both (its IPv{10 - family} probe could never connect)",
+        )
+    if module.requiretls and module.starttls is StartTLS.NEVER and not module.implicit_tls:
+        # With starttls: auto a server without STARTTLS fails the probe (expectation_failed),
+        # as it fails a sender's REQUIRETLS message; with never no probe could ever pass.
+        doc.fail(
+            keys["requiretls"],
+            join(path, "requiretls"),
+            "REQUIRETLS is only sent over TLS, and starttls: never rules it out",
+        )
+    if module.transaction is Transaction.NONE:
+        # Settings of the mail transaction, on a module that never starts one.
+        for key, used in (
+            ("pipelining", module.pipelining is Pipelining.REQUIRED),
+            ("requiretls", module.requiretls),
+        ):
+            if used:
+                doc.fail(keys[key], join(path, key), f"{key} needs transaction: envelope or message")
+    if module.body_type is BodyType.SEVEN_BIT and has_8bit_content(module):
+        doc.fail(
+            keys["body_type"],
+            join(path, "body_type"),
+            "body_type: 7bit, but the message's addresses, subject, headers or body are not ASCII",
         )
     if module.delivery is not None and module.transaction is not Transaction.MESSAGE:
         doc.fail(

@@ -46,6 +46,35 @@ class AuthMechanism(enum.StrEnum):
     CRAM_MD5 = "CRAM-MD5"
 
 
+class Pipelining(enum.StrEnum):
+    """RFC 2920: MAIL, every RCPT and DATA in one write."""
+
+    AUTO = "auto"  # when the server offers PIPELINING
+    NEVER = "never"
+    REQUIRED = "required"  # fail with expectation_failed when the server does not offer it
+
+
+class Chunking(enum.StrEnum):
+    """RFC 3030: the message sent with BDAT instead of DATA."""
+
+    NEVER = "never"
+    AUTO = "auto"  # when the server offers CHUNKING
+
+
+class BodyType(enum.StrEnum):
+    """RFC 6152: BODY=8BITMIME on MAIL FROM."""
+
+    AUTO = "auto"  # declared when the message has 8-bit content and the server offers 8BITMIME
+    SEVEN_BIT = "7bit"  # never declared (the message must then be 7-bit)
+
+
+class SMTPUTF8(enum.StrEnum):
+    """RFC 6531: SMTPUTF8 on MAIL FROM."""
+
+    AUTO = "auto"  # declared when an address or header is non-ASCII
+    REQUIRED = "required"  # always declared: the probe checks the server offers it
+
+
 class MXMode(enum.StrEnum):
     PRIMARY = "primary"  # one series: the first MX host that accepts a connection
     EACH = "each"  # every MX host is probed and is its own series (label mx_host)
@@ -193,6 +222,12 @@ class ModuleConfig:
     happy_eyeballs_delay: float = 0.25  # auto / prefer_ip4: the other family starts after this
     dns: DNSConfig = field(default_factory=DNSConfig)
     fail_on_quit: bool = False  # a bad QUIT reply fails the probe only when true
+    pipelining: Pipelining = Pipelining.AUTO
+    chunking: Chunking = Chunking.NEVER
+    size_declaration: bool = True  # SIZE=<bytes> on MAIL FROM when the server offers SIZE (RFC 1870)
+    body_type: BodyType = BodyType.AUTO
+    smtputf8: SMTPUTF8 = SMTPUTF8.AUTO
+    requiretls: bool = False  # REQUIRETLS on MAIL FROM (RFC 8689): only over TLS, and when offered
     posture: PostureConfig | None = None  # None: no posture checks
     delivery: DeliveryConfig | None = None  # None: the probe ends with the SMTP conversation
 

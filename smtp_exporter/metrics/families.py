@@ -111,6 +111,11 @@ MX_INFO = _i(
     "smtp_probe_mx_info", "MX host (and its preference) that the latest probe of a mail domain used."
 )
 ATTEMPTS = _g("smtp_probe_attempts", "Connect attempts the latest probe made (cancelled ones included).")
+PIPELINED = _g(
+    "smtp_probe_pipelined",
+    "Whether the latest probe sent MAIL, RCPT and DATA in one write (PIPELINING, RFC 2920) (1) or "
+    "one command at a time (0).",
+)
 FALLBACK = _g(
     "smtp_probe_fallback",
     "Whether the latest probe succeeded on another candidate than its first (the primary MX, or the "
@@ -157,6 +162,7 @@ RESULT_FAMILIES: tuple[Family, ...] = (
     DELIVERY_DURATION,
     DELIVERY_HOPS,
     DELIVERY_AUTHENTICATION_RESULT,
+    PIPELINED,
 )
 
 # Families kept across the probes of a scheduled target.
@@ -281,6 +287,7 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
             yield DELIVERY_HOPS, "", delivery.hops
         for method, outcome in delivery.authentication_results:
             yield DELIVERY_AUTHENTICATION_RESULT, f'method="{bound(method)}",result="{bound(outcome)}"', 1
+    yield PIPELINED, "", 1 if result.pipelined else 0
     if result.mx is not None:
         if mx_host_label:
             yield MX_INFO, f'preference="{result.mx.preference}"', 1

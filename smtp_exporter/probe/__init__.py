@@ -107,6 +107,7 @@ class Prober:
             attempts=ip6.attempts + ip4.attempts,
             fallback=success and (ip6.fallback or ip4.fallback),
             delivery=shown.delivery,
+            pipelined=shown.pipelined,
         )
 
     async def probe_each_mx(

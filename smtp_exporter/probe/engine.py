@@ -144,6 +144,7 @@ class Conversation:
             transcript=Transcript(outcome.events, self.t0),
             attempts=attempts,
             fallback=fell_back(outcome.failure is None, attempts),
+            pipelined=outcome.pipelined,
         )
 
     def _message(self, timestamp: float) -> bytes | None:

@@ -3,8 +3,9 @@ order, phase durations from the times passed in, and the bounded transcript.
 
 `Exchange` knows nothing of SMTP's rules; `ClientSession` (protocol/session.py) builds on it.
 Commands go through a queue: `bytes_to_send` hands out every command queued since the last
-call as one chunk, and each reply answers the oldest command sent and not yet answered. Today
-each command waits for the previous reply; PIPELINING (RFC 2920) would queue a run of them.
+call as one chunk, and each reply answers the oldest command sent and not yet answered. Each
+command waits for the previous reply, except a PIPELINING (RFC 2920) batch: the mail
+transaction (protocol/transaction.py) queues MAIL, every RCPT and DATA at once.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Outcome(NamedTuple):
     events: list[TranscriptEvent]
     failure: Failure | None
     server: ServerInfo
+    pipelined: bool = False
 
 
 class Command:

@@ -7,14 +7,14 @@ the deadline passed. It asks the session what to do next: the bytes to send
 `outcome()`. The session never reads a clock and never touches a socket, so everything about
 the conversation is decided, and tested (tests/protocol/test_session.py), here: which command
 comes next, the codes each phase accepts, the STARTTLS injection guard, unsolicited replies,
-phase durations, the transcript and the failure (phase, reason, message). The queue of
-commands and replies under it is protocol/exchange.py's.
+phase durations, the transcript and the failure (phase, reason, message). The mail
+transaction and QUIT are protocol/transaction.py's; the queue of commands and replies under
+them is protocol/exchange.py's.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
 
 from smtp_exporter.config.schema import ModuleConfig, StartTLS
 from smtp_exporter.model import (
@@ -23,33 +23,30 @@ from smtp_exporter.model import (
     Phase,
     PhaseResult,
     ServerInfo,
-    Transaction,
     round_to_ns,
 )
 from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism, no_mechanism_message
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
+from smtp_exporter.protocol.envelope import Extensions
 from smtp_exporter.protocol.exchange import (
     CLOSING,
     DONE,
     TALKING,
     TLS,
     Command,
-    Exchange,
     Outcome,
     Status,
 )
 from smtp_exporter.protocol.reply import NotAReplyError, ProtocolError, Reply, ReplyCode
+from smtp_exporter.protocol.transaction import MailTransaction, quit_failure
 
 __all__ = ["ClientSession", "Outcome", "Status"]
 
-QUIT_LINE = b"QUIT\r\n"
-
-Extensions = dict[str, tuple[str, ...]]
 ExtensionList = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-class ClientSession(Exchange):
+class ClientSession(MailTransaction):
     """One SMTP conversation of one probe, from the connection to the last reply.
 
     Inputs: `resolved`/`connecting`, `connection_made`, `data_received`, `tls_established`,
@@ -62,22 +59,14 @@ class ClientSession(Exchange):
     def __init__(
         self, module: ModuleConfig, *, ehlo_name: str, timeout: float, message: bytes | None = None
     ) -> None:
-        super().__init__()
-        self.module = module
+        super().__init__(module, timeout=timeout, message=message)
         self.ehlo_name = ehlo_name
-        self.timeout = timeout  # the deadline in seconds, for its failure message
-        self.message = message
         self.banner: str | None = None
         self.ehlo_hostname: str | None = None
         self.extensions: ExtensionList = ()  # of the latest EHLO (inside TLS once it is up)
-        self._steps: deque[Command] = deque()  # the rest of the mail transaction
-        self._tls_up = False
-        self._lost = False
-        self._quitting = False  # the closing QUIT is out, and its fate cannot fail the probe
+        self._offered: Extensions = {}  # the latest EHLO's extensions, for the transaction
         self._auth: AuthExchange | None = None  # while AUTH is under way (its secrets leave replies)
         self._auth_failure: Failure | None = None  # what ends AUTH once "*" is answered
-        # When the 250 after the message's final dot arrived: the delivery phase starts there.
-        self.message_accepted_at: float | None = None
 
     # Inputs
 
@@ -180,46 +169,13 @@ class ClientSession(Exchange):
             last = self.phases[-1] if self.phases else None
             quit_phase = last if last is not None and last.phase is Phase.QUIT else None
             if quit_phase is None or quit_phase.reply_code != ReplyCode.CLOSING:
-                failure = _quit_failure(quit_phase)
+                failure = quit_failure(quit_phase)
         if failure is not None:
             self._note(
                 at, "*", f"probe failed in {failure.phase.value}: {failure.reason.value}: {failure.message}"
             )
         server = ServerInfo(banner=self.banner, ehlo_hostname=self.ehlo_hostname, extensions=self.extensions)
-        return Outcome(tuple(self.phases), self.events, failure, server)
-
-    def _fail(
-        self, phase: Phase, reason: FailureReason, message: str, *, say_quit: bool | None = None
-    ) -> None:
-        if self.failure is not None or self.status is DONE:
-            return
-        if self._quitting and phase is Phase.QUIT:
-            self._not_a_failure(message)
-            return
-        self.failure = Failure(phase, reason, message)
-        self._outbox.clear()
-        if say_quit is None:
-            say_quit = self.status is TALKING and reason is not FailureReason.TIMEOUT
-        if not say_quit or self._lost:
-            self.status = DONE
-            return
-        # Say goodbye, briefly: replies still due to earlier commands are only noted.
-        for command in self._awaiting:
-            command.on_reply = _ignore
-        self.status = CLOSING
-        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_goodbye, shown="QUIT")
-
-    def _refused(self, phase: Phase, reply: Reply, reason: FailureReason | None = None) -> None:
-        if reason is None:
-            reason = _REPLY_CLASS_REASONS.get(reply.code_class, FailureReason.UNEXPECTED_REPLY)
-        self._fail(phase, reason, f"unexpected reply to {phase.value}: {reply.summary()}")
-
-    def _not_a_failure(self, detail: str) -> None:
-        """The closing QUIT without `fail_on_quit`: whatever happens to it is only noted."""
-        self._note(self._now, "*", f"QUIT: {detail} (not a failure: fail_on_quit is off)")
-        self._outbox.clear()
-        self._awaiting.clear()
-        self.status = DONE
+        return Outcome(tuple(self.phases), self.events, failure, server, self.pipelined)
 
     def _injected(self) -> None:
         """Bytes the server sent in the clear after its 220 to STARTTLS (CVE-2011-0411): they
@@ -312,6 +268,7 @@ class ClientSession(Exchange):
 
     def _after_greeting(self, offered: Extensions) -> None:
         module = self.module
+        self._offered = offered
         if module.starttls is not StartTLS.NEVER and not module.implicit_tls and not self._tls_up:
             if "STARTTLS" in offered:
                 self._send(Phase.STARTTLS, b"STARTTLS\r\n", ClientSession._on_starttls)
@@ -329,7 +286,7 @@ class ClientSession(Exchange):
         elif module.auth is not None:
             self._start_auth(offered)
         else:
-            self._start_transaction()
+            self._start_transaction(offered)
 
     def _on_starttls(self, command: Command, reply: Reply, at: float) -> None:
         self._record(Phase.STARTTLS, reply, at)
@@ -378,7 +335,7 @@ class ClientSession(Exchange):
             self._refused(Phase.AUTH, reply, reason)
             return
         self._auth = None
-        self._start_transaction()
+        self._start_transaction(self._offered)
 
     def _cancel_auth(self, failure: Failure) -> None:
         """End an AUTH exchange the server still expects an answer in: "*" (RFC 4954 4)."""
@@ -390,67 +347,6 @@ class ClientSession(Exchange):
         assert failure is not None
         self._fail(failure.phase, failure.reason, failure.message)
 
-    # The mail transaction, then QUIT
-
-    def _start_transaction(self) -> None:
-        """MAIL, each RCPT, then DATA and the message, or RSET. Several RCPT are one phase, from
-        the first sent to the last reply (or the first refusal)."""
-        module = self.module
-        if module.transaction is Transaction.NONE:
-            self._quit()
-            return
-        step = ClientSession._on_step
-        steps = self._steps
-        steps.append(
-            Command(Phase.MAIL, encode_command("MAIL", f"FROM:<{module.mail_from}>"), step, expected=_OK)
-        )
-        for recipient in module.rcpt_to:
-            steps.append(
-                Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
-            )
-        if module.transaction is Transaction.ENVELOPE:
-            steps.append(Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
-        else:
-            assert self.message is not None, "transaction: message needs the message"
-            steps.append(Command(Phase.DATA, b"DATA\r\n", step, expected=_DATA_OK))
-            shown = f"<message: {len(self.message)} bytes>"
-            steps.append(Command(Phase.MESSAGE, self.message, step, expected=_OK, shown=shown))
-        self._outbox.append(steps.popleft())
-
-    def _on_step(self, command: Command, reply: Reply, at: float) -> None:
-        refused = reply.code not in command.expected
-        steps = self._steps
-        if refused or not steps or steps[0].phase is not command.phase:
-            self._record(command.phase, reply, at)
-        if refused:
-            self._refused(command.phase, reply)
-            return
-        if command.phase is Phase.MESSAGE:
-            self.message_accepted_at = at
-        if steps:
-            self._outbox.append(steps.popleft())
-        else:
-            self._quit()
-
-    def _quit(self) -> None:
-        """QUIT's reply is recorded; it fails the probe only with `fail_on_quit`."""
-        self._quitting = not self.module.fail_on_quit
-        self._send(Phase.QUIT, QUIT_LINE, ClientSession._on_quit)
-
-    def _on_goodbye(self, command: Command, reply: Reply, at: float) -> None:
-        self.status = DONE
-
-    def _on_quit(self, command: Command, reply: Reply, at: float) -> None:
-        self._record(Phase.QUIT, reply, at)
-        self._quitting = False
-        self.status = DONE
-
-
-_OK = (ReplyCode.OK,)
-_RCPT_OK = (ReplyCode.OK, ReplyCode.USER_NOT_LOCAL)
-_DATA_OK = (ReplyCode.START_MAIL_INPUT,)
-_REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY_PERMANENT}
-
 
 def _with_starttls(inside_tls: ExtensionList, in_clear: ExtensionList) -> ExtensionList:
     """The extensions offered inside TLS, and STARTTLS as the clear-text EHLO offered it."""
@@ -458,16 +354,3 @@ def _with_starttls(inside_tls: ExtensionList, in_clear: ExtensionList) -> Extens
         return inside_tls
     starttls = [entry for entry in in_clear if entry[0] == "STARTTLS"]
     return (*inside_tls, *starttls)
-
-
-def _ignore(session: ClientSession, command: Command, reply: Reply, at: float) -> None:
-    """A reply to a command sent before the probe failed: noted, and nothing more."""
-
-
-def _quit_failure(quit_phase: PhaseResult | None) -> Failure:
-    """Why QUIT fails a probe under `fail_on_quit`."""
-    if quit_phase is None or quit_phase.reply_code is None:
-        return Failure(Phase.QUIT, FailureReason.CONNECTION_CLOSED, "no reply to QUIT")
-    code = quit_phase.reply_code
-    reason = _REPLY_CLASS_REASONS.get(code // 100, FailureReason.UNEXPECTED_REPLY)
-    return Failure(Phase.QUIT, reason, f"unexpected reply to quit: {code} {quit_phase.reply or ''}".rstrip())

@@ -40,6 +40,7 @@ METRICS = frozenset(
         "smtp_probe_mx_info",
         "smtp_probe_attempts",
         "smtp_probe_fallback",
+        "smtp_probe_pipelined",
         "smtp_probe_attempt_failures_total",
         # A module with `delivery` (issue 15).
         "smtp_delivery_success",

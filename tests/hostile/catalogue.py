@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from smtp_exporter.config.schema import Pipelining
 from smtp_exporter.model import FailureReason, Phase
 from tests.hostile.certs import Material
 from tests.servers.scripted import (
@@ -351,10 +352,18 @@ CATALOGUE: tuple[Hostile, ...] = (
     ),
     Hostile(
         "mail_answered_354",
-        "MAIL answered 354",
+        "MAIL answered 354, one command at a time",
         _answer(MAIL=b"354 go on\r\n"),
         P.MAIL,
         R.UNEXPECTED_REPLY,
+        module=ENVELOPE | {"pipelining": Pipelining.NEVER},
+    ),
+    Hostile(
+        "mail_answered_354_pipelined",
+        "MAIL answered 354 in a pipelined batch (a broken batch: issue 17)",
+        _answer(MAIL=b"354 go on\r\n"),
+        P.MAIL,
+        R.PROTOCOL_ERROR,
         module=ENVELOPE,
     ),
     Hostile(

@@ -35,6 +35,7 @@ TOP_KEYS = {
     "attempts",
     "posture",
     "delivery",  # null unless the module has `delivery` (tests/delivery/test_roundtrip.py)
+    "pipelined",
     "transcript",
 }
 PHASE_KEYS = {"phase", "duration_seconds", "reply_code", "enhanced_status", "reply"}

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, StartTLS
+from smtp_exporter.config.schema import AuthMechanism, ModuleConfig, Pipelining, StartTLS
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
 from tests.probe.common import ENVELOPE_PHASES, FULL_PHASES, auth, compiled, describe, module, names, trusting
@@ -241,7 +241,13 @@ async def test_rcpt_refused_at_second_recipient(
         *compiled(
             server.target,
             "m",
-            module("smtp_full", port=server.port, rcpt_to=("a@mail.test", "b@mail.test", "c@mail.test")),
+            # One command at a time (the pipelined batch is test_pipelining.py's).
+            module(
+                "smtp_full",
+                port=server.port,
+                rcpt_to=("a@mail.test", "b@mail.test", "c@mail.test"),
+                pipelining=Pipelining.NEVER,
+            ),
         ),
     )
     assert result.failure is not None, describe(result)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from smtp_exporter.config.schema import Pipelining
 from smtp_exporter.model import FailureReason, Phase, Transaction
 from smtp_exporter.probe import Prober
 from tests.probe.common import Stopwatch, compiled, describe, module, names
@@ -115,7 +116,12 @@ CASES: dict[str, tuple[Script, Transaction, Phase, FailureReason]] = {
         FailureReason.PROTOCOL_ERROR,
     ),
     "unsolicited_reply_in_transaction": (  # between two commands of one script (MAIL, RCPT)
-        scripted.minimal_conversation(MAIL=b"250 2.1.0 Ok\r\n250 2.0.0 one more, never asked for\r\n"),
+        # A server without PIPELINING: in a pipelined batch the extra reply would be read as
+        # RCPT's (see test_pipelining.py for broken batches).
+        scripted.minimal_conversation(
+            EHLO=b"250-mail.test\r\n250 SIZE 10240000\r\n",
+            MAIL=b"250 2.1.0 Ok\r\n250 2.0.0 one more, never asked for\r\n",
+        ),
         Transaction.MESSAGE,
         Phase.RCPT,
         FailureReason.PROTOCOL_ERROR,
@@ -253,7 +259,14 @@ async def test_quit_after_failure_stays_inside_the_deadline(scripted_server: Scr
             *compiled(
                 server.target,
                 "m",
-                module("smtp_full", port=server.port, rcpt_to=("a@mail.test",), timeout=TIMEOUT),
+                # One command at a time: after a pipelined batch, DATA's reply would come first.
+                module(
+                    "smtp_full",
+                    port=server.port,
+                    rcpt_to=("a@mail.test",),
+                    timeout=TIMEOUT,
+                    pipelining=Pipelining.NEVER,
+                ),
             ),
         )
     assert result.failure is not None, describe(result)

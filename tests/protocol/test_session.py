@@ -425,7 +425,7 @@ def test_full_transaction_sends_what_it_should() -> None:
     assert outcome.failure is None
     assert peer.sent == [
         b"EHLO probe.test\r\n",
-        b"MAIL FROM:<>\r\n",
+        b"MAIL FROM:<> SIZE=21\r\n",  # the server offers SIZE: the message is declared (RFC 1870)
         b"RCPT TO:<a@x.test>\r\n",
         b"RCPT TO:<b@x.test>\r\n",
         b"DATA\r\n",

@@ -247,6 +247,7 @@ class AiosmtpdServer(StartStop):
       hostname: the name in the banner and in the EHLO reply.
       extra_extensions: more EHLO keywords to offer, e.g. ("X-TEST", "DSN").
       data_size_limit: the SIZE offered (and enforced), 0 for none.
+      smtputf8: offer SMTPUTF8 (and accept UTF-8 addresses); False: strict ASCII, as before RFC 6531.
     """
 
     def __init__(
@@ -263,6 +264,7 @@ class AiosmtpdServer(StartStop):
         faults: Iterable[Fault] = (),
         extra_extensions: Iterable[str] = (),
         data_size_limit: int = 10 * 1024 * 1024,
+        smtputf8: bool = True,
     ) -> None:
         if starttls is not None and implicit_tls is not None:
             raise ValueError("starttls and implicit_tls are exclusive")
@@ -287,7 +289,7 @@ class AiosmtpdServer(StartStop):
             "auth_require_tls": auth_require_tls and implicit_tls is None,
             "auth_required": auth_required,
             "authenticator": self._authenticate,
-            "enable_SMTPUTF8": True,
+            "enable_SMTPUTF8": smtputf8,
             "timeout": 30,
         }
         self._lock = threading.Lock()
