@@ -17,7 +17,14 @@ import yaml
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.durations import format_duration, quote_value
-from smtp_exporter.config.files import load_client_context, read_secret_env, read_secret_file, readable_file
+from smtp_exporter.config.files import (
+    load_client_context,
+    read_secret_env,
+    read_secret_file,
+    readable_file,
+    token_env,
+    token_file,
+)
 from smtp_exporter.config.nodes import (
     Document,
     Parser,
@@ -36,6 +43,7 @@ from smtp_exporter.config.nodes import (
 )
 from smtp_exporter.config.posture import check_posture, parse_posture
 from smtp_exporter.config.schema import (
+    OAUTH_MECHANISMS,
     AuthConfig,
     AuthMechanism,
     DNSConfig,
@@ -222,16 +230,17 @@ def _tls_config(doc: Document, node: yaml.Node, path: str) -> TLSConfig:
 
 
 def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
-    """Not a plain table: the password comes from password_file or password_env, never the file."""
+    """Not a plain table: the password comes from password_file or password_env, never the file;
+    an OAuth mechanism's token from token_file or token_env, read at every probe."""
     for key, key_node, _ in pairs(doc, node, path):
-        if key == "password":
+        if key in ("password", "token"):
             doc.fail(
                 key_node,
                 join(path, key),
-                "a password is not allowed in the config file: put it in a file (password_file) "
-                "or an environment variable (password_env)",
+                f"a {key} is not allowed in the config file: put it in a file ({key}_file) "
+                f"or an environment variable ({key}_env)",
             )
-    keys = ("mechanism", "username", "password_file", "password_env")
+    keys = ("mechanism", "username", "password_file", "password_env", "token_file", "token_env")
     values: dict[str, Any] = {}
     lines: dict[str, yaml.Node] = {}
     for key, key_node, value in fields(doc, node, path, keys):
@@ -243,14 +252,32 @@ def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
             values[key] = _command_text(doc, value, sub)
         elif key == "password_file":
             values[key], values["password"] = read_secret_file(doc, value, sub)
-        else:
+        elif key == "password_env":
             values[key], values["password"] = read_secret_env(doc, value, sub)
+        elif key == "token_file":
+            values[key] = token_file(doc, value, sub)
+        else:
+            values[key] = token_env(doc, value, sub)
     if not values.get("username"):
         doc.fail(node, path, 'missing required key "username"')
-    if "password_file" in values and "password_env" in values:
-        doc.fail(lines["password_env"], path, "set password_file or password_env, not both")
-    if "password" not in values:
-        doc.fail(node, path, "missing password_file or password_env")
+    oauth = values.get("mechanism") in OAUTH_MECHANISMS
+    wanted, unwanted = ("token", "password") if oauth else ("password", "token")
+    mechanism = values.get("mechanism", AuthMechanism.AUTO)
+    for key in (f"{unwanted}_file", f"{unwanted}_env"):
+        if key in lines:
+            message = (
+                f"does not go with mechanism: {mechanism} (an OAuth mechanism takes token_file or token_env)"
+                if oauth
+                else "needs mechanism: XOAUTH2 or OAUTHBEARER"
+            )
+            doc.fail(lines[key], join(path, key), message)
+    if f"{wanted}_file" in lines and f"{wanted}_env" in lines:
+        doc.fail(lines[f"{wanted}_env"], path, f"set {wanted}_file or {wanted}_env, not both")
+    if f"{wanted}_file" not in lines and f"{wanted}_env" not in lines:
+        doc.fail(node, path, f"missing {wanted}_file or {wanted}_env")
+    if oauth and "\x01" in values["username"]:
+        # XOAUTH2 and OAUTHBEARER separate their fields with %x01.
+        doc.fail(lines["username"], join(path, "username"), "must not contain the control character U+0001")
     return dataclasses.replace(AuthConfig(), **values)
 
 
