@@ -1,9 +1,10 @@
-"""The files and secrets a config names: certificates, keys, CAs, passwords.
+"""The files and secrets a config names: certificates, keys, CAs, passwords, OAuth token files.
 
 Everything here reads the file system or the environment, at load time only: a file is
 checked (and a secret read) while its node is at hand, so that a problem is reported on the
 line that names the file. Each file read is recorded in `Document.files`, for the service to
-watch.
+watch, except OAuth token files: they are re-read at every probe (credentials.py), and their
+refresh must not reload the config.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import yaml
 from smtp_exporter.config.durations import quote_value
 from smtp_exporter.config.nodes import Check, Document, Parser, fields, join, pairs, string
 from smtp_exporter.config.schema import Secret, TLSConfig
+from smtp_exporter.credentials import SecretError
+from smtp_exporter.credentials import read_secret_env as _read_env
+from smtp_exporter.credentials import read_secret_file as _read_file
 from smtp_exporter.tls_settings import TLSSettingsError, client_context
 
-MAX_SECRET_BYTES = 64 * 1024
 
-
-def readable_file(doc: Document, node: yaml.Node, path: str) -> str:
-    """A path (resolved against the document's directory) to a regular file we can read now."""
+def readable_file(doc: Document, node: yaml.Node, path: str, *, watched: bool = True) -> str:
+    """A path (resolved against the document's directory) to a regular file we can read now;
+    `watched`: recorded in `doc.files` (a change reloads the config)."""
     name = doc.path(string(doc, node, path))
     try:
         info = os.stat(name)
@@ -36,29 +39,23 @@ def readable_file(doc: Document, node: yaml.Node, path: str) -> str:
             file.read(1)
     except OSError as exc:
         doc.fail(node, path, f"cannot read {quote_value(name)}: {exc.strerror or exc}")
-    if name not in doc.files:
+    if watched and name not in doc.files:
         doc.files.append(name)
     return name
+
+
+def token_file(doc: Document, node: yaml.Node, path: str) -> str:
+    """An OAuth token file: it must exist now, and is read at every probe, not here."""
+    return readable_file(doc, node, path, watched=False)
 
 
 def read_secret_file(doc: Document, node: yaml.Node, path: str) -> tuple[str, Secret]:
     """The path and the content (one trailing newline stripped) of a secret file. Never shows the content."""
     name = readable_file(doc, node, path)
     try:
-        with open(name, "rb") as file:
-            data = file.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        doc.fail(node, path, f"cannot read {quote_value(name)}: {exc.strerror or exc}")
-    if len(data) > MAX_SECRET_BYTES:
-        doc.fail(node, path, f"{quote_value(name)} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        doc.fail(node, path, f"{quote_value(name)} is not valid UTF-8")
-    text = text.removesuffix("\n").removesuffix("\r")
-    if not text:
-        doc.fail(node, path, f"{quote_value(name)} is empty")
-    return name, Secret(text)
+        return name, _read_file(name)
+    except SecretError as exc:
+        doc.fail(node, path, str(exc))
 
 
 def read_secret_env(doc: Document, node: yaml.Node, path: str) -> tuple[str, Secret]:
@@ -67,12 +64,16 @@ def read_secret_env(doc: Document, node: yaml.Node, path: str) -> tuple[str, Sec
     name = string(doc, node, path)
     if not name or "=" in name or "\x00" in name:
         doc.fail(node, path, "invalid environment variable name")
-    secret = os.environ.get(name)
-    if secret is None:
-        doc.fail(node, path, "the environment variable named here is not set")
-    if not secret:
-        doc.fail(node, path, "the environment variable named here is empty")
-    return name, Secret(secret)
+    try:
+        return name, _read_env(name)
+    except SecretError as exc:
+        doc.fail(node, path, f"the environment variable named here {exc}")
+
+
+def token_env(doc: Document, node: yaml.Node, path: str) -> str:
+    """An OAuth token's environment variable: set now, and read at every probe, not kept here."""
+    name, _ = read_secret_env(doc, node, path)
+    return name
 
 
 def load_client_context(

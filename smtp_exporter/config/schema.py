@@ -44,6 +44,13 @@ class AuthMechanism(enum.StrEnum):
     PLAIN = "PLAIN"
     LOGIN = "LOGIN"
     CRAM_MD5 = "CRAM-MD5"
+    # OAuth 2.0 bearer tokens (Microsoft 365, Google Workspace): never chosen by `auto`, and
+    # the token comes from token_file or token_env, re-read at every probe.
+    XOAUTH2 = "XOAUTH2"
+    OAUTHBEARER = "OAUTHBEARER"  # RFC 7628
+
+
+OAUTH_MECHANISMS = frozenset((AuthMechanism.XOAUTH2, AuthMechanism.OAUTHBEARER))
 
 
 class Pipelining(enum.StrEnum):
@@ -113,6 +120,10 @@ class AuthConfig:
     password: Secret = Secret("")  # noqa: RUF009 (immutable)
     password_file: str | None = None
     password_env: str | None = None
+    # OAuth mechanisms: where each probe reads the bearer token (an external agent refreshes it),
+    # so the token itself is never part of the config.
+    token_file: str | None = None
+    token_env: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,8 @@ import socket
 import ssl
 import time
 
-from smtp_exporter.config.schema import IPProtocol, ModuleConfig, MXFailover
+from smtp_exporter.config.schema import OAUTH_MECHANISMS, IPProtocol, ModuleConfig, MXFailover
+from smtp_exporter.credentials import SecretError, bearer_token
 from smtp_exporter.model import (
     AddressInfo,
     FailureReason,
@@ -111,7 +112,8 @@ class Conversation:
             try:
                 async with asyncio.timeout(self.timeout):
                     with watching(self.handshake):  # for every connection (see there)
-                        await self._converse(message)
+                        if self._read_token():
+                            await self._converse(message)
             except TimeoutError:
                 if self.attempts is not None:
                     self.attempts.abandon(perf_counter())
@@ -146,6 +148,20 @@ class Conversation:
             fallback=fell_back(outcome.failure is None, attempts),
             pipelined=outcome.pipelined,
         )
+
+    def _read_token(self) -> bool:
+        """An OAuth mechanism's token, read for this probe (an external agent rewrites it) before
+        connecting; False when it cannot be read: the probe fails on the exporter's side."""
+        auth = self.module.auth
+        if auth is None or auth.mechanism not in OAUTH_MECHANISMS:
+            return True
+        try:
+            self.session.token = bearer_token(auth)
+        except SecretError as exc:
+            message = f"{LOCAL_ERROR}: OAuth token: {exc}"
+            self.session.fail(perf_counter(), FailureReason.LOCAL_ERROR, message, Phase.AUTH)
+            return False
+        return True
 
     def _message(self, timestamp: float) -> bytes | None:
         module = self.module
@@ -249,6 +265,7 @@ class Conversation:
         same transcript list, so the result's transcript tells every attempt."""
         previous = self.session
         session = ClientSession(self.module, ehlo_name=self.ehlo_name, timeout=self.timeout, message=message)
+        session.token = previous.token
         session.events = previous.events
         assert self._resolve_times is not None
         session.resolved(*self._resolve_times)

@@ -41,3 +41,17 @@ def auth_cram_md5_response(challenge_b64: str, username: str, password: str) -> 
         raise CommandError("CRAM-MD5 challenge is not base64") from exc
     digest = hmac.new(password.encode(), challenge, hashlib.md5).hexdigest()
     return base64.b64encode(f"{username} {digest}".encode()).decode("ascii")
+
+
+def auth_xoauth2_initial(username: str, token: str) -> str:
+    """The initial response of XOAUTH2 (Google's and Microsoft's SASL mechanism)."""
+    return base64.b64encode(f"user={username}\x01auth=Bearer {token}\x01\x01".encode()).decode("ascii")
+
+
+def auth_oauthbearer_initial(username: str, token: str) -> str:
+    """The initial response of OAUTHBEARER (RFC 7628 3.1): the GS2 header with the username as
+    authzid (RFC 5801 saslname: "," and "=" escaped), then the token. The optional host and
+    port pairs are not sent: the providers do not require them, and a probe through a proxy or
+    to an address would name the wrong host."""
+    saslname = username.replace("=", "=3D").replace(",", "=2C")
+    return base64.b64encode(f"n,a={saslname},\x01auth=Bearer {token}\x01\x01".encode()).decode("ascii")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from smtp_exporter.config.schema import ModuleConfig, StartTLS
+from smtp_exporter.config.schema import ModuleConfig, Secret, StartTLS
 from smtp_exporter.model import (
     Failure,
     FailureReason,
@@ -25,7 +25,7 @@ from smtp_exporter.model import (
     ServerInfo,
     round_to_ns,
 )
-from smtp_exporter.protocol.auth import REDACTED, AuthExchange, choose_mechanism, no_mechanism_message
+from smtp_exporter.protocol.auth import AuthExchange, choose_mechanism, no_mechanism_message
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
 from smtp_exporter.protocol.envelope import Extensions
@@ -61,6 +61,7 @@ class ClientSession(MailTransaction):
     ) -> None:
         super().__init__(module, timeout=timeout, message=message)
         self.ehlo_name = ehlo_name
+        self.token: Secret | None = None  # an OAuth mechanism's bearer token, read by the driver per probe
         self.banner: str | None = None
         self.ehlo_hostname: str | None = None
         self.extensions: ExtensionList = ()  # of the latest EHLO (inside TLS once it is up)
@@ -309,7 +310,8 @@ class ClientSession(MailTransaction):
             message = no_mechanism_message(auth, server_mechanisms)
             self._fail(Phase.AUTH, FailureReason.AUTH_FAILED, message)
             return
-        exchange = self._auth = AuthExchange(auth, mechanism)
+        token = None if self.token is None else self.token.reveal()
+        exchange = self._auth = AuthExchange(auth, mechanism, token)
         self._send(Phase.AUTH, exchange.first_line, ClientSession._on_auth, shown=exchange.first_shown)
 
     def _on_auth(self, command: Command, reply: Reply, at: float) -> None:
@@ -322,17 +324,18 @@ class ClientSession(MailTransaction):
                 self._cancel_auth(Failure(Phase.AUTH, FailureReason.PROTOCOL_ERROR, str(exc)))
                 return
             if answer is not None:
-                self._send(Phase.AUTH, answer, ClientSession._on_auth, shown=REDACTED)
+                line, shown = answer
+                self._send(Phase.AUTH, line, ClientSession._on_auth, shown=shown)
                 return
             # Still asked for more after the last answer: the credentials were not accepted.
             self._record(Phase.AUTH, reply, at)
-            message = f"unexpected reply to auth: {reply.summary()}"
-            self._cancel_auth(Failure(Phase.AUTH, FailureReason.AUTH_FAILED, message))
+            failure = Failure(Phase.AUTH, FailureReason.AUTH_FAILED, exchange.failure_message(reply))
+            self._cancel_auth(failure)
             return
         self._record(Phase.AUTH, reply, at)
         if reply.code != ReplyCode.AUTH_SUCCESSFUL:
             reason = FailureReason.REPLY_TEMPORARY if reply.code_class == 4 else FailureReason.AUTH_FAILED
-            self._refused(Phase.AUTH, reply, reason)
+            self._fail(Phase.AUTH, reason, exchange.failure_message(reply))
             return
         self._auth = None
         self._start_transaction(self._offered)

@@ -60,6 +60,8 @@ def test_password_appears_nowhere(config_path: Path, tmp_path: Path) -> None:
         "password": "<secret>",
         "password_file": str(tmp_path / "password"),
         "password_env": None,
+        "token_file": None,
+        "token_env": None,
     }
 
 

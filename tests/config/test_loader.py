@@ -10,6 +10,7 @@ import trustme
 
 from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.loader import ConfigError, default_config, load_config, load_config_text
+from smtp_exporter.config.loader import load as load_loaded
 from smtp_exporter.config.schema import (
     AuthMechanism,
     Config,
@@ -172,6 +173,56 @@ def test_password_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert auth is not None
     assert auth.password.reveal() == "from-env"
     assert auth.password_env == "SMTP_EXPORTER_TEST_PASSWORD"
+
+
+def test_oauth_token_file_is_named_not_read_nor_watched(tmp_path: Path) -> None:
+    """The token file must exist at load, but its content is read at every probe (an agent
+    rewrites it): it is not in the config, and not among the files whose change reloads it."""
+    (tmp_path / "token").write_text("")  # empty now: only a probe that finds it empty fails
+    path = tmp_path / "config.yml"
+    path.write_text(
+        "modules:\n  m365:\n    port: 587\n    starttls: required\n"
+        "    auth: {mechanism: XOAUTH2, username: probe@example.org, token_file: token}\n"
+    )
+    loaded = load_loaded(str(path))
+    auth = loaded.config.modules["m365"].auth
+    assert auth is not None
+    assert (auth.mechanism, auth.username, auth.token_file, auth.token_env) == (
+        AuthMechanism.XOAUTH2,
+        "probe@example.org",
+        str(tmp_path / "token"),
+        None,
+    )
+    assert auth.password.reveal() == ""
+    assert str(tmp_path / "token") not in loaded.files
+
+
+def test_oauth_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_EXPORTER_TEST_TOKEN", "ya29.from-env")
+    config = load(
+        "modules:\n  g:\n    implicit_tls: true\n"
+        "    auth: {mechanism: OAUTHBEARER, username: u@example.org, token_env: SMTP_EXPORTER_TEST_TOKEN}\n"
+    )
+    auth = config.modules["g"].auth
+    assert auth is not None
+    assert (auth.mechanism, auth.token_env, auth.token_file) == (
+        AuthMechanism.OAUTHBEARER,
+        "SMTP_EXPORTER_TEST_TOKEN",
+        None,
+    )
+    assert "ya29.from-env" not in repr(config)
+
+
+def test_oauth_username_with_the_separator_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMTP_EXPORTER_TEST_TOKEN", "ya29.from-env")
+    with pytest.raises(ConfigError) as caught:
+        load(
+            "modules:\n  g:\n    implicit_tls: true\n    auth:\n      mechanism: XOAUTH2\n"
+            '      username: "a\\x01b"\n      token_env: SMTP_EXPORTER_TEST_TOKEN\n'
+        )
+    assert str(caught.value) == (
+        "test.yml:6: modules.g.auth.username: must not contain the control character U+0001"
+    )
 
 
 def test_empty_password_env_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -109,7 +109,35 @@ EXPECTED: dict[str, tuple[int, str, str]] = {
     "auth_mechanism_invalid": (
         5,
         "modules.foo.auth.mechanism",
-        'invalid value "XOAUTH2": must be one of auto, PLAIN, LOGIN, CRAM-MD5',
+        'invalid value "GSSAPI": must be one of auto, PLAIN, LOGIN, CRAM-MD5, XOAUTH2, OAUTHBEARER',
+    ),
+    "auth_both_token_sources": (8, "modules.foo.auth", "set token_file or token_env, not both"),
+    "auth_password_with_oauth": (
+        7,
+        "modules.foo.auth.password_file",
+        "does not go with mechanism: OAUTHBEARER (an OAuth mechanism takes token_file or token_env)",
+    ),
+    "auth_token_without_oauth": (
+        7,
+        "modules.foo.auth.token_file",
+        "needs mechanism: XOAUTH2 or OAUTHBEARER",
+    ),
+    "auth_oauth_without_token": (5, "modules.foo.auth", "missing token_file or token_env"),
+    "auth_token_file_missing": (
+        7,
+        "modules.foo.auth.token_file",
+        f'cannot read "{F}/no-such-token": No such file or directory',
+    ),
+    "auth_token_env_unset": (
+        7,
+        "modules.foo.auth.token_env",
+        "the environment variable named here is not set",
+    ),
+    "auth_token_in_config": (
+        7,
+        "modules.foo.auth.token",
+        "a token is not allowed in the config file: put it in a file (token_file) "
+        "or an environment variable (token_env)",
     ),
     "auth_password_file_missing": (
         6,

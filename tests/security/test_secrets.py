@@ -1,12 +1,13 @@
-"""A planted AUTH password appears in no output of the exporter (issue 6, Security).
+"""A planted AUTH password or OAuth token appears in no output of the exporter (issues 6, 17).
 
-Two known passwords (one right, one wrong) are read from password files; the exporter
-probes an aiosmtpd AUTH server with PLAIN and LOGIN in scheduled mode, through /probe
+Two known passwords (one right, one wrong) are read from password files, two OAuth tokens
+from token files (re-read at every probe); the exporter probes an aiosmtpd AUTH server with
+PLAIN, LOGIN, XOAUTH2 and OAUTHBEARER in scheduled mode, through /probe
 (with and without debug=true), through SIGHUP and POST reloads, at log level debug in
 logfmt and in json. Every byte it writes (stderr, /metrics, the landing page, /config,
 the transcript pages, the `probe` command's text and json output, its error messages
 for the failed AUTH) is then searched for each password and its base64 forms: the PLAIN
-blob and the LOGIN line.
+blob, the LOGIN line and the XOAUTH2 / OAUTHBEARER initial responses.
 """
 
 from __future__ import annotations
@@ -30,17 +31,42 @@ from tests.service.conftest import REPO, ExporterProcess, sample_value
 USERNAME = "probe-user"
 RIGHT = "Planted-Right-Secret-9d1c"
 WRONG = "Planted-Wrong-Secret-4b7e"
+RIGHT_TOKEN = "ya29.Planted-Right-Token-5a0f"
+WRONG_TOKEN = "ya29.Planted-Wrong-Token-c3e2"
+# name, mechanism, the file's key, the file
+MODULES = (
+    ("plain_ok", "PLAIN", "password_file", "right.pw"),
+    ("login_ok", "LOGIN", "password_file", "right.pw"),
+    ("plain_bad", "PLAIN", "password_file", "wrong.pw"),
+    ("login_bad", "LOGIN", "password_file", "wrong.pw"),
+    ("xoauth2_ok", "XOAUTH2", "token_file", "right.token"),
+    ("oauthbearer_ok", "OAUTHBEARER", "token_file", "right.token"),
+    ("xoauth2_bad", "XOAUTH2", "token_file", "wrong.token"),
+    ("oauthbearer_bad", "OAUTHBEARER", "token_file", "wrong.token"),
+)
+NAMES = tuple(name for name, *_ in MODULES)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def forms(password: str) -> list[str]:
     """The password and the base64 forms AUTH puts on the wire (whole and in part)."""
-    plain = base64.b64encode(f"\0{USERNAME}\0{password}".encode()).decode()
-    login = base64.b64encode(password.encode()).decode()
+    plain = b64(f"\0{USERNAME}\0{password}")
+    login = b64(password)
     # Also a stretch of the PLAIN blob away from its (username-dependent) ends.
     return [password, plain, login, plain[8:-4], password.encode().hex()]
 
 
-SECRETS = forms(RIGHT) + forms(WRONG)
+def token_forms(token: str) -> list[str]:
+    """The token and the initial responses XOAUTH2 and OAUTHBEARER carry it in."""
+    xoauth2 = b64(f"user={USERNAME}\x01auth=Bearer {token}\x01\x01")
+    oauthbearer = b64(f"n,a={USERNAME},\x01auth=Bearer {token}\x01\x01")
+    return [token, xoauth2, oauthbearer, xoauth2[12:-4], oauthbearer[12:-4], token.encode().hex()]
+
+
+SECRETS = forms(RIGHT) + forms(WRONG) + token_forms(RIGHT_TOKEN) + token_forms(WRONG_TOKEN)
 
 
 def assert_clean(where: str, text: str) -> None:
@@ -51,6 +77,8 @@ def assert_clean(where: str, text: str) -> None:
 def config_text(tmp_path: Path, server: AiosmtpdServer, ca_file: str) -> str:
     (tmp_path / "right.pw").write_text(RIGHT + "\n")
     (tmp_path / "wrong.pw").write_text(WRONG + "\n")
+    (tmp_path / "right.token").write_text(RIGHT_TOKEN + "\n")
+    (tmp_path / "wrong.token").write_text(WRONG_TOKEN + "\n")
     tls = f"tls_config: {{ca_file: {ca_file}}}"
     modules = "".join(
         f"""
@@ -60,19 +88,17 @@ def config_text(tmp_path: Path, server: AiosmtpdServer, ca_file: str) -> str:
     starttls: required
     {tls}
     transaction: envelope
-    auth: {{mechanism: {mechanism}, username: {USERNAME}, password_file: {password}.pw}}"""
-        for name, mechanism, password in (
-            ("plain_ok", "PLAIN", "right"),
-            ("login_ok", "LOGIN", "right"),
-            ("plain_bad", "PLAIN", "wrong"),
-            ("login_bad", "LOGIN", "wrong"),
-        )
+    auth: {{mechanism: {mechanism}, username: {USERNAME}, {key}: {file}}}"""
+        for name, mechanism, key, file in MODULES
     )
-    targets = "".join(
-        f"\n  - {{target: '{server.target}', module: {name}, interval: 1s}}"
-        for name in ("plain_ok", "login_ok", "plain_bad", "login_bad")
-    )
+    targets = "".join(f"\n  - {{target: '{server.target}', module: {name}, interval: 1s}}" for name in NAMES)
     return f"modules:{modules}\ntargets:{targets}\n"
+
+
+def auth_server(factory: Callable[..., AiosmtpdServer], ca: TestCA) -> AiosmtpdServer:
+    return factory(
+        starttls=ca.server_cert, auth_users={USERNAME: RIGHT}, oauth_tokens={USERNAME: RIGHT_TOKEN}
+    )
 
 
 async def http(session: aiohttp.ClientSession, method: str, url: str) -> tuple[int, str]:
@@ -87,7 +113,7 @@ async def test_planted_password_appears_in_no_output(
     smtp_server_factory: Callable[..., AiosmtpdServer],
     log_format: str,
 ) -> None:
-    server = smtp_server_factory(starttls=tls_ca.server_cert, auth_users={USERNAME: RIGHT})
+    server = auth_server(smtp_server_factory, tls_ca)
     config = tmp_path / "config.yml"
     config.write_text(config_text(tmp_path, server, tls_ca.ca_file))
     exporter = ExporterProcess(
@@ -100,24 +126,22 @@ async def test_planted_password_appears_in_no_output(
             # Scheduled mode: wait until every module ran at least twice.
             for _ in range(150):
                 status, metrics = await http(session, "GET", url + "/metrics")
-                counts = [
-                    sample_value(metrics, "smtp_probes_total", module=m)
-                    for m in ("plain_ok", "login_ok", "plain_bad", "login_bad")
-                ]
+                counts = [sample_value(metrics, "smtp_probes_total", module=m) for m in NAMES]
                 if all(c is not None and c >= 2 for c in counts):
                     break
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"modules not probed twice: {counts}")
             outputs["/metrics"] = metrics
-            assert sample_value(metrics, "smtp_probe_success", module="plain_ok") == 1
-            assert sample_value(metrics, "smtp_probe_success", module="login_ok") == 1
-            assert sample_value(metrics, "smtp_probe_success", module="plain_bad") == 0
-            assert sample_value(
-                metrics, "smtp_probe_failures_total", module="login_bad", phase="auth", reason="auth_failed"
-            )
+            for name in NAMES:
+                expected = 1 if name.endswith("_ok") else 0
+                assert sample_value(metrics, "smtp_probe_success", module=name) == expected, name
+            for name in ("login_bad", "oauthbearer_bad"):
+                assert sample_value(
+                    metrics, "smtp_probe_failures_total", module=name, phase="auth", reason="auth_failed"
+                )
 
-            for module in ("plain_ok", "login_ok", "plain_bad", "login_bad"):
+            for module in NAMES:
                 query = {"target": server.target, "module": module}
                 outputs[f"/probe {module}"] = (
                     await http(session, "GET", url + "/probe?" + urlencode(query))
@@ -130,7 +154,7 @@ async def test_planted_password_appears_in_no_output(
                 status, transcript = await http(session, "GET", url + "/transcript?" + urlencode(query))
                 assert status == 200 and "AUTH" in transcript, transcript[:500]
                 outputs[f"/transcript {module}"] = transcript
-            for path in ("/", "/config", "/-/healthy", "/-/ready"):
+            for path in ("/", "/history", "/config", "/-/healthy", "/-/ready"):
                 outputs[path] = (await http(session, "GET", url + path))[1]
             assert "password" in outputs["/config"]  # the file's path is shown, never its content
 
@@ -150,19 +174,19 @@ async def test_planted_password_appears_in_no_output(
     # The server really saw both passwords: the search below is not vacuous.
     attempts = server.auth_attempts
     assert {(a.mechanism, a.success) for a in attempts} >= {
-        ("PLAIN", True),
-        ("LOGIN", True),
-        ("PLAIN", False),
-        ("LOGIN", False),
+        (mechanism, success)
+        for mechanism in ("PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER")
+        for success in (True, False)
     }
     assert "probe transcript" in outputs["stderr"] and "AUTH PLAIN" in outputs["stderr"]
     assert "AUTH LOGIN" in outputs["stderr"] and "auth_failed" in outputs["stderr"]
+    assert "AUTH OAUTHBEARER <redacted>" in outputs["stderr"] and "invalid_token" in outputs["stderr"]
     for where, text in outputs.items():
         assert_clean(where, text)
 
 
 @pytest.mark.parametrize("output", ["text", "json"])
-@pytest.mark.parametrize("module", ["plain_ok", "login_ok", "plain_bad", "login_bad"])
+@pytest.mark.parametrize("module", NAMES)
 def test_probe_command_output_has_no_password(
     tmp_path: Path,
     tls_ca: TestCA,
@@ -170,7 +194,7 @@ def test_probe_command_output_has_no_password(
     output: str,
     module: str,
 ) -> None:
-    server = smtp_server_factory(starttls=tls_ca.server_cert, auth_users={USERNAME: RIGHT})
+    server = auth_server(smtp_server_factory, tls_ca)
     config = tmp_path / "config.yml"
     config.write_text(config_text(tmp_path, server, tls_ca.ca_file))
     done = subprocess.run(

@@ -6,6 +6,7 @@ One class, `AiosmtpdServer`, covers every variant the tests need:
     with AiosmtpdServer(starttls=ca.server_cert) as server:            # STARTTLS offered
     with AiosmtpdServer(implicit_tls=ca.server_cert) as server:        # SMTPS
     with AiosmtpdServer(auth_users={"probe": "s3cret"}, ...) as s:     # AUTH PLAIN/LOGIN/CRAM-MD5
+    with AiosmtpdServer(oauth_tokens={"u@x.test": "ya29.t"}, ...) as s:  # AUTH XOAUTH2/OAUTHBEARER
     with AiosmtpdServer(faults=[Fault("rcpt", 550, "5.1.1")]) as s:    # 550 5.1.1 at RCPT
 
 `async with` works too (start and stop take a few milliseconds, so they run inline).
@@ -18,15 +19,18 @@ kernel chose. Everything the client did is recorded: `messages` (envelope + cont
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.servers.lifecycle import LoopThread, StartStop, cancel_other_tasks
 from tests.servers.tls import ServerCert
@@ -55,6 +59,12 @@ TEST_USERNAME = "probe"
 TEST_PASSWORD = "correct horse battery staple"
 MAX_RECORDED_BYTES = 1 << 20  # per connection: enough for any probe, bounded for hostile tests
 CRAM_MD5_CHALLENGE = b"<1896.697170952@mail.test>"
+OAUTH_MECHANISMS = ("XOAUTH2", "OAUTHBEARER")
+# What a refused token gets: Google's XOAUTH2 error challenge, RFC 7628 3.2.2's for OAUTHBEARER.
+OAUTH_ERROR_CHALLENGES = {
+    "XOAUTH2": {"status": "401", "schemes": "bearer", "scope": "https://mail.google.com/"},
+    "OAUTHBEARER": {"status": "invalid_token", "scope": "https://mail.test/smtp"},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +111,9 @@ class ReceivedMessage:
 class AuthAttempt:
     mechanism: str
     login: str
-    password: str  # for CRAM-MD5, the hex digest the client sent
+    password: str  # for CRAM-MD5, the hex digest the client sent; for OAuth, the token
     success: bool
+    challenge_answer: bytes | None = None  # OAuth: the decoded answer to the error challenge
 
 
 @dataclass(slots=True)
@@ -126,7 +137,7 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         lines = [r[4:] for r in responses]
-        if not self.owner.auth_users:
+        if not self.owner.auth_users and not self.owner.oauth_tokens:
             lines = [line for line in lines if not line.startswith("AUTH")]
         lines[1:1] = self.owner.extra_extensions
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
@@ -164,6 +175,39 @@ class _Handler:
         ok = expected is not None and hmac.compare_digest(expected, digest)
         self.owner._record_auth(AuthAttempt("CRAM-MD5", login, digest, ok))
         return AuthResult(success=ok, handled=False, auth_data=LoginPassword(login.encode(), b""))
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._oauth(server, args, "OAUTHBEARER")
+
+    async def _oauth(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        """XOAUTH2 and OAUTHBEARER (RFC 7628), which aiosmtpd does not implement: the initial
+        response checked against `oauth_tokens`; a refused token gets the error challenge, and
+        whatever answers it the 535 (RFC 7628 3.2.3)."""
+        try:
+            decoded = base64.b64decode(args[1] if len(args) > 1 else "", validate=True)
+        except binascii.Error:
+            return AuthResult(success=False, handled=False, message="501 5.5.2 Can't decode base64")
+        head, _, rest = decoded.partition(b"\x01")
+        if mechanism == "XOAUTH2":
+            login = head.removeprefix(b"user=")
+        else:  # the GS2 header "n,a=<saslname>,"
+            login = head.split(b",")[1].removeprefix(b"a=").replace(b"=2C", b",").replace(b"=3D", b"=")
+        pairs = dict(pair.split(b"=", 1) for pair in rest.split(b"\x01") if b"=" in pair)
+        token = _text(pairs.get(b"auth", b"").removeprefix(b"Bearer "))
+        expected = self.owner.oauth_tokens.get(_text(login))
+        ok = rest.endswith(b"\x01\x01") and expected is not None and hmac.compare_digest(expected, token)
+        if ok:
+            self.owner._record_auth(AuthAttempt(mechanism, _text(login), token, True))
+            return AuthResult(success=True, handled=False, auth_data=LoginPassword(login, b""))
+        challenge = json.dumps(OAUTH_ERROR_CHALLENGES[mechanism]).encode()
+        answer = await server.challenge_auth(challenge)
+        recorded = answer if isinstance(answer, bytes) else None
+        self.owner._record_auth(AuthAttempt(mechanism, _text(login), token, False, recorded))
+        # "*" (MISSING): aiosmtpd has answered 501 already.
+        return AuthResult(success=False, handled=answer is MISSING)
 
 
 def _login(session: Session) -> str | None:
@@ -241,6 +285,8 @@ class AiosmtpdServer(StartStop):
       require_starttls: refuse commands other than EHLO/STARTTLS/QUIT before TLS (530).
       implicit_tls: a certificate for SMTPS (TLS right after connect). Exclusive with starttls.
       auth_users: username -> password; offers AUTH PLAIN, LOGIN and CRAM-MD5.
+      oauth_tokens: username -> bearer token; offers AUTH XOAUTH2 and OAUTHBEARER too (a dict
+        the test may change between probes: the provider's token rotation).
       auth_require_tls: offer AUTH only inside TLS (default True, as real MTAs do).
       auth_required: refuse MAIL before AUTH (530).
       faults: `Fault`s to inject, at most one per phase.
@@ -259,6 +305,7 @@ class AiosmtpdServer(StartStop):
         require_starttls: bool = False,
         implicit_tls: ServerCert | None = None,
         auth_users: Mapping[str, str] | None = None,
+        oauth_tokens: dict[str, str] | None = None,
         auth_require_tls: bool = True,
         auth_required: bool = False,
         faults: Iterable[Fault] = (),
@@ -273,6 +320,7 @@ class AiosmtpdServer(StartStop):
         self.starttls = starttls
         self.implicit_tls = implicit_tls
         self.auth_users = dict(auth_users or {})
+        self.oauth_tokens = oauth_tokens if oauth_tokens is not None else {}
         self.faults: dict[str, Fault] = {}
         for fault in faults:
             if fault.phase in self.faults:
@@ -289,6 +337,7 @@ class AiosmtpdServer(StartStop):
             "auth_require_tls": auth_require_tls and implicit_tls is None,
             "auth_required": auth_required,
             "authenticator": self._authenticate,
+            "auth_exclude_mechanism": () if self.oauth_tokens else OAUTH_MECHANISMS,
             "enable_SMTPUTF8": smtputf8,
             "timeout": 30,
         }

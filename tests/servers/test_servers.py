@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import smtplib
 import socket
 import ssl
@@ -17,7 +18,13 @@ import pytest
 
 from smtp_exporter.protocol import Reply, ReplyParser
 from tests import helpers
-from tests.servers.aiosmtpd_server import FAULT_PHASES, TEST_PASSWORD, TEST_USERNAME, AiosmtpdServer
+from tests.servers.aiosmtpd_server import (
+    FAULT_PHASES,
+    OAUTH_ERROR_CHALLENGES,
+    TEST_PASSWORD,
+    TEST_USERNAME,
+    AiosmtpdServer,
+)
 from tests.servers.dns_server import DnsServer
 from tests.servers.scripted import (
     Close,
@@ -189,6 +196,50 @@ def test_auth_server_rejects_a_wrong_password(auth_server: AiosmtpdServer, tls_c
     assert auth_server.auth_attempts[-1].success is False
 
 
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+def test_oauth_server_speaks_with_smtplib(
+    smtp_server_factory: Callable[..., AiosmtpdServer], tls_ca: TestCA, mechanism: str
+) -> None:
+    """The XOAUTH2/OAUTHBEARER handlers checked with another client (smtplib): a wrong token gets
+    the error challenge, its answer the 535; the right one 235."""
+    server = smtp_server_factory(starttls=tls_ca.server_cert, oauth_tokens={"u@x.test": "ya29.good"})
+    challenges: list[bytes] = []
+    head = "user=u@x.test" if mechanism == "XOAUTH2" else "n,a=u@x.test,"
+
+    def respond(token: str) -> Callable[..., str]:
+        def authobject(challenge: bytes | None = None) -> str:
+            if challenge is None:
+                return f"{head}\x01auth=Bearer {token}\x01\x01"
+            challenges.append(challenge)
+            return "" if mechanism == "XOAUTH2" else "\x01"
+
+        return authobject
+
+    with smtplib.SMTP(*server.address, timeout=5) as client:
+        client.starttls(context=tls_ca.client_context())
+        client.ehlo()
+        assert mechanism in client.esmtp_features["auth"].split()
+        with pytest.raises(smtplib.SMTPAuthenticationError) as caught:
+            client.auth(mechanism, respond("ya29.bad"))
+        assert caught.value.smtp_code == 535
+        code, _ = client.auth(mechanism, respond("ya29.good"))
+        assert code == 235
+    assert [json.loads(c) for c in challenges] == [OAUTH_ERROR_CHALLENGES[mechanism]]
+    assert [(a.login, a.password, a.success, a.challenge_answer) for a in server.auth_attempts] == [
+        ("u@x.test", "ya29.bad", False, b"" if mechanism == "XOAUTH2" else b"\x01"),
+        ("u@x.test", "ya29.good", True, None),
+    ]
+
+
+def test_oauth_mechanisms_are_offered_only_with_oauth_tokens(
+    auth_server: AiosmtpdServer, tls_ca: TestCA
+) -> None:
+    with smtplib.SMTP(*auth_server.address, timeout=5) as client:
+        client.starttls(context=tls_ca.client_context())
+        client.ehlo()
+        assert client.esmtp_features["auth"].split() == ["CRAM-MD5", "LOGIN", "PLAIN"]
+
+
 # The commands that reach each phase, on a plain server with AUTH offered without TLS.
 _REACH = {
     "banner": [],
@@ -255,7 +306,10 @@ def test_fault_with_close_drops_the_connection(fault_server: Callable[..., Aiosm
 def test_fault_phases_cover_the_model_phases() -> None:
     from smtp_exporter.model import Phase
 
-    talking = {p.value for p in Phase} - {"resolve", "connect", "tls"}
+    # The SMTP phases a fault can be planted in; the delivery check's IMAP phases are another
+    # server's (tests/delivery).
+    imap = {"imap_connect", "imap_tls", "imap_login", "imap_select", "delivery", "imap_fetch", "imap_logout"}
+    talking = {p.value for p in Phase} - {"resolve", "connect", "tls"} - imap
     assert talking == FAULT_PHASES
     assert set(_REACH) | {"starttls", "ehlo_tls"} == FAULT_PHASES
 
