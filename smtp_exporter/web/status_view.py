@@ -31,8 +31,6 @@ def series_name(target: str, mx_host: str | None, ip_protocol: int | None) -> st
     return target if ip_protocol is None else f"{target} (IPv{ip_protocol})"
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class Row:
     """One series (or a target without a result yet) as the page shows it."""
