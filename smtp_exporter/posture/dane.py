@@ -107,8 +107,14 @@ async def run(given: CheckInput) -> CheckReport:
     root, found = await asyncio.gather(resolver_check(given.dns), _find(given))
     validating = root.security is Security.SECURE
     if not validating:
-        found.state = "resolver_not_validating"
-        found.reasons.insert(0, f"{not_validating_reason(root)}: DANE cannot be judged")
+        # Whatever the lookups seemed to say (an unsigned zone, most often) was said by a resolver
+        # that does not check: only that is reported, with the record sets' DNSSEC states.
+        found = _Run(
+            "resolver_not_validating",
+            [f"{not_validating_reason(root)}: DANE cannot be judged"],
+            found.security,
+            found.host,
+        )
     assert found.state is not None
     labels = f'mx_host="{bound(found.host)}",' if given.module.mx and found.host else ""
     samples: list[PostureSample] = [sample(RESOLVER_VALIDATING, "", 1 if validating else 0)]

@@ -146,7 +146,6 @@ def _trust_anchor(
     names: Sequence[str],
 ) -> Verdict:
     shown = f"TLSA {record.text}"
-    what = SELECTED[record.selector]
     depth = next(
         (i for i, der in enumerate(chain) if _matches(record, der)),
         None,
@@ -161,9 +160,8 @@ def _trust_anchor(
         anchor = _parse(record.data)
         where = "the certificate it carries (2 0 0, not presented)"
     if anchor is None:
-        return Verdict(
-            record, Match.NO_MATCH, f"{shown} matches no certificate's {what} in the presented chain"
-        )
+        by = " by its SPKI" if record.selector == 1 else ""
+        return Verdict(record, Match.NO_MATCH, f"{shown} matches no certificate of the presented chain{by}")
     subject = anchor.subject.rfc4514_string()[:100] or "no subject"
     error = _path(anchor, chain, names)
     if error is None:

@@ -92,7 +92,11 @@ class Hierarchy:
         self.root = certificate("dane test root", self.root_key, None, ca=True, not_after=NOW + 3650 * DAY)
         self._count = 0
 
-    def chain(self, *names: str, intermediate_not_after: datetime.datetime = NOW + 365 * DAY) -> Chain:
+    def chain(
+        self, *names: str, intermediate_not_after: datetime.datetime = NOW + 365 * DAY, send_root: bool = True
+    ) -> Chain:
+        """A leaf for `names` under a new intermediate; the server sends the root too unless
+        `send_root` is False."""
         issuer = ("dane test root", self.root_key)
         mid = certificate(
             "dane test intermediate", self.mid_key, issuer, ca=True, not_after=intermediate_not_after
@@ -103,7 +107,8 @@ class Hierarchy:
         )
         self._count += 1
         chain_file = self.directory / f"dane-chain-{self._count}.pem"
-        chain_file.write_bytes(b"".join(c.public_bytes(PEM) for c in (leaf, mid, self.root)))
+        sent = (leaf, mid, self.root) if send_root else (leaf, mid)
+        chain_file.write_bytes(b"".join(c.public_bytes(PEM) for c in sent))
         key_file = self.directory / f"dane-leaf-{self._count}.key"
         key_pem = leaf_key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         key_file.write_bytes(key_pem)

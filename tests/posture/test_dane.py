@@ -73,6 +73,9 @@ CASES: dict[str, tuple[str, Callable[[Chain], list[Tlsa]]]] = {
     "bogus": ("good", lambda c: [(3, 1, 1, association(c.leaf, 1, 1))]),
     "expired-ta": ("expired", lambda c: [(2, 0, 1, association(c.root, 0, 1))]),
     "expired-ee": ("expired", lambda c: [(3, 1, 1, association(c.leaf, 1, 1))]),
+    "ta-carried": ("noroot", lambda c: [(2, 0, 0, association(c.root, 0, 0))]),
+    "ta-absent": ("noroot", lambda c: [(2, 0, 1, association(c.root, 0, 1))]),
+    "nostarttls": ("plain", lambda c: [(3, 1, 1, association(c.leaf, 1, 1))]),
     "wrongname-ta": ("wrong", lambda c: [(2, 0, 1, association(c.root, 0, 1))]),
     "wrongname-ee": ("wrong", lambda c: [(3, 1, 1, association(c.leaf, 1, 1))]),
 }
@@ -100,8 +103,11 @@ def world(dnssec_lab: DnssecLab, tmp_path_factory: pytest.TempPathFactory) -> It
             _mx("expired-ta"), _mx("expired-ee"), intermediate_not_after=NOW - 2 * DAY
         ),
         "wrong": hierarchy.chain("mail.elsewhere.test"),
+        "noroot": hierarchy.chain(_mx("ta-carried"), _mx("ta-absent"), send_root=False),
     }
     servers = {name: AiosmtpdServer(starttls=chain.server).start() for name, chain in chains.items()}
+    servers["plain"] = AiosmtpdServer().start()  # no STARTTLS at all
+    chains["plain"] = chains["good"]
     try:
         for case, (server, make) in CASES.items():
             mx = _mx(case)
@@ -348,6 +354,33 @@ async def test_a_trust_anchor_path_checks_dates_and_names(world: World, case: st
     ) in report.reasons
 
 
+async def test_a_2_0_0_record_carries_an_anchor_the_server_did_not_send(world: World) -> None:
+    mx = _mx("ta-carried")
+    report = await _dane(world, "ta-carried")
+    assert _state(report, mx) == "valid", report.reasons
+    assert (
+        "TLSA 2 0 0 matches the certificate it carries (2 0 0, not presented) (CN=dane test root), "
+        f"and the leaf's path to it is valid for {mx}"
+    ) in report.reasons
+    # A digest cannot stand in for the certificate: the server must send it (RFC 7671 section 5.2.2).
+    report = await _dane(world, "ta-absent")
+    assert _state(report, _mx("ta-absent")) == "invalid"
+    assert "TLSA 2 0 1 matches no certificate of the presented chain" in report.reasons
+
+
+async def test_no_starttls_beside_tlsa_records_is_invalid(world: World) -> None:
+    (result,) = await _probe(world, f"nostarttls.{ZONE}", "plain")
+    assert result.failure is not None and result.failure.reason.value == "starttls_not_offered"
+    (report,) = result.posture
+    mx = _mx("nostarttls")
+    assert _state(report, mx) == "invalid"
+    assert _matches(report, mx) == [("3 1 1", 0)]
+    assert (
+        f"TLSA records at _{world.servers['plain'].port}._tcp.{mx} are published but the server offers no "
+        "STARTTLS, which DANE makes mandatory (RFC 7672 section 2.2): DANE senders defer mail"
+    ) in report.reasons
+
+
 @pytest.mark.parametrize("case", ["expired-ee", "wrongname-ee"])
 async def test_an_end_entity_record_checks_neither_dates_nor_names(world: World, case: str) -> None:
     report = await _dane(world, case)
@@ -396,9 +429,10 @@ async def test_a_resolver_that_does_not_validate(world: World) -> None:
     values = _values(report)
     assert values["smtp_posture_resolver_validating"] == 0
     assert values['smtp_dnssec_secure{record="mx"}'] == 0
-    assert report.reasons[0] == (
-        "the resolver does not validate DNSSEC: no AD bit on the root's DNSKEY: DANE cannot be judged"
+    assert report.reasons == (
+        "the resolver does not validate DNSSEC: no AD bit on the root's DNSKEY: DANE cannot be judged",
     )
+    assert not any(name.startswith("smtp_dane_tlsa_record") for name in values)
 
 
 async def test_a_plain_dns_server_is_not_a_validating_resolver(
