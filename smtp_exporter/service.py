@@ -36,6 +36,7 @@ from smtp_exporter.config.web import (
 )
 from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import ExporterStats, HealthMetrics, MetricsStore
+from smtp_exporter.posture.dane import warn_unless_validating
 from smtp_exporter.probe import Prober
 from smtp_exporter.scheduler import Scheduler, monitor_event_loop_lag
 from smtp_exporter.snapshot import Snapshot, compile_snapshot
@@ -149,6 +150,7 @@ class Exporter:
         gc.set_threshold(*GC_THRESHOLDS)
         self.scheduler.apply(self.snapshot)
         self._record_target_files(self.snapshot)
+        self._check_resolvers(self.snapshot)
         settle_heap()
         self._spawn(monitor_event_loop_lag(self.stats))
         runner = web.AppRunner(
@@ -231,6 +233,7 @@ class Exporter:
             ):  # the new config names other files: watch those
                 self._signature = self._config_signature()
             broken = self._record_target_files(snapshot)
+            self._check_resolvers(snapshot)
             settle_heap()
             self._check_exposure()
             log.info(
@@ -239,6 +242,19 @@ class Exporter:
             )
             # Applied, the other files included; the caller (POST /-/reload) still hears of it.
             raise_errors(broken)
+
+    def _check_resolvers(self, snapshot: Snapshot) -> None:
+        """The start-up half of DANE's resolver self-check: a DANE module whose resolver does not
+        validate is logged now, in the background, not only at its first probe's posture run."""
+        clients = [
+            (module.name, module.posture_dns)
+            for module in snapshot.modules.values()
+            if module.posture_dns is not None
+            and module.config.posture is not None
+            and module.config.posture.dane
+        ]
+        if clients:
+            self._spawn(warn_unless_validating(clients))
 
     def _record_target_files(self, snapshot: Snapshot) -> tuple[ConfigError, ...]:
         """The reload gauges after a load was applied: failed when a target file is broken (its

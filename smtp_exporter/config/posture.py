@@ -1,8 +1,8 @@
 """A module's `posture` section: which mail-security checks run beside its conversation.
 
-Every key of the contract is read and validated here. A check whose implementation is not in
-`smtp_exporter.posture` yet (`NOT_IMPLEMENTED`) is refused when enabled, with a clear error:
-a config that asks for DANE must not load and then silently check nothing.
+Every key of the contract is read and validated here; every check of `CHECKS` is implemented
+in `smtp_exporter.posture` (one of the contract still to come was refused when enabled, rather
+than loaded and silently skipped, until it arrived).
 
 The cross-checks against the rest of the module (`mx: true`, TLS) are `check_posture`'s, called
 from the module's post-validation hook.
@@ -35,10 +35,8 @@ MAX_POSTURE_INTERVAL = 365 * 86400.0
 MAX_DNSBL_ZONES = 16
 MAX_DNSBL_ADDRESSES = 64
 
-# The checks of the contract (the `check` label values), and those whose implementation does
-# not exist yet: enabling one of those is an error.
+# The checks of the contract (the `check` label values).
 CHECKS = ("dane", "mta_sts", "tls_rpt", "fcrdns", "dnsbl", "mx_hygiene")
-NOT_IMPLEMENTED = ("dane",)
 # The checks about the mail domain: they need the target to be one (mx: true).
 _NEED_MX = ("mta_sts", "tls_rpt", "mx_hygiene")
 
@@ -141,6 +139,3 @@ def check_posture(doc: Document, module: ModuleConfig, keys: dict[str, yaml.Node
             join(where, "dane"),
             "needs starttls: required or implicit_tls: true (DANE is about the TLS the server presents)",
         )
-    for name in NOT_IMPLEMENTED:
-        if check_enabled(posture, name):
-            doc.fail(keys["posture"], join(where, name), "this posture check is not supported yet")

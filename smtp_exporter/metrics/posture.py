@@ -91,6 +91,35 @@ DNSBL_RETURN_CODE = Family(
     Kind.GAUGE,
     "The last octet of the zone's 127/8 answer for the address (e.g. 2), 0 when there is none.",
 )
+# dane (and the DNSSEC status of the records the checks use)
+RESOLVER_VALIDATING = Family(
+    "smtp_posture_resolver_validating",
+    Kind.GAUGE,
+    "Whether the module's resolver set the AD bit on the root's DNSKEY (it validates DNSSEC); 0 makes the DANE state resolver_not_validating.",
+)
+DNSSEC_SECURE = Family(
+    "smtp_dnssec_secure",
+    Kind.GAUGE,
+    "Whether the resolver said the record set a check used is DNSSEC-secure (AD bit), per record: mx, address, tlsa, mta_sts, tls_rpt.",
+)
+DANE_STATE = Family(
+    "smtp_dane_state",
+    Kind.GAUGE,
+    "The DANE state of the MX (RFC 7672), one series per state: 1 for the current one.",
+)
+DANE_TLSA_RECORDS = Family(
+    "smtp_dane_tlsa_records", Kind.GAUGE, "TLSA records at _<port>._tcp.<base> (present once securely known)."
+)
+DANE_TLSA_RECORD_MATCH = Family(
+    "smtp_dane_tlsa_record_match",
+    Kind.GAUGE,
+    "Whether each TLSA record authenticates the presented chain (1) or not (0; also when it is unusable for SMTP).",
+)
+DANE_ROLLOVER_READY = Family(
+    "smtp_dane_rollover_ready",
+    Kind.GAUGE,
+    "Whether at least two usable TLSA records are published, one of them 3 x x (3xx+3xx or 3xx+2xx).",
+)
 
 POSTURE_FAMILIES: tuple[Family, ...] = (
     POSTURE_LAST_RUN,
@@ -109,6 +138,12 @@ POSTURE_FAMILIES: tuple[Family, ...] = (
     DNSBL_LISTED,
     DNSBL_STATE,
     DNSBL_RETURN_CODE,
+    RESOLVER_VALIDATING,
+    DNSSEC_SECURE,
+    DANE_STATE,
+    DANE_TLSA_RECORDS,
+    DANE_TLSA_RECORD_MATCH,
+    DANE_ROLLOVER_READY,
 )
 _BY_NAME = {family.name: family for family in POSTURE_FAMILIES}
 

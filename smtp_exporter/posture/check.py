@@ -1,8 +1,8 @@
 """What a posture check is: a name and a coroutine from a `CheckInput` to a `CheckReport`.
 
 A new check is a module of this package defining `CHECK = Check("<name>", run)`, where `<name>`
-is its key in the `posture` config section and its `check` label, listed in `posture.CHECKS`
-(and removed from `config.posture.NOT_IMPLEMENTED`), with its families in `metrics/posture.py`.
+is its key in the `posture` config section (`config.posture.CHECKS`) and its `check` label,
+listed in `posture.CHECKS`, with its families in `metrics/posture.py`.
 `run` must not raise for what it finds wrong (that is its report); the runner bounds it by the
 module's timeout and turns a crash into a report saying so.
 """

@@ -22,6 +22,7 @@ import hashlib
 
 from smtp_exporter.metrics.families import bound
 from smtp_exporter.metrics.posture import (
+    DNSSEC_SECURE,
     MTA_STS_CERT_VALID,
     MTA_STS_CHANGED,
     MTA_STS_FETCH_SUCCESS,
@@ -33,7 +34,7 @@ from smtp_exporter.metrics.posture import (
 from smtp_exporter.model import CheckReport, FailureReason, PostureSample
 from smtp_exporter.posture import pkix
 from smtp_exporter.posture.check import Check, CheckInput, sample
-from smtp_exporter.posture.dns import Lookup, txt_texts
+from smtp_exporter.posture.dns import Lookup, Security, txt_texts
 from smtp_exporter.posture.policy_fetch import Fetched, fetch_policy
 from smtp_exporter.posture.sts_policy import (
     Mode,
@@ -64,6 +65,7 @@ async def run(given: CheckInput) -> CheckReport:
     record = _record(given, txt, reasons)
     policy = _policy(fetched, reasons)
     samples.append(sample(MTA_STS_RECORD_VALID, "", 1 if record else 0))
+    samples.append(sample(DNSSEC_SECURE, 'record="mta_sts"', 1 if txt.security is Security.SECURE else 0))
     samples.append(sample(MTA_STS_FETCH_SUCCESS, "", 1 if policy else 0))
     samples += [
         sample(MTA_STS_MODE, f'mode="{mode.value}"', 1 if policy is not None and policy.mode is mode else 0)

@@ -76,6 +76,15 @@ def verify_chain(trust: Trust, chain: tuple[bytes, ...], host: str) -> str | Non
         return "no certificate was presented"
     if trust.store is None:
         return f"no CA certificate could be read from {trust.source}"
+    return verify_path(trust.store, f"a CA of {trust.source}", chain, host)
+
+
+def verify_path(store: Store, anchors: str, chain: tuple[bytes, ...], host: str) -> str | None:
+    """None when `chain` has a valid path to a certificate of `store` (`anchors` names them in
+    the error: "no path to <anchors>") and its leaf is for `host`. Also DANE-TA's check
+    (posture/tlsa.py), whose store is the one certificate a TLSA record names."""
+    if not chain:
+        return "no certificate was presented"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -88,22 +97,22 @@ def verify_chain(trust: Trust, chain: tuple[bytes, ...], host: str) -> str | Non
     try:
         verifier = (
             PolicyBuilder()
-            .store(trust.store)
+            .store(store)
             .extension_policies(ee_policy=leaf_policy, ca_policy=ExtensionPolicy.webpki_defaults_ca())
             .build_server_verifier(x509.DNSName(host))
         )
         verifier.verify(leaf, intermediates)
     except VerificationError as exc:
-        return _why(str(exc), host, trust.source)
+        return _why(str(exc), host, anchors)
     except ValueError as exc:  # a host name cryptography refuses as a DNS name
         return f"{host} cannot be checked: {exc}"[:MAX_REASON_CHARS]
     return None
 
 
-def _why(message: str, host: str, source: str) -> str:
+def _why(message: str, host: str, anchors: str) -> str:
     text = message.removeprefix("validation failed: ").split(" (encountered processing", 1)[0]
     if "no matching subjectAltName" in text:
         return f"the certificate is not for {host}"
     if "candidates exhausted" in text:
-        return f"no path to a CA of {source} (or a certificate on it is expired or not yet valid)"
+        return f"no path to {anchors} (or a certificate on it is expired or not yet valid)"
     return text[:MAX_REASON_CHARS]

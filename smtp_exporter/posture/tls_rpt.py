@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from smtp_exporter.metrics.posture import TLS_RPT_RECORD_VALID
+from smtp_exporter.metrics.posture import DNSSEC_SECURE, TLS_RPT_RECORD_VALID
 from smtp_exporter.model import CheckReport
 from smtp_exporter.posture.check import Check, CheckInput, sample
-from smtp_exporter.posture.dns import txt_texts
+from smtp_exporter.posture.dns import Security, txt_texts
 
 _PREFIX = "v=TLSRPTv1;"
 _DELIM = re.compile(r"[ \t]*;[ \t]*")
@@ -90,7 +90,10 @@ async def run(given: CheckInput) -> CheckReport:
             reason = f"no valid TLS-RPT record at {name}: {exc}"
         else:
             reason = f"TLS-RPT record at {name}: reports go to {', '.join(uris)}"
-    samples = [sample(TLS_RPT_RECORD_VALID, "", 1 if uris else 0)]
+    samples = [
+        sample(TLS_RPT_RECORD_VALID, "", 1 if uris else 0),
+        sample(DNSSEC_SECURE, 'record="tls_rpt"', 1 if answer.security is Security.SECURE else 0),
+    ]
     details: tuple[tuple[str, object], ...] = (
         ("record_security", answer.security.value),
         ("rua", list(uris)),
