@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tests.deploy.conftest import DASHBOARD, ROOT, documents, one, require_tool, run
-from tests.deploy.contract import METRICS, PHASES, REASONS, label_values, metric_names
+from tests.deploy.contract import METRICS, PHASES, PLANNED, REASONS, label_values, metric_names
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 ALLOWED_VARIABLES = {"job", "target", "module", "__range", "__rate_interval"}
@@ -71,7 +71,7 @@ def test_every_panel_and_query_uses_the_datasource_variable() -> None:
 
 def test_queries_use_only_contract_metrics_and_known_variables() -> None:
     for title, expr in _queries():
-        unknown = metric_names(expr) - METRICS
+        unknown = metric_names(expr) - METRICS - PLANNED
         assert not unknown, f"{title}: not exporter metrics: {sorted(unknown)}"
         assert label_values(expr, "phase") <= PHASES, title
         assert label_values(expr, "reason") <= REASONS, title
@@ -111,6 +111,37 @@ def test_the_panels_the_issue_asks_for() -> None:
         "smtp_exporter_config_last_reload_successful",
     ):
         assert metric in exprs
+
+
+def test_the_posture_row() -> None:
+    """Issue 14's "Mail security posture" row: its own id and y range (200-299), below every
+    other panel, per domain and MX: DANE state, TLSA matches, MTA-STS mode and coverage, DNSBL
+    listings, FCrDNS, chain expiry."""
+    panels = _panels()
+    posture = [p for p in panels if 200 <= p["id"] <= 299]
+    (row,) = [p for p in posture if p["type"] == "row"]
+    assert row["title"] == "Mail security posture" and row["id"] == 200
+    assert all(200 <= p["gridPos"]["y"] < 300 for p in posture)
+    assert not [p for p in panels if p not in posture and 200 <= p["gridPos"]["y"] < 300]
+    assert min(p["gridPos"]["y"] for p in posture) > max(
+        p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels if p["id"] < 200
+    )
+    exprs = "\n".join(t["expr"] for p in posture for t in p.get("targets", []))
+    for metric in (
+        "smtp_dane_state",
+        "smtp_dane_tlsa_record_match",
+        "smtp_mta_sts_policy_mode",
+        "smtp_mta_sts_mx_covered",
+        "smtp_mta_sts_cert_valid",
+        "smtp_dnsbl_state",
+        "smtp_fcrdns_match",
+        "smtp_probe_tls_chain_earliest_not_after_timestamp_seconds",
+    ):
+        assert metric in exprs, metric
+    for panel in posture:  # every posture panel follows the three selectors
+        for target in panel.get("targets", []):
+            for name in ("job", "target", "module"):
+                assert f'{name}=~"${name}"' in target["expr"], (panel["title"], target["expr"])
 
 
 def test_every_query_parses(tmp_path: Path) -> None:
