@@ -286,6 +286,12 @@ async def _open(address: Address, port: int, source: str | None) -> socket.socke
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
+        # Nagle off, as asyncio means to set it: its transport does so only for a socket whose
+        # proto is IPPROTO_TCP, and this one's is 0 (uvloop sets it either way). With Nagle on,
+        # the EHLO after a TLS 1.3 handshake waited in our kernel until the server acknowledged
+        # our Finished, and ehlo_tls against Postfix read ~72 ms over a 10 ms round trip
+        # (docs/architecture.md, "Timing the server").
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source is not None:
             try:
                 sock.bind((source, 0))
