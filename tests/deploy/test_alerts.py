@@ -4,7 +4,6 @@ PrometheusRule embeds exactly the same groups."""
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DEPLOY, ROOT, RULES, documents, one, require_tool, run
-from tests.deploy.contract import METRICS, PHASES, PLANNED, REASONS, label_values, metric_names
+from tests.deploy.contract import METRICS, PHASES, REASONS, label_values, metric_names
 
 TESTS = sorted((ROOT / "alerts" / "tests").glob("*.yml"))
 
@@ -119,20 +118,10 @@ def test_every_alert_has_severity_summary_and_description() -> None:
 def test_expressions_use_only_contract_metrics_phases_and_reasons() -> None:
     for rule in _rules():
         expr = rule["expr"]
-        unknown = metric_names(expr) - METRICS - PLANNED - {"up"}
+        unknown = metric_names(expr) - METRICS - {"up"}
         assert not unknown, f"{rule['alert']}: not exporter metrics: {sorted(unknown)}"
         assert label_values(expr, "phase") <= PHASES, rule["alert"]
         assert label_values(expr, "reason") <= REASONS, rule["alert"]
-
-
-def test_planned_metrics_are_not_documented_yet() -> None:
-    """PLANNED holds only names the exporter does not serve yet: once docs/metrics.md documents
-    one (its check landed), it belongs in METRICS, where tests/deploy/test_docs.py checks it is
-    served, and the posture e2e (tests/e2e/test_posture.py) must cover its panels and alerts."""
-    assert not PLANNED & METRICS
-    documented = set(re.findall(r"`([a-z_]+)`", (ROOT / "docs" / "metrics.md").read_text()))
-    landed = PLANNED & documented
-    assert not landed, f"documented now, move to METRICS in tests/deploy/contract.py: {sorted(landed)}"
 
 
 def test_prometheusrule_embeds_the_rule_file_unchanged() -> None:

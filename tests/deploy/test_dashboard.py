@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tests.deploy.conftest import DASHBOARD, ROOT, documents, one, require_tool, run
-from tests.deploy.contract import METRICS, PHASES, PLANNED, REASONS, label_values, metric_names
+from tests.deploy.contract import METRICS, PHASES, REASONS, label_values, metric_names
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 ALLOWED_VARIABLES = {"job", "target", "module", "__range", "__rate_interval"}
@@ -71,7 +71,7 @@ def test_every_panel_and_query_uses_the_datasource_variable() -> None:
 
 def test_queries_use_only_contract_metrics_and_known_variables() -> None:
     for title, expr in _queries():
-        unknown = metric_names(expr) - METRICS - PLANNED
+        unknown = metric_names(expr) - METRICS
         assert not unknown, f"{title}: not exporter metrics: {sorted(unknown)}"
         assert label_values(expr, "phase") <= PHASES, title
         assert label_values(expr, "reason") <= REASONS, title
