@@ -1,6 +1,8 @@
 """Mail-security posture (issue 14), end to end: a real Prometheus scrapes a real exporter whose
-posture checks (mx_hygiene, mta_sts, tls_rpt, fcrdns, dnsbl) look at mail domains served by a real
-DNSSEC world (nsd + validating unbound, tests/servers/dnssec.py: PTR records, blocklist zones),
+posture checks (every one: dane, mx_hygiene, mta_sts, tls_rpt, fcrdns, dnsbl) look at mail domains
+served by a real DNSSEC world (nsd + validating unbound, tests/servers/dnssec.py: signed MX, A and
+TLSA records computed from the STARTTLS server's real certificate, one TLSA RRset whose signature
+is corrupted, PTR records, blocklist zones),
 MTA-STS policies over real HTTPS on port 443 (tests/servers/https_server.py, trusted through
 posture.ca_file) and aiosmtpd STARTTLS on 127.0.0.1 and on 127.0.0.3 (a relay whose PTR does not
 confirm and whose outbound address is listed); beside them a server whose intermediate
@@ -8,12 +10,7 @@ certificate expires before its leaf. The dashboard's "Mail
 security posture" row returns data for every query built on a check that runs, in scheduled and
 multi-target (/probe) mode, and the posture alerts fire for the broken domains only.
 
-Its own stack, as test_fallback.py's, with the shipped rules' `for:` scaled as in conftest.py.
-
-Not covered here yet: the panels and alerts built on DANE and DNSSEC series
-(tests/deploy/contract.py PLANNED): no check serves them on this branch. Their queries are run
-and must be empty; once a check lands and its names move to METRICS, the same test requires
-their data and this stack has to enable the check (the DNSSEC lab already serves the zones).
+Its own stack, as test_fallback.py's, with the shipped rules' `for:` scaled by POSTURE_FOR_SCALE.
 """
 
 from __future__ import annotations
@@ -28,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from smtp_exporter.config.posture import CHECKS, NOT_IMPLEMENTED
-from tests.deploy.contract import METRICS, PLANNED, metric_names
-from tests.e2e.conftest import FOR_SCALE, SCHEDULED_JOB, SCRAPE_INTERVAL
+from smtp_exporter.config.posture import CHECKS
+from tests.deploy.contract import METRICS, metric_names
+from tests.e2e.conftest import SCHEDULED_JOB, SCRAPE_INTERVAL
 from tests.e2e.stack import (
     POSTURE_PANEL_IDS,
     RULES,
@@ -45,6 +42,7 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.helpers import require_binary
+from tests.posture.dane_world import association, other_key_spki_sha256
 from tests.probe.test_tls_chain import _hierarchy
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dnssec import DnssecLab
@@ -54,6 +52,7 @@ from tests.servers.tls import TestCA
 PROBE_JOB = "smtp-probe-posture"
 MODULE = "mx_posture"
 RELAY_MODULE = "mx_reputation"
+DANE_MODULE = "mx_dane"  # dane only, on the same server and port as MODULE
 RELAY = "relay.example.test"  # its MX mx-relay.example.test on 127.0.0.3
 RELAY_HOST = "127.0.0.3"
 OUTBOUND = "192.0.2.99"  # dnsbl.addresses: listed in dnsbl.test, an error answer in public.test
@@ -64,8 +63,11 @@ BUILTINS = {"__range": "5m", "__range_s": "300", "__rate_interval": "4s", "__int
 RANGE_SECONDS = 10.0
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 DAY = datetime.timedelta(days=1)
-# The checks this stack enables: every one that exists on this branch.
-ENABLED = ("mx_hygiene", "mta_sts", "tls_rpt", "fcrdns", "dnsbl")
+# The checks this stack enables: every one there is.
+ENABLED = ("dane", "mx_hygiene", "mta_sts", "tls_rpt", "fcrdns", "dnsbl")
+# The posture checks run every second, not every 5 minutes: a `for:` of 1 h (the info alert
+# SMTPDANERolloverNotReady) waits 15 s, 30 m 8 s, 5 m 1 s; the whole suite's budget is tight.
+POSTURE_FOR_SCALE = 1 / 240
 ZONES = ("dnsbl.test", "unhealthy.test", "public.test")
 
 # Mail domains under example.test (signed): name -> (MX host, policy body or None for a 404).
@@ -81,10 +83,26 @@ DOMAINS: dict[str, tuple[str, bytes | None]] = {
 }
 CHANGED_BODY = b"version: STSv1\nmode: enforce\nmx: mx.example.test\nmx: *.example.test\nmax_age: 86400\n"
 PROBED = ("good", "uncovered")  # also through /probe
+# MX mx.example.test (every DOMAINS entry but certbad) publishes a TLSA RRset ready for a
+# rollover: 3 1 1 of the key in use beside 3 1 1 of the next one, so DANE is valid and quiet.
+# The DANE domains (module DANE_MODULE, MX mx.<domain>): whether their single TLSA 3 1 1 record
+# is for the key the server presents; dane-bogus' TLSA RRset has a corrupted signature.
+DANE_DOMAINS = {
+    "dane-single": True,  # valid, but one record: not ready for a rollover
+    "dane-invalid": False,  # a stale record only: no usable record matches
+    "dane-bogus": True,  # would match, but the answer is bogus: senders defer (lookup_failed)
+}
+BOGUS = "dane-bogus"
+NEXT_KEY = other_key_spki_sha256()
+STALE_KEY = other_key_spki_sha256()
 
 
 def domain(name: str) -> str:
     return f"{name}.example.test"
+
+
+def dane_mx(name: str) -> str:
+    return f"mx.{domain(name)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +113,18 @@ class PostureStack:
     chain_target: str
 
 
-def _records(lab: DnssecLab, https: HttpsServer) -> None:
+def _records(lab: DnssecLab, https: HttpsServer, server: AiosmtpdServer, leaf_spki_sha256: bytes) -> None:
     lab.add(MX, "A", "127.0.0.1")
+    # DANE (RFC 7672): TLSA at _<port>._tcp.<MX host>, the port as probed.
+    lab.tlsa(f"_{server.port}._tcp.{MX}", 3, 1, 1, leaf_spki_sha256)
+    lab.tlsa(f"_{server.port}._tcp.{MX}", 3, 1, 1, NEXT_KEY)
+    for name, current in DANE_DOMAINS.items():
+        lab.add(domain(name), "MX", f"10 {dane_mx(name)}.")
+        lab.add(dane_mx(name), "A", "127.0.0.1")
+        owner = f"_{server.port}._tcp.{dane_mx(name)}"
+        lab.tlsa(owner, 3, 1, 1, leaf_spki_sha256 if current else STALE_KEY)
+        if name == BOGUS:
+            lab.corrupt(owner, "TLSA")
     lab.add(ALIAS, "A", "127.0.0.1")
     for name, (mx, _) in DOMAINS.items():
         lab.add(domain(name), "MX", f"10 {mx}.")
@@ -155,6 +183,7 @@ def _exporter_config(
         "modules": {
             MODULE: mx_module(port, posture),
             RELAY_MODULE: mx_module(relay_port, relay_posture),
+            DANE_MODULE: mx_module(port, {"interval": "1s", "dane": True}),
             CHAIN_MODULE: {
                 "starttls": "required",
                 "timeout": "900ms",
@@ -164,6 +193,7 @@ def _exporter_config(
         "targets": [
             *({"target": domain(name), "module": MODULE, "interval": "1s"} for name in DOMAINS),
             {"target": RELAY, "module": RELAY_MODULE, "interval": "1s"},
+            *({"target": domain(name), "module": DANE_MODULE, "interval": "1s"} for name in DANE_DOMAINS),
             {"target": f"127.0.0.1:{chain_port}", "module": CHAIN_MODULE, "interval": "1s"},
         ],
         "http_probe": {"allowed_targets": ["*.example.test"]},
@@ -213,9 +243,12 @@ def posture_stack(
         for name, (_, body) in DOMAINS.items():
             if body is not None:
                 https.pages[f"mta-sts.{domain(name)}"] = Page(body=body)
-        _records(dnssec_lab, https)
-        server = AiosmtpdServer(starttls=tls_ca.issue(MX), hostname=MX).start()
+        # One certificate for every MX name on this server, so the probe's own verification
+        # passes for the DANE domains' MX hosts too (usage 3 ignores names anyway).
+        certificate = tls_ca.issue(MX, *(dane_mx(name) for name in DANE_DOMAINS))
+        server = AiosmtpdServer(starttls=certificate, hostname=MX).start()
         stack.callback(server.stop)
+        _records(dnssec_lab, https, server, association(certificate.certificate, 1, 1))
         relay = AiosmtpdServer(
             starttls=tls_ca.issue("mx-relay.example.test"), host=RELAY_HOST, hostname="mx-relay.example.test"
         ).start()
@@ -233,7 +266,7 @@ def posture_stack(
         exporter = Exporter(config, work / "exporter.log")
         stack.callback(exporter.stop)
         rule_file = work / "rules.yml"
-        rule_file.write_text(yaml.safe_dump(rules_with_short_for(FOR_SCALE), sort_keys=False))
+        rule_file.write_text(yaml.safe_dump(rules_with_short_for(POSTURE_FOR_SCALE), sort_keys=False))
         prometheus_config = work / "prometheus.yml"
         prometheus_config.write_text(yaml.safe_dump(_prometheus_config(exporter.address, rule_file)))
         prometheus = Prometheus(prometheus_binary, prometheus_config, work / "tsdb", work / "prometheus.log")
@@ -245,7 +278,12 @@ def posture_stack(
             )
 
         wait_until(
-            lambda: fetched() == 1 and len(prometheus.query(f'smtp_mx_records{{job="{PROBE_JOB}"}}')) == 2,
+            lambda: (
+                fetched() == 1
+                and len(prometheus.query(f'smtp_mx_records{{job="{PROBE_JOB}"}}')) == 2
+                and len(prometheus.query(f'smtp_dane_state{{module="{DANE_MODULE}"}} == 1'))
+                == len(DANE_DOMAINS)
+            ),
             "the posture series of both jobs in Prometheus",
             check=prometheus.check_running,
         )
@@ -263,11 +301,9 @@ def _posture_queries() -> list[PanelQuery]:
     return queries
 
 
-def _planned(query: PanelQuery) -> bool:
-    """Built on series that no check of this branch serves yet (PLANNED): DANE, DNSSEC."""
+def _contract(query: PanelQuery) -> None:
     names = metric_names(query.expr)
-    assert names <= METRICS | PLANNED, query
-    return bool(names & PLANNED)
+    assert names and names <= METRICS, query
 
 
 def _run(
@@ -282,8 +318,8 @@ def _run(
 
 
 def test_this_stack_enables_every_posture_check_that_exists() -> None:
-    """Fails when a check lands (leaves NOT_IMPLEMENTED) until this stack enables it."""
-    assert set(ENABLED) == set(CHECKS) - set(NOT_IMPLEMENTED)
+    """Fails when a check is added until this stack enables it (and the row's test covers it)."""
+    assert set(ENABLED) == set(CHECKS)
 
 
 @pytest.mark.parametrize(
@@ -299,33 +335,18 @@ def test_every_posture_row_query_returns_data(
         "target": None if target is None else [target],
         "module": None,
     }
-    empty, unexpected = [], []
+    empty = []
     for query in _posture_queries():
+        _contract(query)
         result = _run(posture_stack, query, selected)
-        if _planned(query):
-            if result:
-                unexpected.append(f"{query.panel} {query.ref_id}: {result}")
-        elif not result:
+        if not result:
             empty.append(f"{query.panel} {query.ref_id}: {query.expr}")
         elif target is not None:
             assert {r["metric"].get("target") for r in result} == {target}, (query.panel, result)
     assert not empty, "posture queries without data:\n" + "\n".join(empty)
-    assert not unexpected, "data for PLANNED series: move them to METRICS:\n" + "\n".join(unexpected)
 
 
-def test_the_pending_panels_are_the_dane_ones() -> None:
-    """What this e2e does not cover yet, named: the panels (and refIds) on PLANNED series."""
-    pending = {(q.panel_id, q.ref_id) for q in _posture_queries() if _planned(q)}
-    assert pending == {
-        (201, "A"),
-        (201, "B"),
-        (201, "C"),
-        (201, "D"),
-        (202, "A"),
-    }
-
-
-def test_the_row_shows_coverage_mode_and_chain_expiry(posture_stack: PostureStack) -> None:
+def test_the_row_shows_dane_coverage_mode_and_chain_expiry(posture_stack: PostureStack) -> None:
     """The values behind the cells, not only that there are some."""
     selected: dict[str, list[str] | None] = {"job": [SCHEDULED_JOB], "target": None, "module": None}
     by_ref = {(q.panel_id, q.ref_id): q for q in _posture_queries()}
@@ -336,6 +357,29 @@ def test_the_row_shows_coverage_mode_and_chain_expiry(posture_stack: PostureStac
             for r in _run(posture_stack, by_ref[key], selected)
         }
 
+    dane = cells((201, "A"), "target", "mx_host", "state")
+    assert {key for key in dane if key[0] in {domain(n) for n in (*DANE_DOMAINS, "good", "certbad")}} == {
+        (domain("good"), MX, "valid"),
+        (domain("certbad"), ALIAS, "no_tlsa"),
+        (domain("dane-single"), dane_mx("dane-single"), "valid"),
+        (domain("dane-invalid"), dane_mx("dane-invalid"), "invalid"),
+        (domain(BOGUS), dane_mx(BOGUS), "lookup_failed"),
+    }
+    records = cells((201, "B"), "target", "mx_host")
+    assert (
+        records[(domain("good"), MX)] == 2 and records[(domain("dane-single"), dane_mx("dane-single"))] == 1
+    )
+    rollover = cells((201, "C"), "target", "mx_host")
+    assert (
+        rollover[(domain("good"), MX)] == 1 and rollover[(domain("dane-single"), dane_mx("dane-single"))] == 0
+    )
+    assert set(cells((201, "D"), "target").values()) == {1}  # the lab's unbound validates
+    matches = cells((202, "A"), "target", "mx_host", "index", "usage", "selector", "matching_type")
+    matched = {key[2]: value for key, value in matches.items() if key[0] == domain("good")}
+    assert sorted(matched.values()) == [0, 1]  # the key in use matches, the next one does not yet
+    assert matches[(domain("dane-single"), dane_mx("dane-single"), "0", "3", "1", "1")] == 1
+    assert matches[(domain("dane-invalid"), dane_mx("dane-invalid"), "0", "3", "1", "1")] == 0
+    assert not [key for key in matches if key[0] == domain(BOGUS)]  # bogus: no records to judge
     covered = cells((204, "A"), "target", "mx_host")
     assert covered[(domain("good"), MX)] == 1
     assert covered[(domain("uncovered"), MX)] == 0
@@ -396,6 +440,9 @@ def _expected(stack: PostureStack) -> set[Key]:
         ("SMTPDNSBLListed", SCHEDULED_JOB, RELAY, f"dnsbl.test {OUTBOUND}"),
         ("SMTPDNSBLZoneUnhealthy", SCHEDULED_JOB, RELAY, "unhealthy.test zone_unhealthy"),
         ("SMTPDNSBLZoneUnhealthy", SCHEDULED_JOB, RELAY, "public.test error"),
+        ("SMTPDANERolloverNotReady", SCHEDULED_JOB, domain("dane-single"), dane_mx("dane-single")),
+        ("SMTPDANEInvalid", SCHEDULED_JOB, domain("dane-invalid"), f"{dane_mx('dane-invalid')} invalid"),
+        ("SMTPDANELookupFailed", SCHEDULED_JOB, domain(BOGUS), f"{dane_mx(BOGUS)} lookup_failed"),
     }
 
 
@@ -444,5 +491,18 @@ def test_the_posture_alerts_fire_for_the_broken_domains_only(posture_stack: Post
     chain = firing[("SMTPCertificateChainExpiringSoon", SCHEDULED_JOB, posture_stack.chain_target, "")]
     assert 6 * 86400 < float(chain["value"]) <= 7 * 86400
     assert "expires in 6d " in chain["annotations"]["description"]
+    invalid = firing[
+        ("SMTPDANEInvalid", SCHEDULED_JOB, domain("dane-invalid"), f"{dane_mx('dane-invalid')} invalid")
+    ]
+    assert invalid["labels"]["severity"] == "critical" and invalid["labels"]["module"] == DANE_MODULE
+    assert invalid["annotations"]["summary"] == (
+        f"DANE fails for {domain('dane-invalid')} MX {dane_mx('dane-invalid')}: no TLSA record matches"
+    )
+    bogus = firing[("SMTPDANELookupFailed", SCHEDULED_JOB, domain(BOGUS), f"{dane_mx(BOGUS)} lookup_failed")]
+    assert bogus["labels"]["severity"] == "critical"
+    single = firing[
+        ("SMTPDANERolloverNotReady", SCHEDULED_JOB, domain("dane-single"), dane_mx("dane-single"))
+    ]
+    assert single["labels"]["severity"] == "info"
     for rule in posture_stack.prometheus.rules():
         assert rule["health"] == "ok", rule
