@@ -152,7 +152,9 @@ def test_multi_target_queries_return_data(stack: Stack, job: str) -> None:
         [
             q
             for q in panel_queries()
-            if not SCHEDULED_ONLY.search(q.expr) and q.panel_id not in POSTURE_PANEL_IDS
+            if not SCHEDULED_ONLY.search(q.expr)
+            and not DELIVERY_ONLY.search(q.expr)
+            and q.panel_id not in POSTURE_PANEL_IDS
         ]
     )
 
