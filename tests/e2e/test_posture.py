@@ -30,7 +30,7 @@ import yaml
 
 from smtp_exporter.config.posture import CHECKS, NOT_IMPLEMENTED
 from tests.deploy.contract import METRICS, PLANNED, metric_names
-from tests.e2e.conftest import FOR_SCALE, SCHEDULED_JOB, SCRAPE_INTERVAL
+from tests.e2e.conftest import FOR_SCALE, SCALED_THRESHOLDS, SCHEDULED_JOB, SCRAPE_INTERVAL
 from tests.e2e.stack import (
     POSTURE_PANEL_IDS,
     RULES,
@@ -233,7 +233,9 @@ def posture_stack(
         exporter = Exporter(config, work / "exporter.log")
         stack.callback(exporter.stop)
         rule_file = work / "rules.yml"
-        rule_file.write_text(yaml.safe_dump(rules_with_short_for(FOR_SCALE), sort_keys=False))
+        rule_file.write_text(
+            yaml.safe_dump(rules_with_short_for(FOR_SCALE, SCALED_THRESHOLDS), sort_keys=False)
+        )
         prometheus_config = work / "prometheus.yml"
         prometheus_config.write_text(yaml.safe_dump(_prometheus_config(exporter.address, rule_file)))
         prometheus = Prometheus(prometheus_binary, prometheus_config, work / "tsdb", work / "prometheus.log")
