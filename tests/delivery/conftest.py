@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from smtp_exporter.protocol.message import TOKEN_HEADER
 from tests.servers.dovecot import Dovecot
 from tests.servers.postfix_smtpd import PostfixSmtpd
 from tests.servers.tls import TestCA
@@ -22,11 +23,17 @@ HEADER_CHECKS = """\
 """
 
 
-def relaying_to(dovecot: Dovecot, directory: Path, *, deliver: bool = True) -> dict[str, str]:
+def relaying_to(
+    dovecot: Dovecot, directory: Path, *, deliver: bool = True, hold_module: str | None = None
+) -> dict[str, str]:
     """Postfix's main.cf settings relaying every message over LMTP to `dovecot` (deliver=False:
-    held in the queue by defer_transports), through HEADER_CHECKS (written into `directory`)."""
+    held in the queue by defer_transports), through HEADER_CHECKS (written into `directory`).
+    `hold_module`: that module's probe messages (their token header) go on hold, until
+    `PostfixSmtpd.release` lets them through; the other modules' messages pass at once."""
     checks = directory / "header_checks"
-    checks.write_text(HEADER_CHECKS)
+    # (A module name's only regular-expression character is the dot; `-` is literal here.)
+    hold = f"/^{TOKEN_HEADER}: {hold_module.replace('.', '[.]')} / HOLD\n" if hold_module else ""
+    checks.write_text(hold + HEADER_CHECKS)
     return {
         "default_transport": f"lmtp:unix:{dovecot.lmtp_socket}",
         # A transport that defers: mail waits in the queue (until `postqueue -f`).

@@ -204,19 +204,43 @@ def wait_until(
 # -- the rules, as the test loads them ----------------------------------------------------------
 
 
-def rules_with_short_for(scale: float) -> dict[str, Any]:
-    """The shipped rule file with every `for:` multiplied by `scale`; nothing else changes.
+def rules_with_short_for(scale: float, thresholds: Mapping[str, str]) -> dict[str, Any]:
+    """The shipped rule file with every `for:` multiplied by `scale`, and the duration
+    thresholds named in `thresholds` too; nothing else changes.
 
-    The expressions, labels and annotations are the shipped ones, byte for byte: only the
-    durations an alert must hold before firing shrink, in proportion to the probe interval
-    (the thresholds assume the default 60 s interval, the test probes every second).
+    The labels and annotations are the shipped ones, byte for byte, and so are the expressions
+    but for `thresholds`: only the durations an alert must hold before firing shrink, in
+    proportion to the probe interval (the thresholds assume the default 60 s interval, the test
+    probes every second). `thresholds` maps an alert's name to the comparison in its expression
+    whose number is a duration in seconds that a test cannot wait for in real time (a delivery
+    slower than 5 minutes), e.g. `{"SMTPDeliverySlow": "> 300"}`: that number is multiplied by
+    `scale` as well ("> 5"). The comparison must occur exactly once in the expression, so a
+    change of the shipped rule fails here instead of loading it unscaled.
     """
     rules: dict[str, Any] = yaml.safe_load(RULES.read_text())
+    unused = set(thresholds)
     for group in rules["groups"]:
         for rule in group["rules"]:
             if "for" in rule:
                 rule["for"] = f"{max(1, round(parse_duration(rule['for']) * scale))}s"
+            if rule.get("alert") in thresholds:
+                rule["expr"] = scaled_threshold(rule["expr"], thresholds[rule["alert"]], scale)
+                unused.discard(rule["alert"])
+    assert not unused, f"no such alert in {RULES}: {sorted(unused)}"
     return rules
+
+
+def scaled_threshold(expr: str, comparison: str, scale: float) -> str:
+    """`expr` with `comparison` ("> 300": an operator and a number of seconds) scaled."""
+    parsed = re.fullmatch(r"(==|!=|>=|<=|>|<) (\d+(?:\.\d+)?)", comparison)
+    assert parsed, f"not an operator and a number: {comparison!r}"
+    operator, seconds = parsed.groups()
+    # The whole number only: "> 300" is not in "> 3000".
+    scaled, count = re.subn(
+        rf"{re.escape(comparison)}(?![\d.])", f"{operator} {float(seconds) * scale:g}", expr
+    )
+    assert count == 1, f"{comparison!r} not exactly once in {expr!r}"
+    return scaled
 
 
 def parse_duration(text: str) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import FOR_SCALE, SCHEDULED_JOB, SCRAPE_INTERVAL
+from tests.e2e.conftest import FOR_SCALE, SCALED_THRESHOLDS, SCHEDULED_JOB, SCRAPE_INTERVAL
 from tests.e2e.stack import (
     Exporter,
     Prometheus,
@@ -86,7 +86,9 @@ def fallback_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fallbac
         exporter = Exporter(config, work / "exporter.log")
         stack.callback(exporter.stop)
         rule_file = work / "rules.yml"
-        rule_file.write_text(yaml.safe_dump(rules_with_short_for(FOR_SCALE), sort_keys=False))
+        rule_file.write_text(
+            yaml.safe_dump(rules_with_short_for(FOR_SCALE, SCALED_THRESHOLDS), sort_keys=False)
+        )
         prometheus_config = work / "prometheus.yml"
         prometheus_config.write_text(
             yaml.safe_dump(

@@ -27,7 +27,7 @@ import yaml
 
 from smtp_exporter.config.posture import CHECKS
 from tests.deploy.contract import METRICS, metric_names
-from tests.e2e.conftest import SCHEDULED_JOB, SCRAPE_INTERVAL
+from tests.e2e.conftest import SCALED_THRESHOLDS, SCHEDULED_JOB, SCRAPE_INTERVAL
 from tests.e2e.stack import (
     POSTURE_PANEL_IDS,
     RULES,
@@ -266,7 +266,9 @@ def posture_stack(
         exporter = Exporter(config, work / "exporter.log")
         stack.callback(exporter.stop)
         rule_file = work / "rules.yml"
-        rule_file.write_text(yaml.safe_dump(rules_with_short_for(POSTURE_FOR_SCALE), sort_keys=False))
+        rule_file.write_text(
+            yaml.safe_dump(rules_with_short_for(POSTURE_FOR_SCALE, SCALED_THRESHOLDS), sort_keys=False)
+        )
         prometheus_config = work / "prometheus.yml"
         prometheus_config.write_text(yaml.safe_dump(_prometheus_config(exporter.address, rule_file)))
         prometheus = Prometheus(prometheus_binary, prometheus_config, work / "tsdb", work / "prometheus.log")

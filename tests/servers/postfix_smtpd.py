@@ -284,6 +284,26 @@ class PostfixSmtpd(StartStop):
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
+    def held(self) -> list[str]:
+        """The queue IDs of the messages on hold (a header_checks HOLD, `postsuper -h`): the
+        file names of the queue's hold/ directory, which Postfix never hashes into subdirectories."""
+        return sorted(path.name for path in (self.queue_directory / "hold").iterdir())
+
+    def release(self, *queue_ids: str) -> None:
+        """Deliver held messages now. A message released meanwhile is no error.
+
+        `postsuper -H` moves them to the deferred queue, where they would wait for the next
+        queue run (queue_run_delay, 5 minutes); `postqueue -i` asks for each one at once."""
+        if not queue_ids:
+            return
+        config = ["-c", str(self.config_directory)]
+        moved = [arg for queue_id in queue_ids for arg in ("-H", queue_id)]
+        subprocess.run([require_binary("postsuper"), *config, *moved], check=True, capture_output=True)
+        for queue_id in queue_ids:  # postqueue takes one -i
+            subprocess.run(
+                [require_binary("postqueue"), *config, "-i", queue_id], check=True, capture_output=True
+            )
+
     @property
     def returncode(self) -> int | None:
         return self._process.poll() if self._process else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,38 @@ def test_postfix_relays_through_its_queue(
     # RCPT's arguments.)
     assert message.content.endswith(b"\n\nthrough a real Postfix queue\n")
     postfix.wait_log(r"to=<to@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent")
+
+
+def test_postfix_holds_by_header_checks_until_released(
+    postfix_factory: Callable[..., PostfixSmtpd], smtp_sink: SmtpSink, tmp_path: Path
+) -> None:
+    checks = tmp_path / "header_checks"
+    checks.write_text("/^Subject: hold me/ HOLD\n")
+    postfix = postfix_factory(
+        main_cf={
+            "default_transport": "smtp",
+            "relayhost": f"[127.0.0.1]:{smtp_sink.port}",
+            "header_checks": f"regexp:{checks}",
+        }
+    )
+    assert postfix.held() == []
+    held_message = b"Subject: hold me\r\n\r\nheld\r\n"
+    with smtplib.SMTP(*postfix.address, timeout=5) as client:
+        client.sendmail("from@example.test", ["to@example.org"], held_message)
+        client.sendmail("from@example.test", ["to@example.org"], MESSAGE)
+        client.sendmail("from@example.test", ["to@example.org"], held_message)
+    (passed,) = smtp_sink.wait_messages(1, timeout=15)
+    assert passed.content.endswith(b"through a real Postfix queue\n")
+    held = postfix.held()
+    assert len(held) == 2
+    for queue_id in held:
+        postfix.wait_log(rf"{queue_id}: hold: header Subject: hold me")
+    assert len(smtp_sink.messages()) == 1
+    postfix.release(*held)
+    released = smtp_sink.wait_messages(3, timeout=15)[1:]
+    assert [m.content.endswith(b"\n\nheld\n") for m in released] == [True, True]
+    assert postfix.held() == []
+    postfix.release(*held)  # released already: no error
 
 
 def test_postfix_delivers_nothing_outside_the_test_by_default(
