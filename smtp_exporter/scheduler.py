@@ -92,22 +92,23 @@ def schedule_phase(target: str, module: str) -> float:
 class _Job:
     """One scheduled target: its config, next start, running probe and series."""
 
-    __slots__ = ("compiled", "config", "key", "next_at", "phase", "posture", "removed", "series", "task")
+    __slots__ = ("compiled", "config", "key", "next_at", "posture", "removed", "series", "task")
 
     def __init__(self, key: JobKey, compiled: CompiledTarget) -> None:
         self.key = key
         self.compiled = compiled  # parsed target and compiled module, from the running snapshot
-        self.config = config = compiled.config
-        self.phase = schedule_phase(config.target, config.module)
+        self.config = compiled.config
         self.next_at = 0.0  # in the loop's clock, unrounded: the grid step it is due at is rounded
         self.task: asyncio.Task[None] | None = None
         self.removed = False
-        # (mx_host ("" when the MX lookup failed) in mx_mode each, else None; family under
-        # ip_protocol both, else None) -> series.
-        self.series: dict[SeriesKey, SeriesState] = {}
-        # Its posture checks' last reports: one memory per family (None unless ip_protocol both),
-        # each keyed by mx_host as the series are, so that each series has its own.
-        self.posture: dict[int | None, PostureMemory] = {}
+        # One series, or one per MX host in mx_mode each and/or per family under ip_protocol
+        # both (each knows its mx_host and family): a tuple, since a dict costs 224 bytes a
+        # target for what is nearly always a single entry.
+        self.series: tuple[SeriesState, ...] = ()
+        # Its posture checks' last reports, for a module with posture checks only (a dict and a
+        # memory would cost every other target about 300 bytes): one memory per family (None
+        # unless ip_protocol both), each keyed by mx_host as the series are.
+        self.posture: dict[int | None, PostureMemory] | None = None
 
     def series_labels(self, key: SeriesKey) -> tuple[tuple[str, str], ...]:
         mx_host, family = key
@@ -117,6 +118,12 @@ class _Job:
         if family is not None:
             own.append(("ip_protocol", str(family)))
         return (*own, *self.config.labels)
+
+    def find(self, mx_host: str | None, family: int | None) -> SeriesState | None:
+        for state in self.series:
+            if state.mx_host == mx_host and state.ip_protocol == family:
+                return state
+        return None
 
 
 class Scheduler:
@@ -179,7 +186,7 @@ class Scheduler:
             self._phase_histograms = metrics.phase_histograms
             self._blackbox_names = metrics.blackbox_names
             for job in self._jobs.values():
-                for state in job.series.values():
+                for state in job.series:
                     state.reconfigure(
                         buckets=self._buckets,
                         phase_histograms=self._phase_histograms,
@@ -210,7 +217,8 @@ class Scheduler:
         if self._stopping:
             return
         interval = job.config.interval
-        delay = (job.phase * interval - time.time()) % interval
+        phase = schedule_phase(job.config.target, job.config.module)
+        delay = (phase * interval - time.time()) % interval
         self._schedule(job, loop.time() + delay, loop)
 
     def _regrid(self, grid: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -239,8 +247,8 @@ class Scheduler:
         job.removed = True
         if job.task is not None:
             job.task.cancel()
-        for series in job.series:
-            self._store.remove((job.key, series))
+        for state in job.series:
+            self._store.remove(state)
 
     # -- running probes -----------------------------------------------------------------------
 
@@ -312,39 +320,46 @@ class Scheduler:
         """One probe of the target, or one per MX host in mx_mode each; of `family` only, if given."""
         compiled = job.compiled
         prober, target, module, text = self._prober, compiled.target, compiled.module, compiled.config.target
-        posture = job.posture.setdefault(family, PostureMemory())
+        posture = None
+        if compiled.module.posture_dns is not None:
+            memories = job.posture
+            if memories is None:
+                memories = job.posture = {}
+            posture = memories.setdefault(family, PostureMemory())
         if compiled.config.mx_mode is MXMode.EACH:
             return await prober.probe_each_mx(target, module, text, family=family, posture=posture)
         return [await prober.probe(target, module, text, family=family, posture=posture)]
 
     def _record(self, job: _Job, results: list[tuple[int | None, ProbeResult]]) -> None:
         each = job.config.mx_mode is MXMode.EACH
-        seen: set[SeriesKey] = set()
+        recorded: list[SeriesState] = []
         for family, result in results:
             mx_host = (result.mx.host if result.mx is not None else "") if each else None
-            key = (mx_host, family)
-            if key in seen:  # the same MX host twice in one lookup: keep the first
-                continue
-            seen.add(key)
-            state = job.series.get(key)
+            if any(state.mx_host == mx_host and state.ip_protocol == family for state in recorded):
+                continue  # the same MX host twice in one lookup: keep the first
+            state = job.find(mx_host, family)
             if state is None:
-                state = job.series[key] = SeriesState(
-                    job.series_labels(key),
+                state = SeriesState(
+                    job.series_labels((mx_host, family)),
                     buckets=self._buckets,
                     phase_histograms=self._phase_histograms,
                     blackbox_names=self._blackbox_names,
                     delivery_buckets=self._delivery_buckets,
                 )
-                self._store.put((job.key, key), state)
+                self._store.add(state)
             previous = state.latest
             kept = state.observe(result)
             self._history.add(
                 kept, scheduled=True, transcript=result.transcript, mx_host=mx_host, ip_protocol=family
             )
             _log_result(previous, result, mx_host, family)
-        for key in [key for key in job.series if key not in seen]:
-            del job.series[key]
-            self._store.remove((job.key, key))
+            recorded.append(state)
+        series = tuple(recorded)
+        if series != job.series:  # series compare by identity
+            for state in job.series:
+                if state not in series:  # an MX host (or family) gone from the results: its series goes
+                    self._store.remove(state)
+            job.series = series
 
     # -- status and shutdown ------------------------------------------------------------------
 
@@ -357,7 +372,7 @@ class Scheduler:
                 job.compiled.target,
                 job.task is not None,
                 job.next_at + offset,
-                tuple(job.series.values()),
+                job.series,
             )
 
     def find_series(
@@ -367,7 +382,7 @@ class Scheduler:
             if job.config.target == target and job.config.module == module:
                 each = job.config.mx_mode is MXMode.EACH
                 both = job.compiled.module.config.ip_protocol is IPProtocol.BOTH
-                return job.series.get((mx_host if each else None, ip_protocol if both else None))
+                return job.find(mx_host if each else None, ip_protocol if both else None)
         return None
 
     async def stop(self, grace_period: float) -> None:

@@ -105,7 +105,7 @@ class Histogram:
         self.buckets = buckets
         # Per bucket, not cumulative; last is +Inf. Machine integers: in a list, every count
         # above 256 would be an int object of its own, per bucket and series.
-        self._counts = array("Q", bytes(8 * (len(buckets.bounds) + 1)))
+        self._counts = array("Q", (0,)) * (len(buckets.bounds) + 1)  # exact size
         self.count = 0
         self.sum = 0.0
 
@@ -179,14 +179,16 @@ class SeriesState:
         self.ip_protocol: int | None = None if family is None else int(family)  # ip_protocol both
         self._prefix = label_text(labels)
         self.probes = 0
-        self._failures: dict[tuple[str, str], int] = {}
-        self._attempt_failures: dict[str, int] = {}
+        # Made at the first failure: most series never fail, and an empty dict costs 64 bytes.
+        self._failures: dict[tuple[str, str], int] | None = None
+        self._attempt_failures: dict[str, int] | None = None
         self._histogram = Histogram(buckets)
         self._phase_histograms: dict[str, Histogram] | None = {} if phase_histograms else None
         self.latest: ProbeResult | None = None
         self.latest_failure: ProbeResult | None = None
-        # A ring written at index (probes - 1) % RECENT_DURATIONS: doubles, not float objects.
-        self._durations = array("d", bytes(8 * RECENT_DURATIONS))
+        # A ring written at index (probes - 1) % RECENT_DURATIONS, of machine floats, not float
+        # objects; single precision (7 digits) is more than a sparkline can show, and half the size.
+        self._durations = array("f", (0.0,)) * RECENT_DURATIONS
         self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
 
     def reconfigure(
@@ -222,9 +224,15 @@ class SeriesState:
         self.probes += 1
         if result.failure is not None:
             key = (result.failure.phase.value, result.failure.reason.value)
-            self._failures[key] = self._failures.get(key, 0) + 1
+            failures = self._failures
+            if failures is None:
+                failures = self._failures = {}
+            failures[key] = failures.get(key, 0) + 1
         for reason in attempt_failures(result):
-            self._attempt_failures[reason] = self._attempt_failures.get(reason, 0) + 1
+            counts = self._attempt_failures
+            if counts is None:
+                counts = self._attempt_failures = {}
+            counts[reason] = counts.get(reason, 0) + 1
         self._histogram.observe(result.duration_seconds)
         delivery = result.delivery
         if delivery is not None:
@@ -303,19 +311,21 @@ class SeriesState:
 
 
 class MetricsStore:
-    """The scheduled series, in a stable order, and the scrape-time concatenation of their blocks."""
+    """The scheduled series, in a stable order, and the scrape-time concatenation of their blocks.
+
+    A series is its own key (by identity): no key object is kept per series."""
 
     def __init__(self) -> None:
-        self._series: dict[object, SeriesState] = {}
+        self._series: dict[SeriesState, None] = {}
 
     def __len__(self) -> int:
         return len(self._series)
 
-    def put(self, key: object, state: SeriesState) -> None:
-        self._series[key] = state
+    def add(self, state: SeriesState) -> None:
+        self._series[state] = None
 
-    def remove(self, key: object) -> None:
-        self._series.pop(key, None)
+    def remove(self, state: SeriesState) -> None:
+        self._series.pop(state, None)
 
     def render(self, *, openmetrics: bool) -> Iterator[bytes]:
         """The chunks of every family's block (without any `# EOF`), from the fragments as they
@@ -326,7 +336,7 @@ class MetricsStore:
         whole and all at once, the body (tens of megabytes at 10,000 targets) lands in the heap
         among the series' fragments, and that memory stays resident after the scrape.
         """
-        columns = list(zip(*(state.fragments for state in self._series.values()), strict=True))
+        columns = list(zip(*(state.fragments for state in self._series), strict=True))
         return _pieces(columns, openmetrics)
 
 

@@ -79,7 +79,7 @@ def test_hostile_label_values_are_bounded_escaped_and_parse() -> None:
         )
         state.observe(_result(success=success))
         state.observe(_result(success=success))
-        store.put(i, state)
+        store.add(state)
     text = _scrape(store, openmetrics=False)
     samples = [s for family in parse_text(text) for s in family.samples]
     cert = [s for s in samples if s.name == "smtp_probe_tls_cert_info"]
