@@ -83,6 +83,23 @@ def round_to_ns(seconds: float) -> float:
     return round(seconds * 1e9) / 1e9
 
 
+def enhanced_status_code(text: str) -> str | None:
+    """The RFC 3463 enhanced status code (`2.1.0`) that starts a reply's text, if any."""
+    token = text.split(" ", 1)[0]
+    parts = token.split(".")
+    if (
+        len(parts) == 3
+        and token.isascii()
+        and parts[0] in ("2", "4", "5")
+        and 1 <= len(parts[1]) <= 3
+        and 1 <= len(parts[2]) <= 3
+        and parts[1].isdigit()
+        and parts[2].isdigit()
+    ):
+        return token
+    return None
+
+
 class PhaseResult(NamedTuple):
     """One phase of the conversation: how long it took and what the server answered.
 
@@ -95,8 +112,14 @@ class PhaseResult(NamedTuple):
     phase: Phase
     duration_seconds: float
     reply_code: int | None = None
-    enhanced_status: str | None = None
-    reply: str | None = None
+    reply: str | None = None  # the reply's text on one line, capped, without the code
+
+    @property
+    def enhanced_status(self) -> str | None:
+        """Read from the reply's text when asked, not kept beside it: every kept result would
+        hold its own copy of "2.1.0" and the like (docs/architecture.md). Only an SMTP reply
+        has one: the delivery check's IMAP phases show a reply's text without a code."""
+        return None if self.reply is None or self.reply_code is None else enhanced_status_code(self.reply)
 
 
 @dataclass(frozen=True, slots=True)

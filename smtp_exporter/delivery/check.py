@@ -157,7 +157,7 @@ class DeliveryCheck:
     def _end(self, reply: Response | None, *, ended: float | None = None, text: str | None = None) -> None:
         at = perf_counter() if ended is None else ended
         shown = text if text is not None else (None if reply is None else reply.summary()[:200])
-        self.phases.append(PhaseResult(self.phase, round_to_ns(at - self._started), None, None, shown))
+        self.phases.append(PhaseResult(self.phase, round_to_ns(at - self._started), None, shown))
 
     async def _ok(
         self, line: bytes, shown: str | None = None, *, no: FailureReason = FailureReason.IMAP_ERROR

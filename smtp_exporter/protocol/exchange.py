@@ -124,11 +124,7 @@ class Exchange:
     def _record(self, phase: Phase, reply: Reply, ended: float, started: float | None = None) -> None:
         """The phase under way, ended by `reply`: from its first command sent (or `started`)."""
         begun = self._started if started is None else started
-        self.phases.append(
-            PhaseResult(
-                phase, round_to_ns(ended - begun), reply.code, reply.enhanced_status, reply.summary_text
-            )
-        )
+        self.phases.append(PhaseResult(phase, round_to_ns(ended - begun), reply.code, reply.summary_text))
 
     def _current_phase(self) -> Phase:
         return self._awaiting[0].phase if self._awaiting else self.phase

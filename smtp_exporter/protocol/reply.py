@@ -6,6 +6,7 @@ import enum
 from typing import NamedTuple
 
 from smtp_exporter.memo import remember
+from smtp_exporter.model import enhanced_status_code
 
 # Bounds on what a server may make us buffer. RFC 5321 allows 512 octets per reply line;
 # real servers stay far below these. Anything larger is a protocol error, and reading stops.
@@ -59,19 +60,7 @@ class Reply(NamedTuple):
     @property
     def enhanced_status(self) -> str | None:
         """The RFC 3463 enhanced status code at the start of the first line, if any."""
-        token = (self.lines[0] if self.lines else "").split(" ", 1)[0]
-        parts = token.split(".")
-        if (
-            len(parts) == 3
-            and token.isascii()
-            and parts[0] in ("2", "4", "5")
-            and 1 <= len(parts[1]) <= 3
-            and 1 <= len(parts[2]) <= 3
-            and parts[1].isdigit()
-            and parts[2].isdigit()
-        ):
-            return token
-        return None
+        return enhanced_status_code(self.lines[0] if self.lines else "")
 
     @property
     def summary_text(self) -> str:

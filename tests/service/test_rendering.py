@@ -40,10 +40,10 @@ def _result(*, success: bool, target: str = "mx.test:25") -> ProbeResult:
     failure = None if success else Failure(Phase.RCPT, FailureReason.REPLY_PERMANENT, "550 no")
     phases = (
         PhaseResult(Phase.CONNECT, 0.001),
-        PhaseResult(Phase.BANNER, 0.002, 220, None, "mx.test ESMTP"),
-        PhaseResult(Phase.EHLO, 0.001, 250, "2.0.0", "ok"),
-        PhaseResult(Phase.EHLO, 0.001, 250, "2.0.0", "ok"),  # a repeated phase is exported once
-        PhaseResult(Phase.RCPT, 0.003, 250 if success else 550, "5.1.1" if not success else None, "r"),
+        PhaseResult(Phase.BANNER, 0.002, 220, "mx.test ESMTP"),
+        PhaseResult(Phase.EHLO, 0.001, 250, "2.0.0 ok"),
+        PhaseResult(Phase.EHLO, 0.001, 250, "2.0.0 ok"),  # a repeated phase is exported once
+        PhaseResult(Phase.RCPT, 0.003, 250 if success else 550, "5.1.1 no" if not success else "r"),
     )
     extensions = (*((f"X-{i}", ()) for i in range(200)), ("SIZE", ("1000",)), ("SIZE", ("1000",)))
     return ProbeResult(
