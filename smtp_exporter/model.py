@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 
 class Phase(enum.StrEnum):
@@ -120,6 +120,60 @@ class PhaseResult(NamedTuple):
         hold its own copy of "2.1.0" and the like (docs/architecture.md). Only an SMTP reply
         has one: the delivery check's IMAP phases show a reply's text without a code."""
         return None if self.reply is None or self.reply_code is None else enhanced_status_code(self.reply)
+
+
+_PHASES = tuple(Phase)
+_PHASE_INDEX = {phase: index for index, phase in enumerate(_PHASES)}
+_NO_CODE = 1023  # in a packed phase's low 10 bits: no reply (SMTP codes are 3 digits)
+
+
+class PackedPhases(Sequence[PhaseResult]):
+    """The phases of a result a series keeps, packed: each phase's name and reply code in one
+    16-bit number, the durations as machine doubles, and the reply texts (shared with the reply
+    parser's, not copies). Read as a sequence of `PhaseResult`, made when asked. A series keeps
+    its latest result until the next probe, and what pages read of it costs less than a dozen
+    phase tuples and their float objects per series, at every target (docs/architecture.md)."""
+
+    __slots__ = ("_codes", "_durations", "_replies")
+
+    def __init__(self, phases: Sequence[PhaseResult]) -> None:
+        index = _PHASE_INDEX
+        self._codes = array("H", [index[p] << 10 | (_NO_CODE if c is None else c) for p, _, c, _ in phases])
+        self._durations = array("d", [p[1] for p in phases])
+        self._replies: tuple[str | None, ...] = tuple([p[3] for p in phases])
+
+    def _phase(self, i: int) -> PhaseResult:
+        packed = self._codes[i]
+        code = packed & 1023
+        return PhaseResult(
+            _PHASES[packed >> 10], self._durations[i], None if code == _NO_CODE else code, self._replies[i]
+        )
+
+    @overload
+    def __getitem__(self, i: int) -> PhaseResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[PhaseResult, ...]: ...
+    def __getitem__(self, i: int | slice) -> PhaseResult | tuple[PhaseResult, ...]:
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        return self._phase(range(len(self._replies))[i])
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def __iter__(self) -> Iterator[PhaseResult]:
+        return map(self._phase, range(len(self._replies)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (PackedPhases, tuple)):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PackedPhases({tuple(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +385,7 @@ class ProbeResult:
     success: bool
     start_timestamp: float
     duration_seconds: float
-    phases: tuple[PhaseResult, ...]
+    phases: Sequence[PhaseResult]  # a tuple, or PackedPhases in a result a series keeps
     failure: Failure | None
     tls: TLSInfo | None = None
     server: ServerInfo = field(default_factory=ServerInfo)
@@ -347,17 +401,18 @@ class ProbeResult:
     delivery: DeliveryInfo | None = None  # a module with `delivery` whose SMTP part succeeded
     pipelined: bool = False  # MAIL, RCPT and DATA went out in one write (RFC 2920)
 
-    def without_transcript(self) -> ProbeResult:
-        """This result without its transcript, as a series keeps a success. Every field is passed
-        here: built directly, since dataclasses.replace, looking each field up by name, would
-        cost more than twice as much on every successful probe."""
+    def kept(self) -> ProbeResult:
+        """This result as a series keeps a success: without its transcript (the result history
+        has it) and with its phases packed. Every field is passed here: built directly, since
+        dataclasses.replace, looking each field up by name, would cost more than twice as much
+        on every successful probe."""
         return ProbeResult(
             self.target,
             self.module,
             self.success,
             self.start_timestamp,
             self.duration_seconds,
-            self.phases,
+            PackedPhases(self.phases),
             self.failure,
             self.tls,
             self.server,

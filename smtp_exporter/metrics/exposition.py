@@ -14,7 +14,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, zip_longest
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -52,7 +52,6 @@ SERIES_FAMILIES = (*OWN_SERIES_FAMILIES, *BLACKBOX_FAMILIES)
 # Every family a scheduled series renders, in exposition order: the probe's, then posture's.
 _ALL_FAMILIES: tuple[Family, ...] = (*SERIES_FAMILIES, *POSTURE_FAMILIES)
 _FAMILY_INDEX = {family: index for index, family in enumerate(_ALL_FAMILIES)}
-_EMPTY_FRAGMENTS = (b"",) * len(_ALL_FAMILIES)
 _PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
 _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
 _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
@@ -189,7 +188,7 @@ class SeriesState:
         # A ring written at index (probes - 1) % RECENT_DURATIONS, of machine floats, not float
         # objects; single precision (7 digits) is more than a sparkline can show, and half the size.
         self._durations = array("f", (0.0,)) * RECENT_DURATIONS
-        self.fragments: tuple[bytes, ...] = _EMPTY_FRAGMENTS
+        self.fragments: tuple[bytes, ...] = ()
 
     def reconfigure(
         self,
@@ -247,7 +246,7 @@ class SeriesState:
                 if histogram is None:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
-        kept = result.without_transcript() if result.success else result
+        kept = result.kept() if result.success else result
         self.latest = kept
         if not result.success:
             self.latest_failure = result
@@ -304,7 +303,9 @@ class SeriesState:
             for phase, histogram in self._phase_histograms.items():
                 phase_lines += histogram.render(PHASE_DURATION_HISTOGRAM.name, f'{prefix},phase="{phase}"')
             columns[_PHASE_DURATION_HISTOGRAM_INDEX] = phase_lines
-        fragments = [b""] * len(_ALL_FAMILIES)
+        # Up to the last family with lines: the blackbox and posture families (and often the
+        # last few of this exporter's) are empty, and each empty place would cost 8 bytes a series.
+        fragments = [b""] * (max(columns) + 1)
         for position, lines in columns.items():
             fragments[position] = "".join(lines).encode()
         return tuple(fragments)
@@ -336,7 +337,7 @@ class MetricsStore:
         whole and all at once, the body (tens of megabytes at 10,000 targets) lands in the heap
         among the series' fragments, and that memory stays resident after the scrape.
         """
-        columns = list(zip(*(state.fragments for state in self._series), strict=True))
+        columns = list(zip_longest(*(state.fragments for state in self._series), fillvalue=b""))
         return _pieces(columns, openmetrics)
 
 

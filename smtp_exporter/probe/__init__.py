@@ -267,7 +267,7 @@ async def _with_delivery(
         result,
         success=outcome.failure is None,
         duration_seconds=round_to_ns(perf_counter() - conversation.t0),
-        phases=result.phases + outcome.phases,
+        phases=(*result.phases, *outcome.phases),  # any Sequence (a kept result's are packed)
         failure=outcome.failure,
         transcript=result.transcript.followed_by(Transcript(outcome.events)),
         delivery=outcome.info,

@@ -8,7 +8,15 @@ from array import array
 from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import Buckets, SeriesState
 from smtp_exporter.metrics.exposition import RECENT_DURATIONS
-from smtp_exporter.model import Failure, FailureReason, Phase, PhaseResult, ProbeResult, Transcript
+from smtp_exporter.model import (
+    Failure,
+    FailureReason,
+    PackedPhases,
+    Phase,
+    PhaseResult,
+    ProbeResult,
+    Transcript,
+)
 from smtp_exporter.presentation import series_transcript_text
 
 LABELS = (("target", "mx.test:25"), ("module", "m"))
@@ -80,6 +88,26 @@ def test_the_history_keeps_the_newest_results_and_resizes() -> None:
     history.add(results[0], scheduled=False)
     assert [entry.id for entry in history] == [6, 5, 4]
     assert history.get(6) is not None and not history.get(6).scheduled  # type: ignore[union-attr]
+
+
+def test_a_kept_success_reads_its_phases_as_the_probe_made_them() -> None:
+    phases = (
+        PhaseResult(Phase.CONNECT, 0.000456127),
+        PhaseResult(Phase.BANNER, 1e-9, 220, "mx.test ESMTP"),
+        PhaseResult(Phase.RCPT, 0.1 + 0.2, 599, "2.1.5 Ok"),
+        PhaseResult(Phase.QUIT, 12.5, 221, None),
+    )
+    full = dataclasses.replace(_result(success=True), phases=phases)
+    kept = _state().observe(full)
+    assert isinstance(kept.phases, PackedPhases)
+    assert tuple(kept.phases) == phases and kept.phases == phases and len(kept.phases) == 4
+    assert kept.phases[0].reply_code is None and kept.phases[-1] == phases[-1]
+    assert kept.phases[1:3] == phases[1:3]
+    assert kept.phase(Phase.RCPT) == phases[2] and kept.phase(Phase.EHLO) is None
+    assert kept.phases[2].enhanced_status == "2.1.5" and kept.phases[2].duration_seconds == 0.1 + 0.2
+    assert hash(kept) == hash(dataclasses.replace(kept, phases=phases))
+    failed = _result(success=False)
+    assert _state().observe(failed).phases is failed.phases  # a failure is kept whole
 
 
 def test_a_history_of_zero_keeps_nothing() -> None:
