@@ -9,6 +9,8 @@ from smtp_exporter.history import ResultHistory
 from smtp_exporter.metrics import Buckets, SeriesState
 from smtp_exporter.metrics.exposition import RECENT_DURATIONS
 from smtp_exporter.model import (
+    CheckReport,
+    DeliveryInfo,
     Failure,
     FailureReason,
     PackedPhases,
@@ -108,6 +110,32 @@ def test_a_kept_success_reads_its_phases_as_the_probe_made_them() -> None:
     assert hash(kept) == hash(dataclasses.replace(kept, phases=phases))
     failed = _result(success=False)
     assert _state().observe(failed).phases is failed.phases  # a failure is kept whole
+
+
+def test_a_kept_delivery_success_keeps_every_field_and_its_imap_phases() -> None:
+    # The delivery check's IMAP phases follow the SMTP ones, with a reply text and no code.
+    phases = (
+        PhaseResult(Phase.MESSAGE, 0.003, 250, "2.0.0 Ok: queued"),
+        PhaseResult(Phase.QUIT, 0.001, 221, "2.0.0 Bye"),
+        PhaseResult(Phase.IMAP_LOGIN, 0.002, None, "a1 OK 2.1.0 logged in"),
+        PhaseResult(Phase.DELIVERY, 0.5, None, "UID 7"),
+        PhaseResult(Phase.IMAP_LOGOUT, 0.001, None, "a5 OK done"),
+    )
+    full = dataclasses.replace(
+        _result(success=True),
+        phases=phases,
+        posture=(CheckReport("mx_hygiene", 999.0, (), ("ok",)),),
+        delivery=DeliveryInfo("<id@test>", "tok", 0.5, hops=2),
+        pipelined=True,
+        fallback=True,
+    )
+    kept = _state().observe(full)
+    assert kept.phases == phases and [p.phase for p in kept.phases][-1] is Phase.IMAP_LOGOUT
+    assert kept.phases[2].enhanced_status is None and kept.phases[0].enhanced_status == "2.0.0"
+    for field in dataclasses.fields(ProbeResult):
+        if field.name not in ("phases", "transcript"):
+            assert getattr(kept, field.name) == getattr(full, field.name), field.name
+    assert len(kept.transcript) == 0
 
 
 def test_a_history_of_zero_keeps_nothing() -> None:
