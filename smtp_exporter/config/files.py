@@ -13,7 +13,7 @@ import dataclasses
 import os
 import ssl
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import yaml
@@ -93,6 +93,11 @@ def load_client_context(
 _C = TypeVar("_C")
 
 
+# Given the values read so far: which secret the section takes ("password" or "token"), and
+# what to say of a key of the other kind.
+SecretChoice = Callable[[Mapping[str, Any]], tuple[str, str]]
+
+
 def credentials(
     doc: Document,
     node: yaml.Node,
@@ -100,35 +105,52 @@ def credentials(
     default: _C,
     parsers: Mapping[str, Parser],
     check: Check[_C] | None = None,
+    *,
+    choose_secret: SecretChoice | None = None,
 ) -> _C:
-    """A section with `username` and a password (`default` a dataclass with `password`,
-    `password_file` and `password_env` fields): the password comes from password_file or
-    password_env, never from the config file itself; the other keys are read by `parsers`."""
+    """A section with `username` and a secret (`default` a dataclass with its fields), which
+    never comes from the config file itself: a password from password_file or password_env (read
+    now), or, where `choose_secret` picks it, an OAuth token from token_file or token_env (only
+    checked now: it is re-read at every probe). Without `choose_secret` the secret is a password
+    and token keys are unknown. The other keys are read by `parsers`."""
+    kinds = ("password",) if choose_secret is None else ("password", "token")
     for key, key_node, _ in pairs(doc, node, path):
-        if key == "password":
+        if key in kinds:
             doc.fail(
                 key_node,
                 join(path, key),
-                "a password is not allowed in the config file: put it in a file (password_file) "
-                "or an environment variable (password_env)",
+                f"a {key} is not allowed in the config file: put it in a file ({key}_file) "
+                f"or an environment variable ({key}_env)",
             )
+    secret_keys = [f"{kind}_{source}" for kind in kinds for source in ("file", "env")]
     values: dict[str, Any] = {}
     lines: dict[str, yaml.Node] = {}
-    for key, key_node, value in fields(doc, node, path, [*parsers, "password_file", "password_env"]):
+    for key, key_node, value in fields(doc, node, path, [*parsers, *secret_keys]):
         sub = join(path, key)
         lines[key] = key_node
         if key == "password_file":
             values[key], values["password"] = read_secret_file(doc, value, sub)
         elif key == "password_env":
             values[key], values["password"] = read_secret_env(doc, value, sub)
+        elif key == "token_file":
+            values[key] = token_file(doc, value, sub)
+        elif key == "token_env":
+            values[key] = token_env(doc, value, sub)
         else:
             values[key] = parsers[key](doc, value, sub)
     if not values.get("username"):
         doc.fail(node, path, 'missing required key "username"')
-    if "password_file" in values and "password_env" in values:
-        doc.fail(lines["password_env"], path, "set password_file or password_env, not both")
-    if "password" not in values:
-        doc.fail(node, path, "missing password_file or password_env")
+    wanted = "password"
+    if choose_secret is not None:
+        wanted, other_message = choose_secret(values)
+        other = "token" if wanted == "password" else "password"
+        for key in (f"{other}_file", f"{other}_env"):
+            if key in lines:
+                doc.fail(lines[key], join(path, key), other_message)
+    if f"{wanted}_file" in lines and f"{wanted}_env" in lines:
+        doc.fail(lines[f"{wanted}_env"], path, f"set {wanted}_file or {wanted}_env, not both")
+    if f"{wanted}_file" not in lines and f"{wanted}_env" not in lines:
+        doc.fail(node, path, f"missing {wanted}_file or {wanted}_env")
     result: _C = dataclasses.replace(default, **values)  # type: ignore[type-var]
     if check is not None:
         check(doc, result, lines, path)

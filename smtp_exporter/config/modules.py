@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import re
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -19,12 +20,9 @@ from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.delivery import delivery_parser
 from smtp_exporter.config.durations import format_duration, quote_value
 from smtp_exporter.config.files import (
+    credentials,
     load_client_context,
-    read_secret_env,
-    read_secret_file,
     readable_file,
-    token_env,
-    token_file,
 )
 from smtp_exporter.config.nodes import (
     Document,
@@ -33,7 +31,6 @@ from smtp_exporter.config.nodes import (
     checked,
     choice,
     duration_upto,
-    fields,
     integer_in,
     join,
     one_of,
@@ -242,56 +239,30 @@ def _tls_config(doc: Document, node: yaml.Node, path: str) -> TLSConfig:
     return section(doc, node, path, TLSConfig(), _TLS, _check_tls)
 
 
-def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
-    """Not a plain table: the password comes from password_file or password_env, never the file;
-    an OAuth mechanism's token from token_file or token_env, read at every probe."""
-    for key, key_node, _ in pairs(doc, node, path):
-        if key in ("password", "token"):
-            doc.fail(
-                key_node,
-                join(path, key),
-                f"a {key} is not allowed in the config file: put it in a file ({key}_file) "
-                f"or an environment variable ({key}_env)",
-            )
-    keys = ("mechanism", "username", "password_file", "password_env", "token_file", "token_env")
-    values: dict[str, Any] = {}
-    lines: dict[str, yaml.Node] = {}
-    for key, key_node, value in fields(doc, node, path, keys):
-        sub = join(path, key)
-        lines[key] = key_node
-        if key == "mechanism":
-            values[key] = one_of(AuthMechanism)(doc, value, sub)
-        elif key == "username":
-            values[key] = _command_text(doc, value, sub)
-        elif key == "password_file":
-            values[key], values["password"] = read_secret_file(doc, value, sub)
-        elif key == "password_env":
-            values[key], values["password"] = read_secret_env(doc, value, sub)
-        elif key == "token_file":
-            values[key] = token_file(doc, value, sub)
-        else:
-            values[key] = token_env(doc, value, sub)
-    if not values.get("username"):
-        doc.fail(node, path, 'missing required key "username"')
-    oauth = values.get("mechanism") in OAUTH_MECHANISMS
-    wanted, unwanted = ("token", "password") if oauth else ("password", "token")
+def _auth_secret(values: Mapping[str, Any]) -> tuple[str, str]:
+    """An OAuth mechanism takes a token, every other one a password."""
     mechanism = values.get("mechanism", AuthMechanism.AUTO)
-    for key in (f"{unwanted}_file", f"{unwanted}_env"):
-        if key in lines:
-            message = (
-                f"does not go with mechanism: {mechanism} (an OAuth mechanism takes token_file or token_env)"
-                if oauth
-                else "needs mechanism: XOAUTH2 or OAUTHBEARER"
-            )
-            doc.fail(lines[key], join(path, key), message)
-    if f"{wanted}_file" in lines and f"{wanted}_env" in lines:
-        doc.fail(lines[f"{wanted}_env"], path, f"set {wanted}_file or {wanted}_env, not both")
-    if f"{wanted}_file" not in lines and f"{wanted}_env" not in lines:
-        doc.fail(node, path, f"missing {wanted}_file or {wanted}_env")
-    if oauth and "\x01" in values["username"]:
+    if mechanism in OAUTH_MECHANISMS:
+        return (
+            "token",
+            f"does not go with mechanism: {mechanism} (an OAuth mechanism takes token_file or token_env)",
+        )
+    return "password", "needs mechanism: XOAUTH2 or OAUTHBEARER"
+
+
+def _check_auth(doc: Document, auth: AuthConfig, keys: dict[str, yaml.Node], path: str) -> None:
+    if auth.mechanism in OAUTH_MECHANISMS and "\x01" in auth.username:
         # XOAUTH2 and OAUTHBEARER separate their fields with %x01.
-        doc.fail(lines["username"], join(path, "username"), "must not contain the control character U+0001")
-    return dataclasses.replace(AuthConfig(), **values)
+        doc.fail(keys["username"], join(path, "username"), "must not contain the control character U+0001")
+
+
+_AUTH: dict[str, Parser] = {"mechanism": one_of(AuthMechanism), "username": _command_text}
+
+
+def _auth(doc: Document, node: yaml.Node, path: str) -> AuthConfig:
+    """The password from password_file or password_env, an OAuth mechanism's token from
+    token_file or token_env (re-read at every probe); never from the file itself."""
+    return credentials(doc, node, path, AuthConfig(), _AUTH, _check_auth, choose_secret=_auth_secret)
 
 
 # --- the module ---------------------------------------------------------------------------------------
