@@ -223,7 +223,14 @@ def run(quick: bool, tree: Path) -> Table:
     )
     results: dict[str, Measured] = {}
     with Processes() as procs:
-        sink = start_sink(procs, ok=max(level.targets for level in scale.levels), delay_ms=scale.delay * 1000)
+        # Without PIPELINING: each phase is then one command's round trip in every tree (the
+        # tree before #17 never pipelines; pipelined phases overlap by design, docs/metrics.md).
+        sink = start_sink(
+            procs,
+            ok=max(level.targets for level in scale.levels),
+            delay_ms=scale.delay * 1000,
+            pipelining=False,
+        )
         for level in scale.levels:
             results[level.name] = _measure_level(procs, sink, level, scale, tree)
 

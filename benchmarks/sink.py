@@ -8,6 +8,10 @@ keywords, same replies), so a client does the same work against either. It can a
 
 - delay every reply by a fixed time (`--delay-ms`), for the timing-fidelity benchmark, and
   measure how late it really sent each reply (its own loop's error, reported by `stats`);
+  each command's delay starts when it is read, so a pipelined batch is answered at once after
+  one delay;
+- not offer PIPELINING (`--no-pipelining`), so that a client that pipelines when offered talks
+  one command at a time, as a client that never pipelines does;
 - fail on some ports: `--reject-rcpt N` ports answer RCPT with 550, `--reject-banner N`
   ports greet with 554 (failing probes, with transcripts, for the memory benchmark).
 
@@ -86,8 +90,9 @@ class Stats:
 
 
 class SinkProtocol(asyncio.Protocol):
-    def __init__(self, port: int, mode: str, delay: float, stats: Stats) -> None:
+    def __init__(self, port: int, mode: str, delay: float, stats: Stats, ehlo_reply: bytes) -> None:
         self.port = port
+        self.ehlo_reply = ehlo_reply
         self.applied: dict[str, float] = {}
         self.mode = mode
         self.delay = delay
@@ -151,7 +156,7 @@ class SinkProtocol(asyncio.Protocol):
             verb = line[:4].upper()
             phase = PHASES.get(verb)
             if verb == b"EHLO":
-                self.reply(EHLO_REPLY, phase)
+                self.reply(self.ehlo_reply, phase)
             elif verb == b"RCPT" and self.mode == "reject_rcpt":
                 self.reply(RCPT_REJECT, phase)
             elif verb == b"DATA":
@@ -170,6 +175,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
     delay = args.delay_ms / 1000.0
+    ehlo_reply = EHLO_REPLY.replace(b"250-PIPELINING\r\n", b"") if args.no_pipelining else EHLO_REPLY
     ports: dict[str, list[int]] = {"ok": [], "reject_rcpt": [], "reject_banner": []}
     servers = []
     for mode, count in (
@@ -184,7 +190,7 @@ async def serve(args: argparse.Namespace) -> None:
             ports[mode].append(sock.getsockname()[1])
             port = sock.getsockname()[1]
             server = await loop.create_server(
-                lambda port=port, mode=mode: SinkProtocol(port, mode, delay, stats),  # type: ignore[misc]
+                lambda port=port, mode=mode: SinkProtocol(port, mode, delay, stats, ehlo_reply),  # type: ignore[misc]
                 sock=sock,
             )
             servers.append(server)
@@ -224,6 +230,7 @@ def main() -> None:
     parser.add_argument("--reject-rcpt", type=int, default=0, help="ports that answer RCPT with 550")
     parser.add_argument("--reject-banner", type=int, default=0, help="ports that greet with 554")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="delay before every reply")
+    parser.add_argument("--no-pipelining", action="store_true", help="leave PIPELINING out of EHLO")
     parser.add_argument("--backlog", type=int, default=1024)
     parser.add_argument("--no-uvloop", action="store_true")
     args = parser.parse_args()

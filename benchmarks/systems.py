@@ -68,10 +68,13 @@ def start_sink(
     reject_rcpt: int = 0,
     reject_banner: int = 0,
     delay_ms: float = 0.0,
+    pipelining: bool = True,
     name: str = "sink",
 ) -> Sink:
     args = [python(), "-m", "benchmarks.sink", f"--ok={ok}", f"--reject-rcpt={reject_rcpt}"]
     args += [f"--reject-banner={reject_banner}", f"--delay-ms={delay_ms}"]
+    if not pipelining:
+        args.append("--no-pipelining")
     process = procs.start(name, args, stdin=subprocess.PIPE, stdout_pipe=True, env=_env())
     ports = json.loads(read_line(process, timeout=60.0))
     return Sink(process, ports)
