@@ -16,6 +16,7 @@ from smtp_exporter.config.schema import ModuleConfig, PostureConfig
 from smtp_exporter.metrics.families import Family
 from smtp_exporter.model import CheckReport, PostureSample, ProbeResult
 from smtp_exporter.posture.dns import PostureDNS
+from smtp_exporter.posture.pkix import Trust
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class CheckInput:
     dns: PostureDNS  # the module's `dns` settings, DO set, answers classified
     previous: CheckReport | None  # this check's last report for the series (e.g. to see a change)
     now: float  # Unix time of this run: the report's `ran_at`
+    trust: Trust | None  # MTA-STS's CAs (posture.ca_file or the system's); None without mta_sts
 
 
 @dataclass(frozen=True, slots=True)

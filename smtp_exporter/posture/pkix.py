@@ -10,14 +10,13 @@ profile is kept for the CAs; for the leaf only the subjectAltName is required, b
 CAs (`ca_file`, the tests' trustme) issue leaves the CA/Browser profile refuses (a critical
 subjectAltName) that OpenSSL, and so every MTA, accepts.
 
-Both are built once per CA file (and rebuilt when the file changes): the system store is a
-few hundred certificates, too many to parse at every run of every target.
+Both are built with the config's other runtime objects (`probe/module.py`, once per CA file
+at each load), not at every run: the system store is a few hundred certificates. A changed
+`ca_file` reloads the config, as every file it names does; the system store is read at load.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import ssl
 import warnings
 from dataclasses import dataclass
@@ -43,19 +42,9 @@ class Trust:
 
 def trust(ca_file: str | None) -> Trust:
     """The trust of `ca_file`, or of the system's CA store."""
-    path = ca_file or ssl.get_default_verify_paths().cafile
-    try:
-        stat = os.stat(path) if path else None
-    except OSError:
-        stat = None
-    key = (stat.st_mtime_ns, stat.st_size) if stat is not None else None
-    return _trust(ca_file, path, key)
-
-
-@functools.lru_cache(maxsize=16)
-def _trust(ca_file: str | None, path: str | None, _version: tuple[int, int] | None) -> Trust:
     context = ssl.create_default_context(cafile=ca_file)
     source = ca_file or "the system's CA store"
+    path = ca_file or ssl.get_default_verify_paths().cafile
     store: Store | None = None
     if path is not None:
         try:

@@ -19,6 +19,7 @@ from smtp_exporter.model import CheckReport, ProbeResult
 from smtp_exporter.posture import CHECKS
 from smtp_exporter.posture.check import Check, CheckInput
 from smtp_exporter.posture.dns import PostureDNS
+from smtp_exporter.posture.pkix import Trust
 
 log = logging.getLogger("smtp_exporter.posture")
 
@@ -55,8 +56,11 @@ async def run_posture(
     dns: PostureDNS,
     memory: PostureMemory | None,
     key: str | None = None,
+    *,
+    trust: Trust | None = None,
 ) -> tuple[CheckReport, ...]:
-    """The posture reports of the series `key` after `result`, in CHECKS order."""
+    """The posture reports of the series `key` after `result`, in CHECKS order; `trust` the
+    module's compiled MTA-STS trust (needed when mta_sts is on)."""
     config = module.posture
     assert config is not None
     now = time.time()
@@ -71,7 +75,10 @@ async def run_posture(
         else:
             due.append((check, kept))
     fresh = await asyncio.gather(
-        *(_run_one(check, CheckInput(domain, result, module, config, dns, kept, now)) for check, kept in due)
+        *(
+            _run_one(check, CheckInput(domain, result, module, config, dns, kept, now, trust))
+            for check, kept in due
+        )
     )
     for report in fresh:
         reports[report.check] = report

@@ -285,7 +285,9 @@ async def _with_posture(
     need it); the result itself (success, duration) as it was."""
     reports: tuple[CheckReport, ...] = ()
     if module.posture_dns is not None:
-        reports = await run_posture(result, target.host, module.config, module.posture_dns, memory, key)
+        reports = await run_posture(
+            result, target.host, module.config, module.posture_dns, memory, key, trust=module.posture_trust
+        )
     tls = result.tls
     if tls is not None and tls.chain:
         return dataclasses.replace(result, tls=dataclasses.replace(tls, chain=()), posture=reports)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from smtp_exporter.config.modules import uses_tls
 from smtp_exporter.config.schema import DNSConfig, ModuleConfig, TLSConfig
+from smtp_exporter.posture import pkix
 from smtp_exporter.posture.dns import PostureDNS
+from smtp_exporter.posture.pkix import Trust
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import keep_peer_chain
 
@@ -26,6 +28,7 @@ class CompiledModule:
     dns: DNSClient
     posture_dns: PostureDNS | None  # the posture checks' lookups (DO set); None without `posture`
     imap_tls_context: ssl.SSLContext | None = None  # the delivery's IMAP connection; None: no delivery
+    posture_trust: Trust | None = None  # MTA-STS's CAs; None without posture.mta_sts
 
 
 def compile_modules(
@@ -36,6 +39,7 @@ def compile_modules(
     with equal `dns` sections share one client (and one posture client, for those with `posture`)."""
     clients: dict[DNSConfig, DNSClient] = {}
     posture_clients: dict[DNSConfig, PostureDNS] = {}
+    trusts: dict[str | None, Trust] = {}  # per posture.ca_file (None: the system's store)
     compiled = {}
     for name, module in modules.items():
         dns = clients.get(module.dns)
@@ -49,6 +53,12 @@ def compile_modules(
             posture_dns = posture_clients.get(module.dns)
             if posture_dns is None:
                 posture_dns = posture_clients[module.dns] = PostureDNS(module.dns)
+        trust = None
+        if module.posture is not None and module.posture.mta_sts:
+            ca_file = module.posture.ca_file
+            trust = trusts.get(ca_file)
+            if trust is None:
+                trust = trusts[ca_file] = pkix.trust(ca_file)
         imap = contexts[module.delivery.imap.tls_config] if module.delivery is not None else None
-        compiled[name] = CompiledModule(name, module, context, dns, posture_dns, imap)
+        compiled[name] = CompiledModule(name, module, context, dns, posture_dns, imap, trust)
     return compiled

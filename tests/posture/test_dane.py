@@ -15,6 +15,7 @@ from smtp_exporter.config.schema import DNSConfig, PostureConfig, StartTLS, TLSC
 from smtp_exporter.metrics import Buckets, SeriesState
 from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import CheckReport, ProbeResult
+from smtp_exporter.posture import pkix
 from smtp_exporter.posture.dane import STATES, warn_unless_validating
 from smtp_exporter.posture.dns import PostureDNS
 from smtp_exporter.posture.runner import run_posture
@@ -472,7 +473,9 @@ async def test_mta_sts_and_tls_rpt_records_report_their_dnssec_state(
         posture=PostureConfig(mta_sts=True, tls_rpt=True),
     )
     nothing = ProbeResult(domain, "m", False, 0.0, 0.0, (), None)
-    reports = await run_posture(nothing, domain, settings, PostureDNS(settings.dns), None)
+    reports = await run_posture(
+        nothing, domain, settings, PostureDNS(settings.dns), None, trust=pkix.trust(None)
+    )
     values = {name: value for report in reports for name, value in _values(report).items()}
     assert values["smtp_mta_sts_record_valid"] == 1 and values["smtp_tls_rpt_record_valid"] == 1
     assert values['smtp_dnssec_secure{record="mta_sts"}'] == secure

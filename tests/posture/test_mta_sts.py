@@ -13,6 +13,7 @@ import pytest
 
 from smtp_exporter.config.schema import DNSConfig, ModuleConfig, PostureConfig
 from smtp_exporter.model import CheckReport, ProbeResult
+from smtp_exporter.posture import pkix
 from smtp_exporter.posture.dns import PostureDNS
 from smtp_exporter.posture.runner import PostureMemory, run_posture
 from tests.probe.common import module
@@ -138,7 +139,11 @@ async def _check(
     server: DnsServer, ca: TestCA | None, domain: str, memory: PostureMemory | None = None, **changes: object
 ) -> tuple[CheckReport, CheckReport]:
     settings = _module(server, ca, **changes)
-    mta_sts, tls_rpt = await run_posture(_nothing(domain), domain, settings, PostureDNS(settings.dns), memory)
+    assert settings.posture is not None
+    trust = pkix.trust(settings.posture.ca_file)
+    mta_sts, tls_rpt = await run_posture(
+        _nothing(domain), domain, settings, PostureDNS(settings.dns), memory, trust=trust
+    )
     assert (mta_sts.check, tls_rpt.check) == ("mta_sts", "tls_rpt")
     return mta_sts, tls_rpt
 
