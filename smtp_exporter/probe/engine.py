@@ -167,9 +167,8 @@ class Conversation:
         module = self.module
         if module.transaction is not Transaction.MESSAGE:
             return None
-        unique = f"smtp-exporter.{secrets.token_hex(8)}"
-        self.token = Token(self.module_name, int(timestamp), unique)
-        self.message_id = f"<{unique}@{self.ehlo_name}>"
+        token = self.token = Token(self.module_name, int(timestamp), f"smtp-exporter.{secrets.token_hex(8)}")
+        self.message_id = token.message_id(self.ehlo_name)
         return build_message(
             mail_from=module.mail_from,
             rcpt_to=module.rcpt_to,
@@ -177,9 +176,7 @@ class Conversation:
             body=module.message.body,
             headers=module.message.headers,
             domain=self.ehlo_name,
-            timestamp=timestamp,
-            unique=unique,
-            module=self.module_name,
+            token=token,
         )
 
     async def _converse(self, message: bytes | None) -> None:

@@ -23,6 +23,10 @@ class Token(NamedTuple):
     def __str__(self) -> str:
         return f"{self.module} {self.timestamp} {self.unique}"
 
+    def message_id(self, domain: str) -> str:
+        """The Message-ID of the message carrying this token, sent from `domain`."""
+        return f"<{self.unique}@{domain}>"
+
     @classmethod
     def parse(cls, value: str) -> Token | None:
         """The token of a header value, or None when it is not one this exporter writes."""
@@ -40,14 +44,12 @@ def build_message(
     body: str,
     headers: tuple[tuple[str, str], ...],
     domain: str,
-    timestamp: float,
-    unique: str,
-    module: str,
+    token: Token,
 ) -> bytes:
     """The DATA payload, ready to send: CRLF line ends, dot-stuffed, ending in CRLF.CRLF. It
-    carries the probe's token (`Token`: `module`, the time, `unique`) in `TOKEN_HEADER`."""
-    token = Token(module, int(timestamp), unique)
-    head = f"Date: {_date(int(timestamp))}\r\nMessage-ID: <{unique}@{domain}>\r\n{TOKEN_HEADER}: {token}\r\n"
+    carries the probe's `token` in `TOKEN_HEADER`, its time as Date, its id in the Message-ID."""
+    message_id = token.message_id(domain)
+    head = f"Date: {_date(token.timestamp)}\r\nMessage-ID: {message_id}\r\n{TOKEN_HEADER}: {token}\r\n"
     return head.encode("utf-8") + _rest(mail_from, rcpt_to, subject, body, headers, domain)
 
 

@@ -16,9 +16,7 @@ BASE = {
     "subject": "smtp-exporter probe",
     "headers": (("X-Probe", "yes"),),
     "domain": "probe.example.org",
-    "timestamp": 1_700_000_000.0,
-    "unique": "abc123",
-    "module": "roundtrip",
+    "token": Token("roundtrip", 1_700_000_000, "abc123"),
 }
 
 

@@ -16,6 +16,7 @@ from smtp_exporter.config.builtin import BUILTIN_MODULES
 from smtp_exporter.config.schema import ModuleConfig
 from smtp_exporter.model import Phase, Transaction
 from smtp_exporter.protocol import ClientSession, Outcome, Status, build_message
+from smtp_exporter.protocol.message import Token
 
 BANNER = b"220 mail.test ESMTP\r\n"
 # What Postfix offers, in its order (less ETRN, DSN and VRFY).
@@ -46,9 +47,7 @@ def message_for(mod: ModuleConfig) -> bytes | None:
         body=mod.message.body,
         headers=mod.message.headers,
         domain="probe.test",
-        timestamp=0.0,
-        unique="smtp-exporter.0123456789abcdef",
-        module="wire",
+        token=Token("wire", 0, "smtp-exporter.0123456789abcdef"),
     )
 
 
