@@ -113,4 +113,5 @@ async def test_a_resolver_that_does_not_validate_is_warned_of_at_start_up_and_re
 
         path.write_text(_config(setup, plain.nameserver) + "\n# touched\n")
         await running.exporter.reload()
-        await wait_for(lambda: len(_warnings(caplog)) == 2, "the warning after the reload")
+        # The file watcher may notice the change too and reload once more: each reload warns.
+        await wait_for(lambda: len(_warnings(caplog)) >= 2, "the warning after the reload")
