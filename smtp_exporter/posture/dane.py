@@ -20,7 +20,9 @@ module's resolver, never signatures checked here):
   finds no secure records; otherwise the original name. Bogus or failed: `lookup_failed`;
   insecure: `insecure`; secure denial (NXDOMAIN or NODATA): `no_tlsa`; records, none usable:
   `unusable` (TLS is still required, unauthenticated: RFC 7672 section 2.2); otherwise the
-  presented chain decides, `valid` or `invalid` (posture/tlsa.py).
+  presented chain decides, `valid` or `invalid` (posture/tlsa.py). A record that cannot be read
+  (a digest whose length its matching type does not allow) is unusable like any other: it is
+  counted among the records and skipped, never a failed lookup.
 
 The chain judged is the one the server presented to the probe (TLSInfo.chain, leaf first, as
 sent), for the probe's SNI: `tls_config.server_name`, or else the MX host (or target) name. RFC
@@ -95,6 +97,7 @@ class _Run:
     base: str | None = None  # the TLSA base domain used
     tlsa_name: str | None = None
     records: tuple[tlsa.Record, ...] = ()
+    unreadable: tuple[str, ...] = ()  # TLSA records present that could not be read: unusable
     known: bool = False  # the TLSA RRset is securely known (records or denial)
     verdicts: tuple[tlsa.Verdict, ...] = ()
 
@@ -123,7 +126,8 @@ async def run(given: CheckInput) -> CheckReport:
         samples.append(sample(DNSSEC_SECURE, f'{own}record="{kind}"', 1 if security == "secure" else 0))
     samples += [sample(DANE_STATE, f'{labels}state="{s}"', 1 if s == found.state else 0) for s in STATES]
     if found.known:
-        samples.append(sample(DANE_TLSA_RECORDS, labels.rstrip(","), len(found.records)))
+        present = len(found.records) + len(found.unreadable)
+        samples.append(sample(DANE_TLSA_RECORDS, labels.rstrip(","), present))
     for index, verdict in enumerate(found.verdicts):
         record = verdict.record
         record_labels = (
@@ -166,6 +170,7 @@ async def run(given: CheckInput) -> CheckReport:
                 for index, v in enumerate(found.verdicts)
             ],
         ),
+        ("unreadable_records", list(found.unreadable)),
         ("rollover_ready", ready),
     )
     return CheckReport("dane", given.now, tuple(samples), tuple(found.reasons), details)
@@ -186,8 +191,14 @@ async def _find(given: CheckInput) -> _Run:
     if found.state is not None or answer is None:
         return found
     found.records = tlsa.records(answer.records)
+    found.unreadable = answer.unreadable
     found.known = True
-    if not found.records:
+    if found.unreadable:
+        found.reasons.append(
+            f"{len(found.unreadable)} TLSA record(s) at {found.tlsa_name} cannot be read "
+            f"({found.unreadable[0]}): unusable, as a sender skips them (RFC 7672 section 2.2)"
+        )
+    if not found.records and not found.unreadable:
         found.end(
             "no_tlsa",
             f"no TLSA records at {found.tlsa_name} (secure denial): the MX has not opted in to DANE",
@@ -198,7 +209,8 @@ async def _find(given: CheckInput) -> _Run:
         found.reasons += [verdict.reason for verdict in found.verdicts]
         found.end(
             "unusable",
-            f"none of the {len(found.records)} TLSA record(s) at {found.tlsa_name} is usable for SMTP: "
+            f"none of the {len(found.records) + len(found.unreadable)} TLSA record(s) at {found.tlsa_name} "
+            "is usable for SMTP: "
             "senders still require TLS, but do not authenticate it (RFC 7672 section 2.2)",
         )
         return found
@@ -296,7 +308,7 @@ async def _tlsa(given: CheckInput, host: str, expanded: str | None, found: _Run)
                 f"TLSA lookup failed: {answer.describe()}: a DANE sender defers (RFC 7672 section 2.2.3)",
             )
             return None
-        if answer.security is Security.SECURE and (answer.records or last):
+        if answer.security is Security.SECURE and (answer.records or answer.unreadable or last):
             return answer
         if last:
             found.end(

@@ -10,9 +10,9 @@ classified by what the configured resolver says about it (issue 14's DNSSEC rule
 - `failed`: no usable answer (timeout, REFUSED, FORMERR, a network error).
 
 The AD bit is trusted, never re-derived: signatures are not checked against the zone's own keys
-(a forged zone would sign itself). The stub queries the nameservers itself (dnspython's message
-and query layers), because its resolver layer hides the flags, the rcode and EDE of an answer.
-No cache: each check sees the DNS a sending MTA would see.
+(a forged zone would sign itself). The stub queries the nameservers itself (dnspython's
+messages, sent by posture/dns_transport.py), because dnspython's resolver layer hides the flags,
+the rcode and EDE of an answer. No cache: each check sees the DNS a sending MTA would see.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import enum
 import time
 from dataclasses import dataclass
 
-import dns.asyncquery
 import dns.edns
 import dns.exception
 import dns.flags
@@ -33,11 +32,16 @@ import dns.rdatatype
 import dns.resolver
 
 from smtp_exporter.config.schema import DNSConfig
+from smtp_exporter.posture.dns_transport import MalformedAnswer, exchange
 from smtp_exporter.targets import parse_nameserver
 
 EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no fragmentation, TCP beyond it
 DNSSEC_EDE_CODES = range(6, 13)  # RFC 8914 4.7-4.13
 MAX_CNAME_CHAIN = 8
+# Types whose records a sender judges one by one, skipping those it cannot use (RFC 7672 section
+# 2.2: an unusable TLSA record is ignored, the others still count): an unreadable one among them
+# is reported, not the whole answer refused. For every other type it fails the lookup.
+SKIPS_UNREADABLE = frozenset({"TLSA"})
 
 
 class Security(enum.StrEnum):
@@ -60,6 +64,9 @@ class Lookup:
     aliases: tuple[str, ...] = ()
     ede: int | None = None  # RFC 8914 code of a SERVFAIL, when given
     error: str | None = None  # in words, for `bogus` and `failed`
+    # Records of the answer that could not be read (why, each), e.g. a TLSA digest whose length
+    # does not match its matching type: present, but not among `records`.
+    unreadable: tuple[str, ...] = ()
 
     @property
     def answered(self) -> bool:
@@ -118,16 +125,16 @@ class PostureDNS:
             # A silent first server leaves the others their share of the timeout.
             share = left / (len(servers) - index)
             try:
-                response, _ = await dns.asyncquery.udp_with_fallback(query, host, timeout=share, port=port)
-            except dns.exception.Timeout:
+                answer = await exchange(query, host, port, share)
+            except TimeoutError:
                 failure = f"no answer within {self.timeout:g}s"
                 continue
-            except (OSError, dns.exception.DNSException) as exc:
+            except (OSError, dns.exception.DNSException, MalformedAnswer) as exc:
                 failure = (
                     f"{host}: {type(exc).__name__}: {exc}" if str(exc) else f"{host}: {type(exc).__name__}"
                 )
                 continue
-            found = _classify(name, rdtype, qname, response)
+            found = _classify(name, rdtype, qname, answer.message, answer.unreadable)
             if found.answered:
                 return found
             if found.rcode == "SERVFAIL":
@@ -136,13 +143,21 @@ class PostureDNS:
         return servfail or Lookup(name, rdtype, Security.FAILED, None, error=failure)
 
 
-def _classify(name: str, rdtype: str, qname: dns.name.Name, response: dns.message.Message) -> Lookup:
+def _classify(
+    name: str,
+    rdtype: str,
+    qname: dns.name.Name,
+    response: dns.message.Message,
+    unreadable: tuple[str, ...],
+) -> Lookup:
     rcode = response.rcode()
     text = dns.rcode.to_text(rcode)
+    if unreadable and rdtype not in SKIPS_UNREADABLE:
+        return Lookup(name, rdtype, Security.FAILED, text, error=f"unreadable record: {unreadable[0]}"[:200])
     if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         security = Security.SECURE if response.flags & dns.flags.AD else Security.INSECURE
         records, aliases = _follow(response, qname, dns.rdatatype.from_text(rdtype))
-        return Lookup(name, rdtype, security, text, records, aliases)
+        return Lookup(name, rdtype, security, text, records, aliases, unreadable=unreadable)
     if rcode == dns.rcode.SERVFAIL:
         ede = next((opt for opt in response.options if isinstance(opt, dns.edns.EDEOption)), None)
         code = None if ede is None else int(ede.code)

@@ -6,8 +6,8 @@ module says which are usable and which match.
   PKIX-EE(1) "SHOULD NOT" be published and are unusable to SMTP clients, who have no common set
   of trusted CAs); selector Cert(0) or SPKI(1) and matching type Full(0), SHA2-256(1) or
   SHA2-512(2) (RFC 6698 sections 2.1.2-2.1.3; anything else is unusable, RFC 7671 section 4.1).
-  (A digest of the wrong length never gets here: dnspython refuses to parse the answer, and the
-  lookup is `failed`.)
+  (A digest of the wrong length never gets here: dnspython cannot read such a record, and the
+  DNS stub reports it apart, as unreadable, which posture/dane.py counts as unusable.)
 - Selector 0 is the certificate's DER, 1 its SubjectPublicKeyInfo's DER (RFC 6698 section
   2.1.2); matching type 0 compares them whole, 1 and 2 their SHA-256 / SHA-512 (section 2.1.3).
 - DANE-EE(3) matches the leaf only, and nothing else is checked: not its names (RFC 7672 section

@@ -52,6 +52,9 @@ CASES: dict[str, tuple[str, Callable[[Chain], list[Tlsa]]]] = {
     "ta-mid": ("good", lambda c: [(2, 1, 1, association(c.intermediate, 1, 1))]),
     "stale": ("good", lambda c: [(3, 1, 1, association(c.leaf, 1, 1)), (3, 1, 1, STALE)]),
     "only-stale": ("good", lambda c: [(3, 1, 1, STALE)]),
+    # A SHA-256 of 31 bytes (a digest cut short in the zone): present, unreadable, unusable.
+    "short-digest": ("good", lambda c: [(3, 1, 1, STALE[:31])]),
+    "short-beside-good": ("good", lambda c: [(3, 1, 1, STALE[:31]), (3, 1, 1, association(c.leaf, 1, 1))]),
     "pkix-only": (
         "good",
         lambda c: [(0, 0, 1, association(c.root, 0, 1)), (1, 1, 1, association(c.leaf, 1, 1))],
@@ -116,7 +119,8 @@ def world(dnssec_lab: DnssecLab, tmp_path_factory: pytest.TempPathFactory) -> It
             lab.add(mx, "A", "127.0.0.1")
             owner = f"_{servers[server].port}._tcp.{mx}"
             for usage, selector, mtype, data in make(chains[server]):
-                lab.tlsa(owner, usage, selector, mtype, data)
+                # The short digests are the point of their cases: not checked on the way in.
+                lab.tlsa(owner, usage, selector, mtype, data, checked=not case.startswith("short"))
             if case == "nodata":
                 lab.txt(owner, "a name that exists without TLSA records")
         lab.corrupt(f"_{servers['good'].port}._tcp.{_mx('bogus')}", "TLSA")
@@ -278,6 +282,35 @@ async def test_pkix_usages_alone_are_unusable(world: World) -> None:
         "TLSA 1 1 1 is unusable: usage 1 (PKIX-EE) is not for SMTP (RFC 7672 section 3.1.3)" in report.reasons
     )
     assert _values(report)[f'smtp_dane_tlsa_records{{mx_host="{mx}"}}'] == 2
+
+
+async def test_a_digest_of_the_wrong_length_is_an_unusable_record_not_a_failed_lookup(world: World) -> None:
+    mx = _mx("short-digest")
+    report = await _dane(world, "short-digest")
+    assert _state(report, mx) == "unusable"
+    values = _values(report)
+    assert values[f'smtp_dane_tlsa_records{{mx_host="{mx}"}}'] == 1
+    assert values[f'smtp_dnssec_secure{{mx_host="{mx}",record="tlsa"}}'] == 1
+    assert _matches(report, mx) == []  # nothing read, so nothing to match
+    name = f"_{world.servers['good'].port}._tcp.{mx}"
+    assert (
+        f"1 TLSA record(s) at {name} cannot be read "
+        "(certificate association data length inconsistent with matching type): "
+        "unusable, as a sender skips them (RFC 7672 section 2.2)"
+    ) in report.reasons
+    details = dict(report.details)
+    assert details["unreadable_records"] == [
+        "certificate association data length inconsistent with matching type"
+    ]
+
+
+async def test_a_digest_of_the_wrong_length_beside_a_good_record_leaves_dane_valid(world: World) -> None:
+    mx = _mx("short-beside-good")
+    report = await _dane(world, "short-beside-good")
+    assert _state(report, mx) == "valid"
+    assert _matches(report, mx) == [("3 1 1", 1)]
+    assert _values(report)[f'smtp_dane_tlsa_records{{mx_host="{mx}"}}'] == 2
+    assert _values(report)[f'smtp_dane_rollover_ready{{mx_host="{mx}"}}'] == 0  # one usable record
 
 
 @pytest.mark.parametrize(
