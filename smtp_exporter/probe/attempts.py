@@ -283,22 +283,49 @@ async def _open(address: Address, port: int, source: str | None) -> socket.socke
     made by hand rather than by loop.create_connection so that each attempt has its own bound
     and record, and a failed bind is told apart from a failed connect."""
     family = socket.AF_INET6 if address.family == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Non-blocking from its creation (no ioctl of its own). Its proto is IPPROTO_TCP so that
+    # asyncio's transport turns Nagle off, as uvloop's always does: with Nagle on, the EHLO after
+    # a TLS 1.3 handshake waited in our kernel until the server acknowledged our Finished, and
+    # ehlo_tls against Postfix read ~72 ms over a 10 ms round trip (docs/architecture.md,
+    # "Timing the server").
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
     try:
-        sock.setblocking(False)
-        # Nagle off, as asyncio means to set it: its transport does so only for a socket whose
-        # proto is IPPROTO_TCP, and this one's is 0 (uvloop sets it either way). With Nagle on,
-        # the EHLO after a TLS 1.3 handshake waited in our kernel until the server acknowledged
-        # our Finished, and ehlo_tls against Postfix read ~72 ms over a 10 ms round trip
-        # (docs/architecture.md, "Timing the server").
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source is not None:
             try:
                 sock.bind((source, 0))
             except OSError as exc:
                 raise _BindError(exc.errno, exc.strerror) from exc
-        await asyncio.get_running_loop().sock_connect(sock, (address.ip, port))
+        await _connect(sock, (address.ip, port))
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
+    """A non-blocking connect to an address already resolved, finished when the socket is
+    writable. Not loop.sock_connect: uvloop's passes every address, numeric or not, through
+    getaddrinfo in its thread pool, two thread wake-ups per probe, which at 1,000 probes/s cost
+    more CPU than the conversation itself and sat inside the connect phase (docs/architecture.md)."""
+    try:
+        sock.connect(address)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass
+    loop = asyncio.get_running_loop()
+    connected: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(sock, _check_connected, sock, connected)
+    try:
+        await connected
+    finally:
+        loop.remove_writer(sock)
+
+
+def _check_connected(sock: socket.socket, connected: asyncio.Future[None]) -> None:
+    if connected.done():
+        return
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        connected.set_exception(OSError(error, f"Connect call failed: {os.strerror(error)}"))
+    else:
+        connected.set_result(None)
