@@ -100,6 +100,28 @@ def _whole_reply(data: bytes) -> Reply | None:
     return reply
 
 
+def _whole_replies(data: bytes) -> list[Reply] | None:
+    """`data` cut after each reply's last line, each piece read by `_whole_reply`: the answers to
+    a pipelined batch (RFC 2920) arrive together ("250 2.1.0 Ok", "250 2.1.5 Ok", "354 ...") and
+    would miss the memo as one chunk. None unless every piece is a whole reply; the line-by-line
+    path then reads `data` from its start."""
+    replies = []
+    start = line = 0  # where the reply under way starts, and its current line
+    while line < len(data):
+        end = data.find(b"\r\n", line)
+        if end < 0:
+            return None
+        if end - line > 3 and data[line + 3] == 0x2D:  # "250-...": the reply goes on
+            line = end + 2
+            continue
+        reply = _whole_reply(data[start : end + 2])
+        if reply is None:
+            return None
+        replies.append(reply)
+        start = line = end + 2
+    return replies if start == len(data) else None  # not with a reply under way at its end
+
+
 def _read_whole_reply(data: bytes) -> Reply | None:
     """The common case in a few C-level scans: `data` is exactly one well-formed reply with
     CRLF line ends. Returns None for anything else, which the line-by-line path then reads."""
@@ -161,6 +183,9 @@ class ReplyParser:
             reply = _whole_reply(data)
             if reply is not None:
                 return [reply]
+            batch = _whole_replies(data)
+            if batch is not None:
+                return batch
         buffer = self._buffer + data if self._buffer else data
         replies: list[Reply] = []
         start = 0
