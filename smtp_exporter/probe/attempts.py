@@ -15,7 +15,7 @@ import errno
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from smtp_exporter.model import Attempt, AttemptOutcome, FailureReason, MXInfo, Phase, round_to_ns
@@ -131,10 +131,29 @@ class Attempts:
         finished = False  # False while unwinding from the deadline: abandon() records those
         try:
             while True:
-                if not running and not self._start(running, deadline_left, note):
-                    finished = True
-                    return None
-                delay = self._stagger if self._can_race(running) else None
+                if not running:
+                    begun = self._begin(deadline_left, note)
+                    if begun is None:
+                        finished = True
+                        return None
+                    candidate, record, bound = begun
+                    if not self._can_race([record]):
+                        # Nothing can race this attempt (one address, or no stagger): awaited
+                        # here, not as a task under asyncio.wait, which would cost each probe a
+                        # task and its wake-ups, each a turn of the loop inside the connect phase.
+                        try:
+                            sock = await self._attempt(candidate, bound)
+                        except _Failure as failure:
+                            self._failed(record, failure.reason, failure.message, note)
+                            if failure.reason is FailureReason.LOCAL_ERROR:
+                                finished = True
+                                return None  # every other candidate would fail the same way
+                            continue
+                        record.ended = perf_counter()
+                        finished = True
+                        return sock, record
+                    running[asyncio.ensure_future(self._attempt(candidate, bound))] = record
+                delay = self._stagger if self._can_race(running.values()) else None
                 done, _ = await asyncio.wait(running, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
                 if not done:  # the delay passed: the other family starts
                     self._start(running, deadline_left, note)
@@ -158,7 +177,7 @@ class Attempts:
                 if winner is not None:
                     finished = True
                     return winner
-                if running and self._can_race(running):  # a failure starts the next at once
+                if running and self._can_race(running.values()):  # a failure starts the next at once
                     self._start(running, deadline_left, note)
         finally:
             for task, record in running.items():
@@ -177,30 +196,42 @@ class Attempts:
         last = self.records[-1].candidate
         return self._queue[0].mx == last.mx or self._failover_on_connect
 
-    def _can_race(self, running: dict[asyncio.Task[socket.socket], _Record]) -> bool:
-        """Whether the next candidate may start while `running` still connect: racing is on, and
-        it is of the same MX host and of a family not trying yet."""
-        if self._stagger is None or not running or not self._queue or self._left <= 0:
+    def _can_race(self, connecting: Iterable[_Record]) -> bool:
+        """Whether the next candidate may start while `connecting` still connect: racing is on,
+        and it is of the same MX host and of a family not trying yet."""
+        trying = [record.candidate for record in connecting]
+        if self._stagger is None or not trying or not self._queue or self._left <= 0:
             return False
         following = self._queue[0]
-        trying = [record.candidate for record in running.values()]
         return following.mx == trying[0].mx and all(
             c.address.family != following.address.family for c in trying
         )
+
+    def _begin(
+        self, deadline_left: Callable[[], float], note: Callable[[float, str], None]
+    ) -> tuple[Candidate, _Record, float] | None:
+        """The next candidate, its record and its connect bound, when none is connecting and
+        one may start."""
+        if not self._queue or self._left <= 0 or deadline_left() <= 0:
+            return None
+        if self.records and not self._may_continue():
+            return None
+        candidate = self._queue.popleft()
+        self._left -= 1
+        record = _Record(candidate, perf_counter())
+        self.records.append(record)
+        note(record.started, f"connecting to {self.describe(candidate)}")
+        return candidate, record, min(self._connect_timeout, deadline_left())
 
     def _start(
         self,
         running: dict[asyncio.Task[socket.socket], _Record],
         deadline_left: Callable[[], float],
         note: Callable[[float, str], None],
-    ) -> bool:
-        """Start the next candidate's attempt, if one may start."""
-        if running and not self._can_race(running):
-            return False
-        if not self._queue or self._left <= 0 or deadline_left() <= 0:
-            return False
-        if not running and self.records and not self._may_continue():
-            return False
+    ) -> None:
+        """Start the next candidate's attempt beside those `running`, if it may race them."""
+        if not self._can_race(running.values()) or deadline_left() <= 0:
+            return
         candidate = self._queue.popleft()
         self._left -= 1
         record = _Record(candidate, perf_counter())
@@ -208,7 +239,6 @@ class Attempts:
         note(record.started, f"connecting to {self.describe(candidate)}")
         bound = min(self._connect_timeout, deadline_left())
         running[asyncio.ensure_future(self._attempt(candidate, bound))] = record
-        return True
 
     async def _attempt(self, candidate: Candidate, bound: float) -> socket.socket:
         """One connect: its socket, or a `_Failure` saying why not."""
