@@ -35,6 +35,10 @@ CONNECT_ERRORS = {
 }
 
 
+# What an attempt connected: the probe's transport, made by the loop, or a socket to make it on.
+Connected = socket.socket | asyncio.BaseTransport
+
+
 class Candidate(NamedTuple):
     address: Address
     mx: MXInfo | None
@@ -116,18 +120,22 @@ class Attempts:
         return bool(self._queue) and self._left > 0
 
     async def connect(
-        self, deadline_left: Callable[[], float], note: Callable[[float, str], None]
-    ) -> tuple[socket.socket, _Record] | None:
+        self,
+        deadline_left: Callable[[], float],
+        note: Callable[[float, str], None],
+        protocol: asyncio.Protocol,
+    ) -> tuple[Connected, _Record] | None:
         """The next candidate that accepts a connection, or None when none is left to try (the
         candidates, the attempts or the deadline used up, a connect failure that may not move on
-        to the next MX host, or a failure on the exporter's side).
+        to the next MX host, or a failure on the exporter's side). What connected is the
+        transport of `protocol` when the loop made the connection, or a socket to make it on.
 
         With a `stagger` delay (Happy Eyeballs, RFC 8305), the addresses of one MX host race: the
         next one starts when the one before failed, or after the delay when it is of a family
         not yet trying; the first connection wins and the others are cancelled. Without it, one
         connect at a time."""
-        running: dict[asyncio.Task[socket.socket], _Record] = {}
-        winner: tuple[socket.socket, _Record] | None = None
+        running: dict[asyncio.Task[Connected], _Record] = {}
+        winner: tuple[Connected, _Record] | None = None
         finished = False  # False while unwinding from the deadline: abandon() records those
         try:
             while True:
@@ -142,7 +150,7 @@ class Attempts:
                         # here, not as a task under asyncio.wait, which would cost each probe a
                         # task and its wake-ups, each a turn of the loop inside the connect phase.
                         try:
-                            sock = await self._attempt(candidate, bound)
+                            made = await self._attempt(candidate, bound, protocol)
                         except _Failure as failure:
                             self._failed(record, failure.reason, failure.message, note)
                             if failure.reason is FailureReason.LOCAL_ERROR:
@@ -151,7 +159,7 @@ class Attempts:
                             continue
                         record.ended = perf_counter()
                         finished = True
-                        return sock, record
+                        return made, record
                     running[asyncio.ensure_future(self._attempt(candidate, bound))] = record
                 delay = self._stagger if self._can_race(running.values()) else None
                 done, _ = await asyncio.wait(running, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
@@ -225,7 +233,7 @@ class Attempts:
 
     def _start(
         self,
-        running: dict[asyncio.Task[socket.socket], _Record],
+        running: dict[asyncio.Task[Connected], _Record],
         deadline_left: Callable[[], float],
         note: Callable[[float, str], None],
     ) -> None:
@@ -240,10 +248,20 @@ class Attempts:
         bound = min(self._connect_timeout, deadline_left())
         running[asyncio.ensure_future(self._attempt(candidate, bound))] = record
 
-    async def _attempt(self, candidate: Candidate, bound: float) -> socket.socket:
-        """One connect: its socket, or a `_Failure` saying why not."""
+    async def _attempt(
+        self, candidate: Candidate, bound: float, protocol: asyncio.Protocol | None = None
+    ) -> Connected:
+        """One connect, or a `_Failure` saying why not. Given `protocol` (an attempt nothing
+        races) and no source address, the loop connects it: with uvloop, libuv's own connect,
+        without the watcher and the wrapping of a socket made here (docs/architecture.md)."""
         try:
             async with asyncio.timeout(bound):
+                if protocol is not None and self._source is None:
+                    loop = asyncio.get_running_loop()
+                    transport, _ = await loop.create_connection(
+                        lambda: protocol, candidate.address.ip, self._port
+                    )
+                    return transport
                 return await _open(candidate.address, self._port, self._source)
         except TimeoutError:
             message = f"{self.describe(candidate)}: no connection within {bound:.3g}s (connect_timeout)"
@@ -310,8 +328,9 @@ class _BindError(OSError):
 
 async def _open(address: Address, port: int, source: str | None) -> socket.socket:
     """A connected non-blocking socket to `address` (from `source`, bound before connecting),
-    made by hand rather than by loop.create_connection so that each attempt has its own bound
-    and record, and a failed bind is told apart from a failed connect."""
+    made by hand rather than by loop.create_connection for an attempt that races others (the
+    winner gets the probe's protocol, the others none) or is bound to a source address (a
+    failed bind told apart from a failed connect)."""
     family = socket.AF_INET6 if address.family == 6 else socket.AF_INET
     # Non-blocking from its creation (no ioctl of its own). Its proto is IPPROTO_TCP so that
     # asyncio's transport turns Nagle off, as uvloop's always does: with Nagle on, the EHLO after

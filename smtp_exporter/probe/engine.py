@@ -335,7 +335,8 @@ class Conversation:
         loop = asyncio.get_running_loop()
         started = perf_counter()
         while True:
-            connected = await attempts.connect(self._deadline_left, session.note)
+            protocol = SMTPClientProtocol(session, started)
+            connected = await attempts.connect(self._deadline_left, session.note, protocol)
             if connected is None:
                 last = attempts.last_failure()
                 if last is None:
@@ -346,19 +347,19 @@ class Conversation:
                     assert last.reason is not None and last.phase is not None
                     session.fail(perf_counter(), last.reason, last.message, last.phase)
                 return None
-            sock, record = connected
-            protocol = SMTPClientProtocol(session, started)
-            try:
-                await loop.create_connection(lambda p=protocol: p, sock=sock)  # type: ignore[misc]
-            except OSError as exc:  # connected, and lost at once
-                sock.close()
-                record.failed(
-                    perf_counter(),
-                    Phase.CONNECT,
-                    FailureReason.CONNECTION_CLOSED,
-                    f"{attempts.describe(record.candidate)}: {_describe(exc)}",
-                )
-                continue
+            made, record = connected
+            if isinstance(made, socket.socket):  # a raced or source-bound attempt's socket
+                try:
+                    await loop.create_connection(lambda p=protocol: p, sock=made)  # type: ignore[misc]
+                except OSError as exc:  # connected, and lost at once
+                    made.close()
+                    record.failed(
+                        perf_counter(),
+                        Phase.CONNECT,
+                        FailureReason.CONNECTION_CLOSED,
+                        f"{attempts.describe(record.candidate)}: {_describe(exc)}",
+                    )
+                    continue
             address, mx = record.candidate
             self.conn = protocol
             self.address = AddressInfo(address.ip, self.target.port, address.family)
