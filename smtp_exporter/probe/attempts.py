@@ -152,10 +152,9 @@ class Attempts:
                         try:
                             made = await self._attempt(candidate, bound, protocol)
                         except _Failure as failure:
-                            self._failed(record, failure.reason, failure.message, note)
-                            if failure.reason is FailureReason.LOCAL_ERROR:
+                            if self._failed_for_all(record, failure, note):
                                 finished = True
-                                return None  # every other candidate would fail the same way
+                                return None
                             continue
                         record.ended = perf_counter()
                         finished = True
@@ -171,10 +170,9 @@ class Attempts:
                     try:
                         sock = task.result()
                     except _Failure as failure:
-                        self._failed(record, failure.reason, failure.message, note)
-                        if failure.reason is FailureReason.LOCAL_ERROR:
+                        if self._failed_for_all(record, failure, note):
                             finished = True
-                            return None  # every other candidate would fail the same way
+                            return None
                         continue
                     if winner is None:
                         record.ended = perf_counter()
@@ -280,12 +278,13 @@ class Attempts:
             raise _Failure(reason, message) from None
 
     @staticmethod
-    def _failed(
-        record: _Record, reason: FailureReason, message: str, note: Callable[[float, str], None]
-    ) -> None:
+    def _failed_for_all(record: _Record, failure: _Failure, note: Callable[[float, str], None]) -> bool:
+        """Record `failure` of `record`'s attempt; whether it ends the search: a failure on the
+        exporter's side, which every other candidate would meet the same way."""
         now = perf_counter()
-        record.failed(now, Phase.CONNECT, reason, message)
-        note(now, message)
+        record.failed(now, Phase.CONNECT, failure.reason, failure.message)
+        note(now, failure.message)
+        return failure.reason is FailureReason.LOCAL_ERROR
 
     def abandon(self, at: float) -> None:
         """The deadline passed: an attempt still connecting failed with it."""
