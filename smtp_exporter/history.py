@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from smtp_exporter.model import ProbeResult, Transcript
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ProbeResult: one is made for every probe
 class HistoryEntry:
     id: int
     result: ProbeResult  # as kept by its series: maybe without its transcript

@@ -7,6 +7,7 @@ Phase and failure-reason names are part of the public contract: they become labe
 from __future__ import annotations
 
 import enum
+import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,21 +84,15 @@ def round_to_ns(seconds: float) -> float:
     return round(seconds * 1e9) / 1e9
 
 
+# RFC 3463 2: class "." subject "." detail, the subject and detail of one to three digits; the
+# code is the reply text's first word.
+_ENHANCED_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}(?= |\Z)").match
+
+
 def enhanced_status_code(text: str) -> str | None:
     """The RFC 3463 enhanced status code (`2.1.0`) that starts a reply's text, if any."""
-    token = text.split(" ", 1)[0]
-    parts = token.split(".")
-    if (
-        len(parts) == 3
-        and token.isascii()
-        and parts[0] in ("2", "4", "5")
-        and 1 <= len(parts[1]) <= 3
-        and 1 <= len(parts[2]) <= 3
-        and parts[1].isdigit()
-        and parts[2].isdigit()
-    ):
-        return token
-    return None
+    found = _ENHANCED_STATUS(text)
+    return None if found is None else found[0]
 
 
 class PhaseResult(NamedTuple):
@@ -373,7 +368,10 @@ class CheckReport:
 NO_TRANSCRIPT = Transcript()  # for results kept without their transcript
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, unlike the records it holds: a frozen dataclass sets each field through
+# object.__setattr__, and a ProbeResult, built twice for every successful probe (`kept`), took
+# 2.5 us to build against 0.3 us. Nothing changes a result once made.
+@dataclass(slots=True)
 class ProbeResult:
     target: str
     module: str

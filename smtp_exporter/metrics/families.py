@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult
+from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult, enhanced_status_code
 
 # Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
 # to this many characters, and at most this many EHLO keywords are exported, so a hostile
@@ -240,8 +240,9 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
         if phase.reply_code is not None and name not in replied:
             replied.add(name)
             yield REPLY_CODE, label, phase.reply_code
-            if phase.enhanced_status:
-                yield ENHANCED_STATUS, f'{label},status="{bound(phase.enhanced_status)}"', 1
+            status = enhanced_status_code(phase.reply) if phase.reply is not None else None
+            if status is not None:  # digits and dots only: nothing to bound or escape
+                yield ENHANCED_STATUS, f'{label},status="{status}"', 1
     if result.failure is not None:
         failure = result.failure
         yield LAST_FAILURE, f'{phase_labels[failure.phase]},reason="{failure.reason.value}"', 1

@@ -232,6 +232,7 @@ class Prober:
             tls_context=module.tls_context,
             certificates=self._certificates,
             ehlo_name=await self._ehlo_name(config),
+            sender=module.sender,
             mx=mx,
             lookup_mx=lookup_mx,
             pre_resolve_seconds=pre_resolve_seconds,

@@ -100,7 +100,8 @@ class Attempts:
     ) -> None:
         # Racing, each MX host's addresses alternate between the families, the preferred first
         # (RFC 8305 4): a host with several IPv6 addresses still gets its IPv4 one tried early.
-        self._queue = deque(candidates if stagger is None else _interleaved(candidates, preferred_family))
+        racing = stagger is not None and len(candidates) > 1
+        self._queue = deque(_interleaved(candidates, preferred_family) if racing else candidates)
         self._stagger = stagger
         self._port = port
         self._connect_timeout = connect_timeout

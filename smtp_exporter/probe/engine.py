@@ -44,6 +44,7 @@ from smtp_exporter.probe.tls import (
     watching,
 )
 from smtp_exporter.protocol import ClientSession, build_message
+from smtp_exporter.protocol.envelope import Sender
 from smtp_exporter.protocol.exchange import CLOSING, TALKING, TLS
 from smtp_exporter.protocol.message import Token
 from smtp_exporter.targets import Target
@@ -68,6 +69,7 @@ class Conversation:
         tls_context: ssl.SSLContext | None,
         certificates: CertificateReader,
         ehlo_name: str,
+        sender: Sender,
         mx: MXInfo | None = None,
         lookup_mx: bool = False,
         pre_resolve_seconds: float = 0.0,
@@ -82,6 +84,7 @@ class Conversation:
         self.tls_context = tls_context
         self.certificates = certificates
         self.ehlo_name = ehlo_name
+        self.sender = sender
         self.mx = mx
         self.lookup_mx = lookup_mx
         self.pre_resolve_seconds = pre_resolve_seconds
@@ -95,7 +98,7 @@ class Conversation:
         self.handshake = HandshakeWatch()
         self.attempts: Attempts | None = None
         # A fresh session for each connection; they share one transcript (see _new_session).
-        self.session = ClientSession(module, ehlo_name=ehlo_name, timeout=timeout)
+        self.session = ClientSession(module, ehlo_name=ehlo_name, timeout=timeout, sender=sender)
         self._resolve_times: tuple[float, float] | None = None
         # What names the probe message (transaction: message), for the delivery check to find.
         self.token: Token | None = None
@@ -261,7 +264,9 @@ class Conversation:
         """A session for the next connection: the resolve phase it shares with the first, and the
         same transcript list, so the result's transcript tells every attempt."""
         previous = self.session
-        session = ClientSession(self.module, ehlo_name=self.ehlo_name, timeout=self.timeout, message=message)
+        session = ClientSession(
+            self.module, ehlo_name=self.ehlo_name, timeout=self.timeout, message=message, sender=self.sender
+        )
         session.token = previous.token
         session.events = previous.events
         assert self._resolve_times is not None

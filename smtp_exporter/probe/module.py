@@ -1,7 +1,8 @@
 """`CompiledModule`: a module as probes run it, built once per config load.
 
 Its SSL context was built by the config loader (its files read then, never at probe time);
-its DNS client is made here, once per distinct `dns` section of a load. Nothing on the probe
+its DNS client is made here, once per distinct `dns` section of a load, and so is what its mail
+transaction says whatever the server offers (`Sender`). Nothing on the probe
 path parses config or opens a file.
 """
 
@@ -18,6 +19,7 @@ from smtp_exporter.posture.dns import PostureDNS
 from smtp_exporter.posture.pkix import Trust
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import keep_peer_chain
+from smtp_exporter.protocol.envelope import Sender, compile_sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,7 @@ class CompiledModule:
     config: ModuleConfig
     tls_context: ssl.SSLContext | None  # None when its probes never speak TLS
     dns: DNSClient
+    sender: Sender  # what its mail transaction says whatever the server offers
     posture_dns: PostureDNS | None  # the posture checks' lookups (DO set); None without `posture`
     imap_tls_context: ssl.SSLContext | None = None  # the delivery's IMAP connection; None: no delivery
     posture_trust: Trust | None = None  # MTA-STS's CAs; None without posture.mta_sts
@@ -60,5 +63,7 @@ def compile_modules(
             if trust is None:
                 trust = trusts[ca_file] = pkix.trust(ca_file)
         imap = contexts[module.delivery.imap.tls_config] if module.delivery is not None else None
-        compiled[name] = CompiledModule(name, module, context, dns, posture_dns, imap, trust)
+        compiled[name] = CompiledModule(
+            name, module, context, dns, compile_sender(module), posture_dns, imap, trust
+        )
     return compiled

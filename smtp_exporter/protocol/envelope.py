@@ -12,8 +12,28 @@ from typing import NamedTuple
 
 from smtp_exporter.config.schema import SMTPUTF8, BodyType, Chunking, ModuleConfig, Pipelining
 from smtp_exporter.model import Transaction
+from smtp_exporter.protocol.commands import encode_command
 
 Extensions = dict[str, tuple[str, ...]]
+
+
+class Sender(NamedTuple):
+    """What a module's mail transaction says whatever the server offers: worked out once per
+    module (`CompiledModule`, probe/module.py), not again at every probe."""
+
+    mail_from: str  # MAIL's argument before its parameters: FROM:<...>
+    rcpt_lines: tuple[bytes, ...]  # each RCPT command, as sent
+    smtputf8: str | None  # why SMTPUTF8 must be declared (for the failure message), or None
+
+
+def compile_sender(module: ModuleConfig) -> Sender:
+    """`module`'s `Sender`; CommandError for an address that would break the command line (the
+    config loader refuses those first)."""
+    return Sender(
+        f"FROM:<{module.mail_from}>",
+        tuple(encode_command("RCPT", f"TO:<{recipient}>") for recipient in module.rcpt_to),
+        _needs_smtputf8(module),
+    )
 
 
 class Envelope(NamedTuple):
@@ -64,7 +84,7 @@ def message_size(message: bytes) -> int:
 
 
 def plan_envelope(
-    module: ModuleConfig, offered: Extensions, message: bytes | None, *, tls: bool
+    module: ModuleConfig, sender: Sender, offered: Extensions, message: bytes | None, *, tls: bool
 ) -> Envelope | EnvelopeRefused:
     """The envelope for the server's offer (`offered`: its latest EHLO's keywords and
     parameters), or why a sender would not go on."""
@@ -93,7 +113,7 @@ def plan_envelope(
                 return EnvelopeRefused("the message has 8-bit content and the server does not offer 8BITMIME")
             parameters.append("BODY=8BITMIME")
 
-    smtputf8 = _needs_smtputf8(module)
+    smtputf8 = sender.smtputf8
     if smtputf8 is not None:
         if "SMTPUTF8" not in offered:
             return EnvelopeRefused(f"the server does not offer SMTPUTF8, needed for {smtputf8}")

@@ -28,7 +28,7 @@ from smtp_exporter.model import (
 from smtp_exporter.protocol.auth import AuthExchange, choose_mechanism, no_mechanism_message
 from smtp_exporter.protocol.commands import CommandError, encode_command
 from smtp_exporter.protocol.ehlo import parse_ehlo
-from smtp_exporter.protocol.envelope import Extensions
+from smtp_exporter.protocol.envelope import Extensions, Sender
 from smtp_exporter.protocol.exchange import (
     CLOSING,
     DONE,
@@ -53,13 +53,20 @@ class ClientSession(MailTransaction):
     `connection_lost`, `deadline_reached`, `fail` (what the driver itself found wrong) and
     `note` (its own transcript events). Outputs: `bytes_to_send`, `status`, `outcome()`.
     `message` is the DATA payload, built by the caller (it needs a clock and randomness) before
-    the transaction starts.
+    the transaction starts; `sender`, the module's compiled `Sender` (made from `module` when
+    not given).
     """
 
     def __init__(
-        self, module: ModuleConfig, *, ehlo_name: str, timeout: float, message: bytes | None = None
+        self,
+        module: ModuleConfig,
+        *,
+        ehlo_name: str,
+        timeout: float,
+        message: bytes | None = None,
+        sender: Sender | None = None,
     ) -> None:
-        super().__init__(module, timeout=timeout, message=message)
+        super().__init__(module, timeout=timeout, message=message, sender=sender)
         self.ehlo_name = ehlo_name
         self.token: Secret | None = None  # an OAuth mechanism's bearer token, read by the driver per probe
         self.banner: str | None = None

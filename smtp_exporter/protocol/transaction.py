@@ -15,7 +15,7 @@ from collections import deque
 from smtp_exporter.config.schema import ModuleConfig
 from smtp_exporter.model import Failure, FailureReason, Phase, PhaseResult, Transaction
 from smtp_exporter.protocol.commands import encode_command
-from smtp_exporter.protocol.envelope import EnvelopeRefused, Extensions, plan_envelope
+from smtp_exporter.protocol.envelope import EnvelopeRefused, Extensions, Sender, compile_sender, plan_envelope
 from smtp_exporter.protocol.exchange import CLOSING, DONE, TALKING, Command, Exchange, Handler
 from smtp_exporter.protocol.reply import Reply, ReplyCode
 
@@ -29,9 +29,12 @@ _REPLY_CLASS_REASONS = {4: FailureReason.REPLY_TEMPORARY, 5: FailureReason.REPLY
 class MailTransaction(Exchange):
     """MAIL to QUIT, and the failure handling the whole session shares."""
 
-    def __init__(self, module: ModuleConfig, *, timeout: float, message: bytes | None) -> None:
+    def __init__(
+        self, module: ModuleConfig, *, timeout: float, message: bytes | None, sender: Sender | None = None
+    ) -> None:
         super().__init__()
         self.module = module
+        self.sender = compile_sender(module) if sender is None else sender
         self.timeout = timeout  # the deadline in seconds, for its failure message
         self.message = message
         self.pipelined = False  # the transaction went out as one batch (smtp_probe_pipelined)
@@ -115,18 +118,17 @@ class MailTransaction(Exchange):
             self._quit()
             return
         self.phase = Phase.MAIL
-        envelope = plan_envelope(module, offered, self.message, tls=self._tls_up)
+        sender = self.sender
+        envelope = plan_envelope(module, sender, offered, self.message, tls=self._tls_up)
         if isinstance(envelope, EnvelopeRefused):
             self._fail(Phase.MAIL, FailureReason.EXPECTATION_FAILED, envelope.message)
             return
         step = MailTransaction._on_step
         steps = self._steps
-        mail = "".join((f"FROM:<{module.mail_from}>", *(" " + p for p in envelope.parameters)))
+        mail = " ".join((sender.mail_from, *envelope.parameters))
         steps.append(Command(Phase.MAIL, encode_command("MAIL", mail), step, expected=_OK))
-        for recipient in module.rcpt_to:
-            steps.append(
-                Command(Phase.RCPT, encode_command("RCPT", f"TO:<{recipient}>"), step, expected=_RCPT_OK)
-            )
+        for rcpt in sender.rcpt_lines:
+            steps.append(Command(Phase.RCPT, rcpt, step, expected=_RCPT_OK))
         if module.transaction is Transaction.ENVELOPE:
             steps.append(Command(Phase.RSET, b"RSET\r\n", step, expected=_OK))
         elif envelope.chunked:
@@ -207,11 +209,12 @@ _AFTER_FAILURE: dict[Phase, Handler] = {
 
 
 def _batch_text(batch: list[Command]) -> str:
-    """ "MAIL, 2 RCPT and DATA": the commands of a batch, for the transcript."""
-    recipients = sum(1 for command in batch if command.phase is Phase.RCPT)
-    names = [command.phase.value.upper() for command in batch if command.phase is not Phase.RCPT]
-    names.insert(1, "RCPT" if recipients == 1 else f"{recipients} RCPT")
-    return f"{', '.join(names[:-1])} and {names[-1]}"
+    """ "MAIL, 2 RCPT and DATA": the commands of a batch (MAIL, each RCPT, then DATA or RSET
+    unless BDAT follows), for the transcript."""
+    last = batch[-1].phase
+    recipients = len(batch) - 1 if last is Phase.RCPT else len(batch) - 2
+    rcpt = "RCPT" if recipients == 1 else f"{recipients} RCPT"
+    return f"MAIL and {rcpt}" if last is Phase.RCPT else f"MAIL, {rcpt} and {last.value.upper()}"
 
 
 def _undotted(message: bytes) -> bytes:

@@ -16,6 +16,7 @@ from smtp_exporter.probe import Prober
 from smtp_exporter.probe.engine import Conversation
 from smtp_exporter.probe.resolve import DNSClient
 from smtp_exporter.probe.tls import CertificateReader
+from smtp_exporter.protocol.envelope import compile_sender
 from smtp_exporter.targets import Target
 from tests.probe.common import compiled, describe, module
 from tests.servers.aiosmtpd_server import AiosmtpdServer
@@ -92,6 +93,7 @@ async def test_an_unexpected_error_is_a_failed_result(smtp_server: AiosmtpdServe
         tls_context=None,
         certificates=CertificateReader(),
         ehlo_name="probe.test",
+        sender=compile_sender(mod),
     )
     result = await conversation.run()
     assert result.failure is not None, describe(result)

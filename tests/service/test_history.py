@@ -107,7 +107,7 @@ def test_a_kept_success_reads_its_phases_as_the_probe_made_them() -> None:
     assert kept.phases[1:3] == phases[1:3]
     assert kept.phase(Phase.RCPT) == phases[2] and kept.phase(Phase.EHLO) is None
     assert kept.phases[2].enhanced_status == "2.1.5" and kept.phases[2].duration_seconds == 0.1 + 0.2
-    assert hash(kept) == hash(dataclasses.replace(kept, phases=phases))
+    assert hash(kept.phases) == hash(phases)
     failed = _result(success=False)
     assert _state().observe(failed).phases is failed.phases  # a failure is kept whole
 
