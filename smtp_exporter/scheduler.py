@@ -415,12 +415,15 @@ def _log_result(
 ) -> None:
     """One info line when a target's state changes (up/down, or the failure's phase or reason)."""
     before, after = _state(previous), _state(result)
+    changed = before != after and not (previous is None and result.success)
+    if not changed and not log.isEnabledFor(logging.DEBUG):
+        return
     fields: dict[str, object] = {"target": result.target, "module": result.module}
     if mx_host is not None:
         fields["mx_host"] = mx_host
     if family is not None:
         fields["ip_protocol"] = family
-    if before != after and not (previous is None and result.success):
+    if changed:
         fields["from"] = before[0]
         fields["to"] = after[0]
         if result.failure is not None:

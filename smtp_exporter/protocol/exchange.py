@@ -19,6 +19,7 @@ from smtp_exporter.model import Failure, Phase, PhaseResult, ServerInfo, Transcr
 from smtp_exporter.protocol.reply import Reply, ReplyParser
 
 MAX_TRANSCRIPT_EVENTS = 200
+_new_phase = PhaseResult._make  # tuple.__new__, in C: one a reply, unlike PhaseResult(...)
 
 # What a reply to a command means: a function of the session class (session, command, reply,
 # time), not a bound method, so that queued commands do not hold their session in a reference
@@ -104,11 +105,13 @@ class Exchange:
         outbox = self._outbox
         if not outbox:
             return b""
+        events = self.events
         for command in outbox:
             if command.phase is not self._sent_phase:
                 self._started = at
                 self._sent_phase = command.phase
-            self._note(at, "C", command.line if command.shown is None else command.shown)
+            if len(events) < MAX_TRANSCRIPT_EVENTS:  # `_note`, inline: once a command
+                events.append((at, "C", command.line if command.shown is None else command.shown))
             self._awaiting.append(command)
         self.phase = outbox[-1].phase
         data = outbox[0].line if len(outbox) == 1 else b"".join(c.line for c in outbox)
@@ -124,7 +127,7 @@ class Exchange:
     def _record(self, phase: Phase, reply: Reply, ended: float, started: float | None = None) -> None:
         """The phase under way, ended by `reply`: from its first command sent (or `started`)."""
         begun = self._started if started is None else started
-        self.phases.append(PhaseResult(phase, round_to_ns(ended - begun), reply.code, reply.summary_text))
+        self.phases.append(_new_phase((phase, round_to_ns(ended - begun), reply.code, reply.summary_text)))
 
     def _current_phase(self) -> Phase:
         return self._awaiting[0].phase if self._awaiting else self.phase

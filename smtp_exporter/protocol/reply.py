@@ -186,6 +186,10 @@ class ReplyParser:
     def feed(self, data: bytes) -> list[Reply]:
         if self.broken:
             raise MalformedReplyError("reading stopped after an earlier protocol error")
+        if not self._buffer and self._code == -1:  # nothing under way: one or more whole replies?
+            whole = _whole_replies(data)
+            if whole is not None:
+                return list(whole)
         try:
             return self._feed(data)
         except ProtocolError:
@@ -195,10 +199,6 @@ class ReplyParser:
             raise
 
     def _feed(self, data: bytes) -> list[Reply]:
-        if not self._buffer and self._code == -1:
-            whole = _whole_replies(data)
-            if whole is not None:
-                return list(whole)
         buffer = self._buffer + data if self._buffer else data
         replies: list[Reply] = []
         start = 0
