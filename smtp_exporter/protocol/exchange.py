@@ -15,11 +15,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from smtp_exporter.model import Failure, Phase, PhaseResult, ServerInfo, TranscriptEvent, round_to_ns
+from smtp_exporter.model import (
+    Failure,
+    Phase,
+    PhaseResult,
+    ServerInfo,
+    TranscriptEvent,
+    make_phase,
+    round_to_ns,
+)
 from smtp_exporter.protocol.reply import Reply, ReplyParser
 
 MAX_TRANSCRIPT_EVENTS = 200
-_new_phase = PhaseResult._make  # tuple.__new__, in C: one a reply, unlike PhaseResult(...)
 
 # What a reply to a command means: a function of the session class (session, command, reply,
 # time), not a bound method, so that queued commands do not hold their session in a reference
@@ -127,7 +134,7 @@ class Exchange:
     def _record(self, phase: Phase, reply: Reply, ended: float, started: float | None = None) -> None:
         """The phase under way, ended by `reply`: from its first command sent (or `started`)."""
         begun = self._started if started is None else started
-        self.phases.append(_new_phase((phase, round_to_ns(ended - begun), reply.code, reply.summary_text)))
+        self.phases.append(make_phase((phase, round_to_ns(ended - begun), reply.code, reply.summary_text)))
 
     def _current_phase(self) -> Phase:
         return self._awaiting[0].phase if self._awaiting else self.phase
