@@ -272,7 +272,12 @@ class SeriesState:
         if result.posture:
             samples = chain(samples, posture_samples(result, self.mx_host))
         for family, extra, value in samples:
-            text = str(value) if value.__class__ is int else format_value(value)
+            if value.__class__ is int:
+                text = str(value)
+            elif value - value == 0:  # a finite float: `format_value`, inline
+                text = repr(value)
+            else:
+                text = format_value(value)
             if extra:
                 line = f"{family.name}{{{prefix},{extra}}} {text}\n"
             else:
