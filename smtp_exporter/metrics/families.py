@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult, enhanced_status_code
 
-# Label values that come from a server (certificate names, EHLO keywords, status codes) are cut
-# to this many characters, and at most this many EHLO keywords are exported, so a hostile
-# server cannot inflate the series or their size.
+# Label values that come from a server (certificate names, cipher, MX host) are cut to this many
+# characters and escaped, and at most this many EHLO keywords are exported, so a hostile server
+# cannot inflate the series or their size. EHLO keywords and enhanced status codes need neither:
+# they are checked against their grammar where they are read (protocol/ehlo.py, model.py).
 MAX_LABEL_VALUE_CHARS = 256
 MAX_EXTENSIONS = 64
 
@@ -267,7 +268,9 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
     for keyword, _params in result.server.extensions:
         if len(seen) >= MAX_EXTENSIONS:
             break
-        label = f'extension="{bound(keyword)}"'
+        # An RFC 5321 ehlo-keyword, as protocol/ehlo.py keeps no other (at most 64 letters,
+        # digits and hyphens): nothing to cut or escape.
+        label = f'extension="{keyword}"'
         if label not in seen:
             seen.add(label)
             yield EXTENSION, label, 1
