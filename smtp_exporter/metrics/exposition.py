@@ -272,12 +272,7 @@ class SeriesState:
         if result.posture:
             samples = chain(samples, posture_samples(result, self.mx_host))
         for family, extra, value in samples:
-            if value.__class__ is int:
-                text = str(value)
-            elif value - value == 0:  # a finite float: `format_value`, inline
-                text = repr(value)
-            else:
-                text = format_value(value)
+            text = str(value) if value.__class__ is int else format_value(value)
             if extra:
                 line = f"{family.name}{{{prefix},{extra}}} {text}\n"
             else:

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult, enhanced_status_code
+from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult
 
 # Label values that come from a server (certificate names, cipher, MX host) are cut to this many
 # characters and escaped, and at most this many EHLO keywords are exported, so a hostile server
@@ -241,7 +241,7 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
         if phase.reply_code is not None and name not in replied:
             replied.add(name)
             yield REPLY_CODE, label, phase.reply_code
-            status = enhanced_status_code(phase.reply) if phase.reply is not None else None
+            status = phase.enhanced_status  # read once: each read matches the reply's text
             if status is not None:  # digits and dots only: nothing to bound or escape
                 yield ENHANCED_STATUS, f'{label},status="{status}"', 1
     if result.failure is not None:

@@ -112,13 +112,11 @@ class Exchange:
         outbox = self._outbox
         if not outbox:
             return b""
-        events = self.events
         for command in outbox:
             if command.phase is not self._sent_phase:
                 self._started = at
                 self._sent_phase = command.phase
-            if len(events) < MAX_TRANSCRIPT_EVENTS:  # `_note`, inline: once a command
-                events.append((at, "C", command.line if command.shown is None else command.shown))
+            self._note(at, "C", command.line if command.shown is None else command.shown)
             self._awaiting.append(command)
         self.phase = outbox[-1].phase
         data = outbox[0].line if len(outbox) == 1 else b"".join(c.line for c in outbox)

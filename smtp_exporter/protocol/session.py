@@ -32,7 +32,6 @@ from smtp_exporter.protocol.envelope import Extensions, Sender
 from smtp_exporter.protocol.exchange import (
     CLOSING,
     DONE,
-    MAX_TRANSCRIPT_EVENTS,
     TALKING,
     TLS,
     Command,
@@ -207,9 +206,7 @@ class ClientSession(MailTransaction):
             self._unsolicited(reply)
             return
         command = self._awaiting.popleft()
-        events = self.events
-        if len(events) < MAX_TRANSCRIPT_EVENTS:  # `_note`, inline: once a reply
-            events.append((at, "S", reply))
+        self._note(at, "S", reply)
         command.on_reply(self, command, reply, at)
 
     def _unsolicited(self, reply: Reply) -> None:
