@@ -217,14 +217,17 @@ def bound(value: str) -> str:
 _PHASE_LABELS: dict[str, str] = {phase: f'phase="{phase.value}"' for phase in Phase}
 
 
-def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
+def result_samples(
+    result: ProbeResult, *, mx_host_label: bool = False, extensions: bool = True
+) -> Iterator[Sample]:
     """Every sample of one probe result as (family, rendered extra labels, value).
 
     The series' own labels (target, module, ...) are not included. Label values that come from
     the server are bounded and escaped here; phase and reason names are safe by construction.
     `mx_host_label`: the series already carries `mx_host` (mx_mode each), so
-    `smtp_probe_mx_info` must not repeat it. Samples of one family come out in order, but the
-    families of a phase's samples are interleaved: renderers group them by family.
+    `smtp_probe_mx_info` must not repeat it. `extensions=False` leaves out the EXTENSION
+    samples, for a renderer that has their lines already. Samples of one family come out in
+    order, but the families of a phase's samples are interleaved: renderers group them by family.
     """
     yield SUCCESS, "", 1 if result.success else 0
     yield DURATION, "", result.duration_seconds
@@ -265,7 +268,7 @@ def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Itera
             )
             yield CERT_INFO, cert, 1
     seen.clear()
-    for keyword, _params in result.server.extensions:
+    for keyword, _params in result.server.extensions if extensions else ():
         if len(seen) >= MAX_EXTENSIONS:
             break
         # An RFC 5321 ehlo-keyword, as protocol/ehlo.py keeps no other (at most 64 letters,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.servers.aiosmtpd_server import AiosmtpdServer
+from tests.servers.scripted import BANNER, DEFAULT_REPLIES, Answer, ScriptedServer, Send, Step
 from tests.servers.smtp_sink import SmtpSink
 from tests.servers.tls import TestCA
 from tests.service.conftest import running_exporter, sample_labels, sample_value
@@ -155,3 +158,55 @@ targets:
         assert sample_value(text, "smtp_exporter_probes_waited_total") >= 1
         assert sample_value(text, "smtp_exporter_probes_in_flight") <= 1
         assert len(silent.connections) >= 1  # type: ignore[attr-defined]
+
+
+async def test_extension_lines_follow_each_probe_when_the_offer_changes(
+    write_config: Callable[[str], Path], scripted_server: Callable[..., Awaitable[ScriptedServer]]
+) -> None:
+    # A series renders its extension lines again only when the offer differs from its previous
+    # probe's (metrics/exposition.py): each probe's own offer must show, whatever came before.
+    offers = {
+        "A": b"250-mail.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n",
+        "B": b"250-mail.test\r\n250-8BITMIME\r\n250 DSN\r\n",
+    }
+    plan = ["A", "A", "B", "B", "refused", "A", "A"]  # the n-th connection's server
+
+    def script(n: int) -> list[Step]:
+        kind = plan[min(n, len(plan) - 1)]
+        if kind == "refused":
+            return [Send(b"554 5.3.2 not now\r\n"), Answer(DEFAULT_REPLIES)]
+        return [Send(BANNER), Answer({**DEFAULT_REPLIES, "EHLO": offers[kind]})]
+
+    expected = {
+        "A": {"PIPELINING", "SIZE", "8BITMIME"},
+        "B": {"8BITMIME", "DSN"},
+        "refused": set(),
+    }
+    server = await scripted_server(script)
+    config = write_config(
+        f"""
+modules:
+  envelope: {{transaction: envelope, timeout: 250ms, ehlo: probe.test, mail_from: probe@test, rcpt_to: [a@test]}}
+targets:
+  - {{target: '{server.target}', module: envelope, interval: 300ms}}
+"""
+    )
+    seen: dict[int, set[str]] = {}
+    async with running_exporter(config) as running:
+        labels = {"target": server.target, "module": "envelope"}
+        deadline = time.monotonic() + 30
+        while len(seen) < len(plan) and time.monotonic() < deadline:
+            text = await running.metrics()
+            probes = sample_value(text, "smtp_probes_total", **labels)
+            if probes is not None and 1 <= probes <= len(plan):
+                offered = {
+                    sample["extension"]
+                    for sample in sample_labels(text, "smtp_probe_extension_info")
+                    if sample["target"] == server.target
+                }
+                seen[int(probes)] = offered
+            await asyncio.sleep(0.03)
+    for probes, offered in seen.items():
+        assert offered == expected[plan[probes - 1]], (probes, offered)
+    # The transitions that matter were each scraped: A to B, B to nothing, nothing to A.
+    assert {3, 5, 6} <= set(seen), seen
