@@ -120,8 +120,8 @@ class Histogram:
     def render(self, name: str, prefix: str) -> list[str]:
         head = f"{name}_bucket{{{prefix}," if prefix else f"{name}_bucket{{"
         # The bucket lines are joined in C (zip, map, accumulate): every probe renders its
-        # series' histograms again, and a Python loop cost ~25 bytecodes a bucket, about 4% of
-        # a probe's (docs/architecture.md). The last running count, +Inf's, is `count`.
+        # series' histograms again, and a Python loop over the buckets was ~4% of a probe's
+        # bytecodes (docs/architecture.md). The last running count, +Inf's, is `count`.
         cumulative = map(str, accumulate(self._counts))
         lines = list(map("".join, zip(repeat(head), self.buckets.le_texts, cumulative, repeat("\n"))))
         braces = f"{{{prefix}}}" if prefix else ""
