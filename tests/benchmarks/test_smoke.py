@@ -67,11 +67,11 @@ def _wait_gone(marker: str, timeout: float = 10.0) -> list[str]:
         time.sleep(0.1)
 
 
-def _run_to_completion(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    """`python -m benchmarks ARGV`, which must exit 0 and leave no process of its own behind."""
+def _run_to_completion(argv: list[str], module: str = "benchmarks") -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGV`, which must exit 0 and leave no process of its own behind."""
     marker = uuid.uuid4().hex
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *argv],
+        [sys.executable, "-m", module, *argv],
         cwd=REPO_ROOT,
         env=_env(marker),
         capture_output=True,
@@ -154,6 +154,37 @@ def test_quick_run_against_a_baseline_checkout_shows_both_trees(tmp_path: Path) 
     assert len(rows) == sum(len(t["rows"]) + 1 for t in tables)
     for line in rows:
         assert len(line.strip("|").split(" | ")) == COLUMNS + 3, line  # + baseline, ratio, limit
+
+
+def test_side_by_side_runs_both_trees_at_once_and_prints_each_window(tmp_path: Path) -> None:
+    """`python -m benchmarks.side_by_side`: both exporters probe at the same time; each window is
+    a row with both trees' CPU per probe and their ratio, then the median."""
+    baseline = tmp_path / "baseline"
+    shutil.copytree(
+        REPO_ROOT / "smtp_exporter", baseline / "smtp_exporter", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    completed = _run_to_completion(
+        [f"--baseline={baseline}", "--targets=20", "--windows=2", "--window=2"],
+        module="benchmarks.side_by_side",
+    )
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and "µs" in line]
+    assert len(rows) == 2, completed.stdout
+    for line in rows:
+        _window, mine, theirs, ratio = line.strip("| ").split(" | ")
+        assert mine.endswith(" µs") and theirs.endswith(" µs") and float(ratio) > 0, line
+    assert "ratio, median of 2 windows: " in completed.stdout
+
+
+def test_side_by_side_refuses_a_baseline_without_the_package(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.side_by_side", f"--baseline={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=_env(uuid.uuid4().hex),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2 and "has no smtp_exporter package of its own" in completed.stderr
 
 
 def test_a_baseline_without_the_package_is_refused(tmp_path: Path) -> None:
