@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
+from benchmarks.compare import Tree
 from benchmarks.harness import Processes, cpu_seconds
+from benchmarks.run import missing_requirements
 from benchmarks.systems import (
+    REPO_ROOT,
     Exporter,
     exporter_config,
-    imported_from,
     metric_sum,
     start_exporter,
     start_sink,
@@ -55,10 +58,10 @@ def measure(
         for _ in range(windows):
             before = [(_probes(e), cpu_seconds(e.pid)) for e in pair]
             time.sleep(window)
-            after = [(cpu_seconds(e.pid), _probes(e)) for e in pair]
+            after = [(_probes(e), cpu_seconds(e.pid)) for e in pair]
             per_probe = [
                 (cpu1 - cpu0) / (probes1 - probes0) if probes1 > probes0 else float("inf")
-                for (probes0, cpu0), (cpu1, probes1) in zip(before, after, strict=True)
+                for (probes0, cpu0), (probes1, cpu1) in zip(before, after, strict=True)
             ]
             figures.append((per_probe[0], per_probe[1]))
     return figures
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=6, help="measurement windows (default 6)")
     parser.add_argument("--window", type=float, default=20.0, help="seconds per window (default 20)")
     args = parser.parse_args(argv)
-    ours = Path(__file__).resolve().parents[1]
-    baseline = args.baseline.resolve()
-    if imported_from(baseline) != baseline / "smtp_exporter":
-        parser.error(f"{baseline} has no smtp_exporter package of its own to import")
+    trees = [Tree("this tree", REPO_ROOT), Tree("baseline", args.baseline.resolve())]
+    problems = missing_requirements([], trees)  # the checks of `python -m benchmarks`
+    if problems:
+        print("benchmarks.side_by_side: cannot run:", *problems, sep="\n  - ", file=sys.stderr)
+        raise SystemExit(2)
+    ours, baseline = (tree.path for tree in trees)
     figures = measure(ours, baseline, targets=args.targets, windows=args.windows, window=args.window)
     print("| window | this tree, CPU per probe | baseline | ratio |")
     print("|---|---|---|---|")

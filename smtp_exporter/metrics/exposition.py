@@ -275,8 +275,8 @@ class SeriesState:
         # (docs/architecture.md).
         reused: bytes | None = None
         if previous is not None and previous.server.extensions == result.server.extensions:
-            kept = self.fragments
-            reused = kept[_EXTENSION_INDEX] if len(kept) > _EXTENSION_INDEX else b""
+            before = self.fragments
+            reused = before[_EXTENSION_INDEX] if len(before) > _EXTENSION_INDEX else b""
         samples: Iterable[Sample] = result_samples(
             result, mx_host_label=self.mx_host is not None, extensions=reused is None
         )
@@ -318,12 +318,11 @@ class SeriesState:
             columns[_PHASE_DURATION_HISTOGRAM_INDEX] = phase_lines
         # Up to the last family with lines: the blackbox and posture families (and often the
         # last few of this exporter's) are empty, and each empty place would cost 8 bytes a series.
-        if reused:
-            columns[_EXTENSION_INDEX] = []
         fragments = [b""] * (max(columns) + 1)
         for position, lines in columns.items():
             fragments[position] = "".join(lines).encode()
         if reused:
+            fragments += [b""] * (_EXTENSION_INDEX + 1 - len(fragments))
             fragments[_EXTENSION_INDEX] = reused
         return tuple(fragments)
 

@@ -184,7 +184,10 @@ def test_side_by_side_refuses_a_baseline_without_the_package(tmp_path: Path) -> 
         text=True,
         timeout=60,
     )
-    assert completed.returncode == 2 and "has no smtp_exporter package of its own" in completed.stderr
+    assert (
+        completed.returncode == 2
+        and f"baseline {tmp_path}: no smtp_exporter package there" in completed.stderr
+    )
 
 
 def test_a_baseline_without_the_package_is_refused(tmp_path: Path) -> None:
