@@ -63,11 +63,12 @@ def test_postfix_relays_through_its_queue(
     )
     with smtplib.SMTP(*postfix.address, timeout=5) as client:
         client.sendmail("from@example.test", ["to@example.org"], MESSAGE)
-    (message,) = smtp_sink.wait_messages(1, timeout=15)
-    # (The recipient is checked in Postfix's own log below: the sink does not always record
-    # RCPT's arguments.)
+    # status=sent: Postfix has read the sink's reply to the final dot, so the sink's dump file
+    # (opened when the transaction starts) is complete. The recipient is checked here, in
+    # Postfix's log: the sink does not always record RCPT's arguments.
+    postfix.wait_log(r"to=<to@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent", 15)
+    (message,) = smtp_sink.messages()
     assert message.content.endswith(b"\n\nthrough a real Postfix queue\n")
-    postfix.wait_log(r"to=<to@example\.org>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent")
 
 
 def test_postfix_holds_by_header_checks_until_released(
@@ -88,7 +89,8 @@ def test_postfix_holds_by_header_checks_until_released(
         client.sendmail("from@example.test", ["to@example.org"], held_message)
         client.sendmail("from@example.test", ["to@example.org"], MESSAGE)
         client.sendmail("from@example.test", ["to@example.org"], held_message)
-    (passed,) = smtp_sink.wait_messages(1, timeout=15)
+    postfix.wait_log(r"status=sent", 15)  # the sink's dump of it is complete (see above)
+    (passed,) = smtp_sink.messages()
     assert passed.content.endswith(b"through a real Postfix queue\n")
     held = postfix.held()
     assert len(held) == 2
@@ -96,7 +98,9 @@ def test_postfix_holds_by_header_checks_until_released(
         postfix.wait_log(rf"{queue_id}: hold: header Subject: hold me")
     assert len(smtp_sink.messages()) == 1
     postfix.release(*held)
-    released = smtp_sink.wait_messages(3, timeout=15)[1:]
+    for queue_id in held:
+        postfix.wait_log(rf"{queue_id}: to=<to@example\.org>, .*status=sent", 15)
+    released = smtp_sink.messages()[1:]
     assert [m.content.endswith(b"\n\nheld\n") for m in released] == [True, True]
     assert postfix.held() == []
     postfix.release(*held)  # released already: no error
