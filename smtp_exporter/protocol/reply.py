@@ -6,7 +6,6 @@ import enum
 from typing import NamedTuple
 
 from smtp_exporter.memo import remember
-from smtp_exporter.model import enhanced_status_code
 
 # Bounds on what a server may make us buffer. RFC 5321 allows 512 octets per reply line;
 # real servers stay far below these. Anything larger is a protocol error, and reading stops.
@@ -56,11 +55,6 @@ class Reply(NamedTuple):
     @property
     def code_class(self) -> int:
         return self.code // 100
-
-    @property
-    def enhanced_status(self) -> str | None:
-        """The RFC 3463 enhanced status code at the start of the first line, if any."""
-        return enhanced_status_code(self.lines[0] if self.lines else "")
 
     @property
     def summary_text(self) -> str:

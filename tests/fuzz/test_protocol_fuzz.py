@@ -10,6 +10,7 @@ import tracemalloc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smtp_exporter.model import Phase, PhaseResult
 from smtp_exporter.protocol import (
     EhloResponse,
     MalformedReplyError,
@@ -179,5 +180,5 @@ def test_ehlo_of_whatever_the_parser_yields(data: bytes) -> None:
     for reply in replies:
         parse_ehlo(reply)
         assert "\n" not in reply.summary()
-        enhanced = reply.enhanced_status
+        enhanced = PhaseResult(Phase.EHLO, 0.0, reply.code, reply.summary_text).enhanced_status
         assert enhanced is None or (enhanced[0] in "245" and enhanced.count(".") == 2)

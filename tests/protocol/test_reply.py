@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smtp_exporter.model import ServerInfo
+from smtp_exporter.model import Phase, PhaseResult, ServerInfo
 from smtp_exporter.protocol.reply import (
     MAX_LINE_BYTES,
     MAX_REPLY_BYTES,
@@ -190,11 +190,16 @@ def test_bounds_are_per_reply() -> None:
     ],
 )
 def test_enhanced_status(first_line: str, status: str | None) -> None:
-    assert Reply(550, (first_line, "more")).enhanced_status == status
+    assert _phase_of(Reply(550, (first_line, "more"))).enhanced_status == status
 
 
 def test_enhanced_status_without_lines() -> None:
-    assert Reply(250, ()).enhanced_status is None
+    assert _phase_of(Reply(250, ())).enhanced_status is None
+
+
+def _phase_of(reply: Reply) -> PhaseResult:
+    """The phase a reply ends, as the session records it: the status is read from its text."""
+    return PhaseResult(Phase.RCPT, 0.001, reply.code, reply.summary_text)
 
 
 def test_summary_is_one_capped_line() -> None:
@@ -330,5 +335,5 @@ def test_chunking_never_changes_the_outcome(data: st.DataObject, raw: bytes) -> 
 
 def test_non_ascii_digits_are_not_an_enhanced_status_or_a_size() -> None:
     reply = ReplyParser().feed("550 5.1.\u00b2 no\r\n".encode())[0]
-    assert reply.enhanced_status is None
+    assert _phase_of(reply).enhanced_status is None
     assert ServerInfo(extensions=(("SIZE", ("\u00b2",)),)).max_message_size is None
