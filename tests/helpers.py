@@ -15,6 +15,8 @@ from typing import NoReturn
 
 import pytest
 
+from smtp_exporter.metrics.exposition import MetricsStore, SeriesState
+
 # The Debian package that provides each system binary the tests use.
 DEBIAN_PACKAGES = {
     "smtp-sink": "postfix",
@@ -81,3 +83,11 @@ def require_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         skip_or_fail(f"Python module {name!r} is not installed (pip install -e '.[test,uvloop]')")
+
+
+def series_text(state: SeriesState) -> str:
+    """What /metrics shows of one scheduled series (HELP and TYPE lines included): its fragments
+    as a scrape writes them, each after its family's line head."""
+    store = MetricsStore()
+    store.add(state)
+    return b"".join(store.render(openmetrics=False)).decode()

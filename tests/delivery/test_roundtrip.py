@@ -17,6 +17,7 @@ from smtp_exporter.presentation import probe_json
 from smtp_exporter.probe import Prober
 from smtp_exporter.protocol.message import TOKEN_HEADER
 from tests.delivery.conftest import MailPath
+from tests.helpers import series_text
 from tests.probe.common import FULL_PHASES, compiled, describe, module, names, trusting
 from tests.servers.tls import TestCA
 
@@ -108,7 +109,7 @@ async def test_the_round_trip_finds_the_message_and_reads_its_headers(
         delivery_buckets=Buckets((1.0, 1800.0)),
     )
     state.observe(result)
-    lines = b"".join(state.fragments).decode()
+    lines = series_text(state)
     below = 1 if delivery.duration_seconds <= 1.0 else 0
     assert (
         f'smtp_delivery_duration_distribution_seconds_bucket{{target="t",module="roundtrip",le="1.0"}} {below}\n'

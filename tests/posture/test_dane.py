@@ -21,6 +21,7 @@ from smtp_exporter.posture.dns import PostureDNS
 from smtp_exporter.posture.runner import run_posture
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.posture.dane_world import DAY, NOW, Chain, Hierarchy, association, other_key_spki_sha256
 from tests.posture.test_mta_sts import _values
 from tests.probe.common import compiled, describe, module
@@ -547,7 +548,7 @@ async def test_output_forms(world: World) -> None:
         labels = (("target", f"two.{ZONE}"), ("module", "m"), ("mx_host", each.mx.host))
         state = SeriesState(labels, buckets=Buckets((1.0,)), phase_histograms=False)
         state.observe(each)
-        rendered[each.mx.host] = b"".join(state.fragments).decode()
+        rendered[each.mx.host] = series_text(state)
     own = f'target="two.{ZONE}",module="m",mx_host="{_mx("only-stale")}"'
     assert f'smtp_dane_state{{{own},state="invalid"}} 1\n' in rendered[_mx("only-stale")]
     assert (

@@ -21,6 +21,7 @@ from smtp_exporter.posture.dnsbl import STATES, query_name
 from smtp_exporter.posture.runner import run_posture
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.probe.common import compiled, describe, module
 from tests.probe.test_dns import needs_ipv6  # noqa: F401  (a fixture)
 from tests.servers import scripted
@@ -255,7 +256,7 @@ async def test_the_connected_address_and_the_configured_ones(
         (("target", "127.0.0.1"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
     state.observe(result)
-    scheduled = b"".join(state.fragments).decode()  # what /metrics shows for the series
+    scheduled = series_text(state)  # what /metrics shows for the series
     series = 'target="127.0.0.1",module="m",zone="zen.test",address="192.0.2.10"'
     assert f"smtp_dnsbl_listed{{{series}}} 1\n" in scheduled
     assert f'smtp_dnsbl_state{{{series},state="listed"}} 1\n' in scheduled

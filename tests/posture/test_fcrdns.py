@@ -15,6 +15,7 @@ from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import CheckReport, ProbeResult
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.probe.common import compiled, describe, module
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dnssec import DnssecLab
@@ -78,7 +79,7 @@ async def test_a_ptr_that_confirms(
         (("target", "127.0.0.1"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
     state.observe(result)
-    scheduled = b"".join(state.fragments).decode()  # what /metrics shows for the series
+    scheduled = series_text(state)  # what /metrics shows for the series
     assert 'smtp_fcrdns_match{target="127.0.0.1",module="m"} 1\n' in scheduled
     assert 'smtp_fcrdns_banner_name_match{target="127.0.0.1",module="m"} 1\n' in scheduled
 

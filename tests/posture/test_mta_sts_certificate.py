@@ -16,6 +16,7 @@ from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import FailureReason, ProbeResult
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.posture.test_mta_sts import GOOD_POLICY, ID, _module, _values
 from tests.probe.common import compiled, describe
 from tests.servers.aiosmtpd_server import AiosmtpdServer
@@ -159,7 +160,7 @@ async def test_output_forms(
         labels = (("target", "good.test"), ("module", "m"), ("mx_host", each.mx.host))
         state = SeriesState(labels, buckets=Buckets((1.0,)), phase_histograms=False)
         state.observe(each)
-        rendered[each.mx.host] = b"".join(state.fragments).decode()
+        rendered[each.mx.host] = series_text(state)
     own = 'target="good.test",module="m",mx_host="a.backup.good.test"'
     assert f"smtp_mta_sts_mx_covered{{{own}}} 1\n" in rendered["a.backup.good.test"]
     assert f"smtp_mta_sts_cert_valid{{{own}}} 1\n" in rendered["a.backup.good.test"]

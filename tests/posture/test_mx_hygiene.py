@@ -22,6 +22,7 @@ from smtp_exporter.posture.mx_hygiene import PROBLEMS
 from smtp_exporter.posture.runner import PostureMemory, run_posture
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.probe.common import compiled, describe, module
 from tests.servers.aiosmtpd_server import AiosmtpdServer
 from tests.servers.dns_server import DnsServer
@@ -232,7 +233,7 @@ async def test_output_forms(server: DnsServer, smtp_server: AiosmtpdServer) -> N
         (("target", "loop.test"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
     state.observe(result)
-    scheduled = b"".join(state.fragments).decode()
+    scheduled = series_text(state)
     assert 'smtp_mx_problem{target="loop.test",module="m",problem="private_address"} 1\n' in scheduled
     assert 'smtp_mx_records{target="loop.test",module="m"} 1\n' in scheduled
 

@@ -19,6 +19,7 @@ from smtp_exporter.metrics.exposition import render_probe_result
 from smtp_exporter.model import FailureReason, Phase, ProbeResult, Transaction
 from smtp_exporter.presentation import format_text, probe_json
 from smtp_exporter.probe import Prober
+from tests.helpers import series_text
 from tests.probe.common import Stopwatch, compiled, describe, module
 from tests.probe.test_dns import needs_ipv6  # noqa: F401  (a fixture)
 from tests.servers import scripted
@@ -217,7 +218,7 @@ async def test_all_bad_fails_with_the_attempt_that_ended_last(
     )
     state.observe(result)
     state.observe(result)
-    rendered = b"".join(state.fragments).decode()
+    rendered = series_text(state)
     assert (
         'smtp_probe_attempt_failures_total{target="allbad.test",module="m",reason="timeout"} 2\n' in rendered
     )

@@ -31,7 +31,7 @@ from smtp_exporter.model import (
 )
 from smtp_exporter.scheduler import MAX_START_GRID, MIN_START_GRID, schedule_phase, shard_of, start_grid
 from smtp_exporter.web.app import scrape_deadline
-from tests.helpers import require_binary
+from tests.helpers import require_binary, series_text
 
 NASTY = 'CN=evil "quoted" \\ back\nslash' + "x" * 5000
 
@@ -127,16 +127,16 @@ def test_histograms_restart_only_when_their_buckets_change() -> None:
     )
     state.observe(_result(success=True))
     state.reconfigure(buckets=Buckets((0.01, 1.0)), phase_histograms=False)
-    text = b"".join(state.fragments).decode()
+    text = series_text(state)
     assert 'smtp_probe_duration_distribution_seconds_bucket{target="t",module="m",le="0.01"} 0' in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 1' in text
     state.reconfigure(buckets=Buckets((0.5, 5.0)), phase_histograms=True)
-    text = b"".join(state.fragments).decode()
+    text = series_text(state)
     assert 'le="0.01"' not in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 0' in text
     assert "smtp_probes_total" in text  # counters are not histograms: they continue
     state.observe(_result(success=True))
-    text = b"".join(state.fragments).decode()
+    text = series_text(state)
     assert 'smtp_probe_duration_distribution_seconds_bucket{target="t",module="m",le="0.5"} 1' in text
     assert 'smtp_probes_total{target="t",module="m"} 2' in text
     assert (
@@ -202,7 +202,7 @@ def test_histogram_lines_are_exact_and_cumulative() -> None:
     for duration in (0.0078125, 0.5, 0.5, 7.0):  # exact in binary: an exact sum
         state.observe(dataclasses.replace(_result(success=True), duration_seconds=duration))
     name = "smtp_probe_duration_distribution_seconds"
-    lines = [line for line in b"".join(state.fragments).decode().splitlines() if line.startswith(name)]
+    lines = [line for line in series_text(state).splitlines() if line.startswith(name)]
     assert lines == [
         f'{name}_bucket{{target="t",module="m",le="0.01"}} 1',
         f'{name}_bucket{{target="t",module="m",le="1.0"}} 3',
