@@ -3,7 +3,7 @@
 A scheduled series (one target and module, or one MX host of it) renders its sample lines once,
 when its probe completes, into one byte string per metric family (`SeriesState.fragments`),
 without the `name{` its first line starts with: every series' fragment of a family starts so,
-and the scrape writes it back as the separator of the family's join (`LINE_HEADS`). A scrape
+and the scrape writes it back as the separator of the family's join (`_line_head`). A scrape
 then writes, for each family, its HELP/TYPE header once followed by that join of every series'
 fragment: no per-sample work happens on the scrape path. The sample lines are the same
 in the Prometheus text format 0.0.4 and in OpenMetrics 1.0 (counters' samples end in `_total`
@@ -66,10 +66,9 @@ SERIES_FAMILIES = (*OWN_SERIES_FAMILIES, *BLACKBOX_FAMILIES)
 
 # Every family a scheduled series renders, in exposition order: the probe's, then posture's.
 _ALL_FAMILIES: tuple[Family, ...] = (*SERIES_FAMILIES, *POSTURE_FAMILIES)
-# The order of a series' fragments: first the families nearly every series has lines for, the
-# rest in exposition order, so that a series' tuple, which ends at its last family with lines,
-# holds few empty places (each 8 bytes a series). In exposition order a healthy series without
-# TLS ended at its 29th place with 16 of them empty; now at its 14th (docs/architecture.md).
+# The order of a series' fragments: first the families nearly every series has lines for, then
+# the rest in exposition order. A series' tuple ends at its last family with lines, so this
+# order leaves few empty places in it, each 8 bytes a series (docs/architecture.md).
 _EVERY_SERIES: tuple[Family, ...] = (
     SUCCESS,
     DURATION,
@@ -88,17 +87,19 @@ _EVERY_SERIES: tuple[Family, ...] = (
 )
 _STORED_FAMILIES = (*_EVERY_SERIES, *(family for family in _ALL_FAMILIES if family not in _EVERY_SERIES))
 _FAMILY_INDEX = {family: index for index, family in enumerate(_STORED_FAMILIES)}
-# What the first line of every series' fragment of a family starts with, left out of the
-# fragment and written back by the scrape: the family's sample name and the brace of its labels
-# (a series always has labels: target and module). Kept once per family, not in ~13 fragments
-# a series: ~350 bytes a healthy target (docs/architecture.md).
-LINE_HEADS = {
-    family: f"{family.name}_bucket{{" if family.kind is Kind.HISTOGRAM else f"{family.name}{{"
-    for family in _STORED_FAMILIES
-}
-_HEAD_LENGTHS = tuple(len(LINE_HEADS[family]) for family in _STORED_FAMILIES)
-# Per family in exposition order, the place of its fragment in a series' tuple and its head.
-_EXPOSITION = tuple((family, _FAMILY_INDEX[family], LINE_HEADS[family].encode()) for family in _ALL_FAMILIES)
+
+
+def _line_head(family: Family) -> str:
+    """What the first line of every series' fragment of `family` starts with: its sample name
+    and the brace of its labels (a series always has labels: target and module). A fragment is
+    kept without it, and the scrape writes it back, once per family rather than in every
+    series' fragment (docs/architecture.md)."""
+    return f"{family.name}_bucket{{" if family.kind is Kind.HISTOGRAM else f"{family.name}{{"
+
+
+_HEAD_LENGTHS = tuple(len(_line_head(family)) for family in _STORED_FAMILIES)
+# Per family in exposition order: the place of its fragment in a series' tuple, and its head.
+_EXPOSITION = tuple((family, _FAMILY_INDEX[family], _line_head(family).encode()) for family in _ALL_FAMILIES)
 _PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
 _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
 _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
@@ -366,7 +367,7 @@ class SeriesState:
         # last few of this exporter's) are empty, and each empty place would cost 8 bytes a series.
         fragments = [b""] * (max(columns) + 1)
         for position, lines in columns.items():
-            lines[0] = lines[0][_HEAD_LENGTHS[position] :]  # the scrape writes it (LINE_HEADS)
+            lines[0] = lines[0][_HEAD_LENGTHS[position] :]  # the scrape writes it (_line_head)
             fragments[position] = "".join(lines).encode()
         if reused:
             fragments += [b""] * (_EXTENSION_INDEX + 1 - len(fragments))
@@ -420,7 +421,7 @@ def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[byt
         for start in range(0, len(column), step):
             # The head before each fragment with lines: joined with it, after an empty first.
             piece = head.join(chain(_NOTHING, filter(None, column[start : start + step])))
-            if len(piece) > len(head):
+            if piece:
                 if header:
                     yield header
                     header = b""

@@ -17,6 +17,7 @@ from smtp_exporter.metrics import (
     SeriesState,
     render_probe_result,
 )
+from smtp_exporter.metrics.exposition import SERIES_FAMILIES
 from smtp_exporter.metrics.families import MAX_EXTENSIONS, MAX_LABEL_VALUE_CHARS
 from smtp_exporter.model import (
     AddressInfo,
@@ -154,6 +155,27 @@ def test_probe_body_has_blackbox_names_and_no_target_labels() -> None:
     assert "target" not in body and "smtp_probes_total" not in body
     om = render_probe_result(_result(success=True), openmetrics=True).decode()
     assert om.endswith("# EOF\n") and list(parse_openmetrics(om))
+
+
+def test_a_scrape_writes_the_families_in_exposition_order() -> None:
+    # A series keeps its fragments in another order (the families most series have first); the
+    # scrape writes them back in exposition order, each family once with all its series' lines.
+    store = MetricsStore()
+    for success, target in ((True, "a.test:25"), (False, "b.test:25")):
+        state = SeriesState(
+            (("target", target), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=True
+        )
+        state.observe(_result(success=success, target=target))
+        store.add(state)
+    text = _scrape(store, openmetrics=False)
+    written = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE smtp_probe")]
+    exposition = [
+        family.name
+        for family in SERIES_FAMILIES
+        if family.name.startswith("smtp_probe") and f"# TYPE {family.name} " in text
+    ]
+    assert written == exposition and len(written) > 20
+    assert list(parse_text(text))  # every line whole: its head written back
 
 
 def test_empty_store_renders_nothing() -> None:
