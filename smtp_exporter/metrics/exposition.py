@@ -42,6 +42,7 @@ from smtp_exporter.metrics.families import (
     PROBES_TOTAL,
     REPLY_CODE,
     RESULT_FAMILIES,
+    STATE_FAMILIES,
     SUCCESS,
     Family,
     Kind,
@@ -49,7 +50,9 @@ from smtp_exporter.metrics.families import (
     Sample,
     attempt_failures,
     escape_label_value,
+    measured_samples,
     result_samples,
+    same_state,
 )
 from smtp_exporter.metrics.families import SERIES_FAMILIES as OWN_SERIES_FAMILIES
 from smtp_exporter.metrics.posture import POSTURE_FAMILIES, posture_samples
@@ -106,7 +109,7 @@ _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
 _DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[DURATION_HISTOGRAM]
 _PHASE_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]
 _DELIVERY_HISTOGRAM_INDEX = _FAMILY_INDEX[DELIVERY_HISTOGRAM]
-_EXTENSION_INDEX = _FAMILY_INDEX[EXTENSION]
+_STATE_POSITIONS = tuple(_FAMILY_INDEX[family] for family in STATE_FAMILIES)
 
 
 def wants_openmetrics(accept: str | None) -> bool:
@@ -317,16 +320,14 @@ class SeriesState:
         prefix = self._prefix  # never empty: a series has at least target and module
         index = _FAMILY_INDEX
         columns: dict[int, list[str]] = {}
-        # A server offers the same extensions at every probe: when the previous result had the
-        # same, their lines (a fifth of a healthy probe's samples) are the ones it rendered
-        # (docs/architecture.md).
-        reused: bytes | None = None
-        if previous is not None and previous.server.extensions == result.server.extensions:
-            before = self.fragments
-            reused = before[_EXTENSION_INDEX] if len(before) > _EXTENSION_INDEX else b""
-        samples: Iterable[Sample] = result_samples(
-            result, mx_host_label=self.mx_host is not None, extensions=reused is None
-        )
+        # A target's state (its reply codes, EHLO keywords, TLS facts, ...) is nearly always
+        # what its previous probe found: then those lines, about half of a healthy series', are
+        # the ones the previous render made (docs/architecture.md).
+        unchanged = previous is not None and same_state(result, previous)
+        if unchanged:
+            samples: Iterable[Sample] = measured_samples(result)
+        else:
+            samples = result_samples(result, mx_host_label=self.mx_host is not None)
         if self._blackbox_names:
             samples = chain(samples, blackbox_samples(result))
         if result.posture:
@@ -369,9 +370,12 @@ class SeriesState:
         for position, lines in columns.items():
             lines[0] = lines[0][_HEAD_LENGTHS[position] :]  # the scrape writes it (_line_head)
             fragments[position] = "".join(lines).encode()
-        if reused:
-            fragments += [b""] * (_EXTENSION_INDEX + 1 - len(fragments))
-            fragments[_EXTENSION_INDEX] = reused
+        if unchanged:
+            before = self.fragments
+            fragments += [b""] * (len(before) - len(fragments))
+            for position in _STATE_POSITIONS:
+                if position < len(before):
+                    fragments[position] = before[position]
         return tuple(fragments)
 
 

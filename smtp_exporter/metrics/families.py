@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
-from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult
+from smtp_exporter.model import AttemptOutcome, Phase, ProbeResult, TLSInfo
 
 # Label values that come from a server (certificate names, cipher, MX host) are cut to this many
 # characters and escaped, and at most this many EHLO keywords are exported, so a hostile server
@@ -217,32 +218,57 @@ def bound(value: str) -> str:
 _PHASE_LABELS: dict[str, str] = {phase: f'phase="{phase.value}"' for phase in Phase}
 
 
-def result_samples(
-    result: ProbeResult, *, mx_host_label: bool = False, extensions: bool = True
-) -> Iterator[Sample]:
-    """Every sample of one probe result as (family, rendered extra labels, value).
+def result_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
+    """Every sample of one probe result as (family, rendered extra labels, value): its
+    measurements, then its state (`measured_samples`, `state_samples`).
 
-    The series' own labels (target, module, ...) are not included. Label values that come from
-    the server are bounded and escaped here; phase and reason names are safe by construction.
-    `mx_host_label`: the series already carries `mx_host` (mx_mode each), so
-    `smtp_probe_mx_info` must not repeat it. `extensions=False` leaves out the EXTENSION
-    samples, for a renderer that has their lines already. Samples of one family come out in
-    order, but the families of a phase's samples are interleaved: renderers group them by family.
+    The series' own labels (target, module, ...) are not included. `mx_host_label`: the series
+    already carries `mx_host` (mx_mode each), so `smtp_probe_mx_info` must not repeat it.
+    Samples of one family come out in order; renderers group them by family.
     """
-    yield SUCCESS, "", 1 if result.success else 0
+    yield from measured_samples(result)
+    yield from state_samples(result, mx_host_label=mx_host_label)
+
+
+def measured_samples(result: ProbeResult) -> Iterator[Sample]:
+    """The samples of what a probe measured (its durations, when it ran, its delivery check):
+    new at every probe."""
     yield DURATION, "", result.duration_seconds
     yield LAST_RUN, "", result.start_timestamp
     phase_labels = _PHASE_LABELS
     seen: set[str] = set()  # a phase is exported once even if a result repeats it
-    replied: set[str] = set()
     for phase in result.phases:
         name = phase.phase
-        label = phase_labels[name]
         if name not in seen:
             seen.add(name)
-            yield PHASE_DURATION, label, phase.duration_seconds
+            yield PHASE_DURATION, phase_labels[name], phase.duration_seconds
+    delivery = result.delivery
+    if delivery is not None:
+        found = delivery.duration_seconds
+        yield DELIVERY_SUCCESS, "", 0 if found is None else 1
+        if found is not None:
+            yield DELIVERY_DURATION, "", found
+        if delivery.hops is not None:
+            yield DELIVERY_HOPS, "", delivery.hops
+        for method, outcome in delivery.authentication_results:
+            yield DELIVERY_AUTHENTICATION_RESULT, f'method="{bound(method)}",result="{bound(outcome)}"', 1
+
+
+def state_samples(result: ProbeResult, *, mx_host_label: bool = False) -> Iterator[Sample]:
+    """The samples of the state a probe found (success or failure, reply codes, TLS, EHLO
+    keywords, the address, attempts, pipelining, the MX host): of the families in
+    STATE_FAMILIES, the same as at the previous probe whenever `same_state` says so.
+
+    Label values that come from the server are bounded and escaped here; phase and reason
+    names are safe by construction."""
+    yield SUCCESS, "", 1 if result.success else 0
+    phase_labels = _PHASE_LABELS
+    replied: set[str] = set()  # a phase is exported once even if a result repeats it
+    for phase in result.phases:
+        name = phase.phase
         if phase.reply_code is not None and name not in replied:
             replied.add(name)
+            label = phase_labels[name]
             yield REPLY_CODE, label, phase.reply_code
             status = phase.enhanced_status  # read once: each read matches the reply's text
             if status is not None:  # digits and dots only: nothing to bound or escape
@@ -267,8 +293,8 @@ def result_samples(
                 f'fingerprint_sha256="{bound(tls.fingerprint_sha256 or "")}"'
             )
             yield CERT_INFO, cert, 1
-    seen.clear()
-    for keyword, _params in result.server.extensions if extensions else ():
+    seen: set[str] = set()
+    for keyword, _params in result.server.extensions:
         if len(seen) >= MAX_EXTENSIONS:
             break
         # An RFC 5321 ehlo-keyword, as protocol/ehlo.py keeps no other (at most 64 letters,
@@ -284,22 +310,77 @@ def result_samples(
         yield IP_PROTOCOL, "", result.address.family
     yield ATTEMPTS, "", len(result.attempts)
     yield FALLBACK, "", 1 if result.fallback else 0
-    delivery = result.delivery
-    if delivery is not None:
-        found = delivery.duration_seconds
-        yield DELIVERY_SUCCESS, "", 0 if found is None else 1
-        if found is not None:
-            yield DELIVERY_DURATION, "", found
-        if delivery.hops is not None:
-            yield DELIVERY_HOPS, "", delivery.hops
-        for method, outcome in delivery.authentication_results:
-            yield DELIVERY_AUTHENTICATION_RESULT, f'method="{bound(method)}",result="{bound(outcome)}"', 1
     yield PIPELINED, "", 1 if result.pipelined else 0
     if result.mx is not None:
         if mx_host_label:
             yield MX_INFO, f'preference="{result.mx.preference}"', 1
         else:
             yield MX_INFO, f'mx_host="{bound(result.mx.host)}",preference="{result.mx.preference}"', 1
+
+
+# The families of `state_samples`.
+STATE_FAMILIES: tuple[Family, ...] = (
+    SUCCESS,
+    REPLY_CODE,
+    ENHANCED_STATUS,
+    LAST_FAILURE,
+    TLS_VERSION,
+    TLS_CIPHER,
+    CERT_NOT_AFTER,
+    CERT_NOT_BEFORE,
+    CHAIN_NOT_AFTER,
+    CERT_VERIFIED,
+    CERT_INFO,
+    EXTENSION,
+    MAX_SIZE,
+    IP_PROTOCOL,
+    ATTEMPTS,
+    FALLBACK,
+    PIPELINED,
+    MX_INFO,
+)
+# What `state_samples` reads of a phase: its name, reply code and reply text.
+_REPLY = itemgetter(0, 2, 3)
+
+
+def same_state(result: ProbeResult, other: ProbeResult) -> bool:
+    """Whether `state_samples` gives the same samples for both results: it compares everything
+    that function reads (keep the two in step). A target's state rarely changes between probes,
+    so a series renders these lines again only when it did (metrics/exposition.py)."""
+    return (
+        result.success == other.success
+        and result.failure == other.failure
+        and result.server.extensions == other.server.extensions
+        and result.fallback == other.fallback
+        and result.pipelined == other.pipelined
+        and result.mx == other.mx
+        and len(result.attempts) == len(other.attempts)
+        and _family(result) == _family(other)
+        and _same_tls(result.tls, other.tls)
+        and list(map(_REPLY, result.phases)) == list(map(_REPLY, other.phases))
+    )
+
+
+def _family(result: ProbeResult) -> int | None:
+    return None if result.address is None else result.address.family
+
+
+def _same_tls(tls: TLSInfo | None, other: TLSInfo | None) -> bool:
+    """The TLS facts `state_samples` reads (not the whole `TLSInfo`: a result keeps its chain
+    only until its posture checks ran)."""
+    if tls is None or other is None:
+        return tls is other
+    return (
+        tls.version == other.version
+        and tls.cipher == other.cipher
+        and tls.verified == other.verified
+        and tls.cert_not_after_timestamp == other.cert_not_after_timestamp
+        and tls.cert_not_before_timestamp == other.cert_not_before_timestamp
+        and tls.chain_not_after_timestamp == other.chain_not_after_timestamp
+        and tls.subject == other.subject
+        and tls.issuer == other.issuer
+        and tls.fingerprint_sha256 == other.fingerprint_sha256
+    )
 
 
 def attempt_failures(result: ProbeResult) -> Iterator[str]:

@@ -1,0 +1,256 @@
+"""A series renders its state lines (reply codes, EHLO keywords, TLS facts, ...) again only when
+the state changed (`same_state`): whatever results it observed, its lines are those a series that
+saw only its latest result would show."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smtp_exporter.config.schema import StartTLS
+from smtp_exporter.metrics import Buckets, SeriesState
+from smtp_exporter.metrics.families import RESULT_FAMILIES, same_state
+from smtp_exporter.model import (
+    AddressInfo,
+    Attempt,
+    AttemptOutcome,
+    DeliveryInfo,
+    Failure,
+    FailureReason,
+    MXInfo,
+    Phase,
+    PhaseResult,
+    ProbeResult,
+    ServerInfo,
+    TLSInfo,
+)
+from smtp_exporter.probe import Prober
+from tests.helpers import series_text
+from tests.probe.common import compiled, describe, module, trusting
+from tests.servers.aiosmtpd_server import AiosmtpdServer
+from tests.servers.tls import TestCA
+
+_RESULT_NAMES = tuple(f"{family.name}{{" for family in RESULT_FAMILIES)
+
+# Few values per field, so that consecutive results often agree on some fields and not others.
+_durations = st.sampled_from((0.001, 0.0125, 0.5))
+_phases = st.lists(
+    st.builds(
+        PhaseResult,
+        st.sampled_from((Phase.CONNECT, Phase.BANNER, Phase.EHLO, Phase.RCPT, Phase.QUIT)),
+        _durations,
+        st.sampled_from((None, 220, 250, 550)),
+        st.sampled_from((None, "ok", "2.1.0 ok", "5.1.1 unknown")),
+    ),
+    max_size=5,
+).map(tuple)
+_tls = st.none() | st.builds(
+    TLSInfo,
+    st.sampled_from(("TLSv1.2", "TLSv1.3")),
+    st.sampled_from(("TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES256-GCM-SHA384")),
+    st.booleans(),
+    st.sampled_from((None, "expired")),
+    st.sampled_from((None, 1.6e9)),
+    st.sampled_from((None, 1.9e9, 2.0e9)),
+    st.sampled_from((None, "CN=mx.test")),
+    st.sampled_from((None, "CN=CA")),
+    st.just(()),
+    st.sampled_from((None, "ab" * 32, "cd" * 32)),
+    chain_not_after_timestamp=st.sampled_from((None, 1.8e9)),
+    chain=st.sampled_from(((), (b"der",))),  # kept only until posture ran: not a state
+)
+_extensions = st.lists(
+    st.sampled_from((("PIPELINING", ()), ("SIZE", ("1000",)), ("SIZE", ("2000",)), ("8BITMIME", ()))),
+    max_size=3,
+).map(tuple)
+_attempts = st.lists(
+    st.builds(
+        Attempt,
+        st.none(),
+        st.just("127.0.0.1"),
+        st.just(4),
+        st.sampled_from(tuple(AttemptOutcome)),
+        st.none(),
+        st.none(),
+        _durations,
+    ),
+    max_size=2,
+).map(tuple)
+_delivery = st.none() | st.builds(
+    DeliveryInfo,
+    st.just("<id@probe.test>"),
+    st.just("token"),
+    st.sampled_from((None, 0.25)),
+    hops=st.sampled_from((None, 2)),
+    authentication_results=st.sampled_from(((), (("dkim", "pass"),))),
+)
+
+
+@st.composite
+def _results(draw: st.DrawFn) -> ProbeResult:
+    failure = draw(
+        st.none()
+        | st.builds(
+            Failure,
+            st.sampled_from((Phase.BANNER, Phase.RCPT)),
+            st.sampled_from((FailureReason.REPLY_PERMANENT, FailureReason.TIMEOUT)),
+            st.sampled_from(("550 no", "no reply")),
+        )
+    )
+    return ProbeResult(
+        target="mx.test",
+        module="m",
+        success=failure is None,
+        start_timestamp=draw(st.sampled_from((1.7e9, 1.7e9 + 60))),
+        duration_seconds=draw(_durations),
+        phases=draw(_phases),
+        failure=failure,
+        tls=draw(_tls),
+        server=ServerInfo("mx.test ESMTP", "mx.test", draw(_extensions)),
+        address=draw(
+            st.none() | st.builds(AddressInfo, st.just("::1"), st.just(25), st.sampled_from((4, 6)))
+        ),
+        mx=draw(
+            st.none()
+            | st.builds(MXInfo, st.sampled_from(("mx1.test", "mx2.test")), st.sampled_from((10, 20)))
+        ),
+        attempts=draw(_attempts),
+        fallback=draw(st.booleans()),
+        delivery=draw(_delivery),
+        pipelined=draw(st.booleans()),
+    )
+
+
+def _series() -> SeriesState:
+    return SeriesState(
+        (("target", "mx.test"), ("module", "m")), buckets=Buckets((0.01, 0.1)), phase_histograms=True
+    )
+
+
+def _result_lines(state: SeriesState) -> list[str]:
+    """The series' lines of the families that describe its latest result (no counters and
+    histograms, which a series adds up over its probes)."""
+    return [line for line in series_text(state).splitlines() if line.startswith(_RESULT_NAMES)]
+
+
+_TLS_FIELDS = tuple(field.name for field in dataclasses.fields(TLSInfo))
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> list[ProbeResult]:
+    """Results as a series sees them: each the one before with one field (or one TLS fact, or
+    none) taken from another, so that most of a state stays and a part of it may change."""
+    history = [draw(_results())]
+    for _ in range(draw(st.integers(1, 3))):
+        fields, other = _fields(history[-1]), _fields(draw(_results()))
+        name = draw(st.sampled_from(_VARIED) | st.sampled_from(_TLS_FIELDS))
+        tls, other_tls = fields["tls"], other["tls"]
+        if name in _VARIED:
+            fields[name] = other[name]
+        elif isinstance(tls, TLSInfo) and isinstance(other_tls, TLSInfo):
+            fields["tls"] = dataclasses.replace(tls, **{name: getattr(other_tls, name)})
+        fields["success"] = fields["failure"] is None
+        history.append(ProbeResult(**fields))  # type: ignore[arg-type]
+    return history
+
+
+_VARIED = (
+    "failure",
+    "phases",
+    "tls",
+    "server",
+    "address",
+    "mx",
+    "attempts",
+    "fallback",
+    "delivery",
+    "pipelined",
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_histories())
+def test_a_series_shows_its_latest_result_whatever_came_before(results: list[ProbeResult]) -> None:
+    series = _series()
+    for result in results:
+        series.observe(result)
+    fresh = _series()
+    fresh.observe(results[-1])
+    assert _result_lines(series) == _result_lines(fresh)
+
+
+def test_each_state_change_is_rendered() -> None:
+    """One fact changed at a time, from a state the series has shown: its lines follow."""
+    phases = (PhaseResult(Phase.BANNER, 0.001, 220, "ok"), PhaseResult(Phase.RCPT, 0.002, 250, "2.1.5 ok"))
+    tls = TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", True, None, 1.6e9, 1.9e9, "CN=a", "CN=CA", (), "ab")
+    base = ProbeResult(
+        "mx.test", "m", True, 1.7e9, 0.01, phases, None, tls=tls,
+        server=ServerInfo("mx.test", "mx.test", (("SIZE", ("1000",)),)),
+        address=AddressInfo("::1", 25, 6), mx=MXInfo("mx1.test", 10),
+    )  # fmt: skip
+    refused = (phases[0], PhaseResult(Phase.RCPT, 0.002, 550, "5.1.1 unknown"))
+    failed = _changed(
+        base, success=False, phases=refused, failure=Failure(Phase.RCPT, FailureReason.REPLY_PERMANENT, "550")
+    )
+    pairs = {
+        "success": (base, failed),
+        "failure reason": (failed, _changed(failed, failure=Failure(Phase.RCPT, FailureReason.REPLY_TEMPORARY, "451"))),
+        "reply": (base, _changed(base, phases=refused)),
+        "enhanced status only": (base, _changed(base, phases=(phases[0], PhaseResult(Phase.RCPT, 0.002, 250, "2.1.0 ok")))),
+        "tls": (base, _changed(base, tls=None)),
+        "extensions": (base, _changed(base, server=ServerInfo("mx.test", "mx.test", (("SIZE", ("2000",)),)))),
+        "address family": (base, _changed(base, address=AddressInfo("127.0.0.1", 25, 4))),
+        "mx": (base, _changed(base, mx=MXInfo("mx2.test", 20))),
+        "attempts": (base, _changed(base, attempts=(Attempt(None, "::1", 6, AttemptOutcome.CONNECTED, None, None, 0.001),))),
+        "fallback": (base, _changed(base, fallback=True)),
+        "pipelined": (base, _changed(base, pipelined=True)),
+    }  # fmt: skip
+    tls_changes = {
+        "version": "TLSv1.2",
+        "cipher": "ECDHE-RSA-AES256-GCM-SHA384",
+        "verified": False,
+        "cert_not_before_timestamp": 1.5e9,
+        "cert_not_after_timestamp": 2.0e9,
+        "chain_not_after_timestamp": 1.8e9,
+        "subject": "CN=b",
+        "issuer": "CN=other CA",
+        "fingerprint_sha256": "cd",
+    }
+    for name, value in tls_changes.items():
+        pairs[f"tls {name}"] = (base, _changed(base, tls=dataclasses.replace(tls, **{name: value})))
+    for name, (before, after) in pairs.items():
+        assert not same_state(after, before), name
+        series = _series()
+        series.observe(before)
+        shown = _result_lines(series)
+        series.observe(after)
+        fresh = _series()
+        fresh.observe(after)
+        assert _result_lines(series) == _result_lines(fresh) != shown, name
+
+
+def _changed(result: ProbeResult, **changes: object) -> ProbeResult:
+    return ProbeResult(**{**_fields(result), **changes})  # type: ignore[arg-type]
+
+
+def _fields(result: ProbeResult) -> dict[str, object]:
+    return {name: getattr(result, name) for name in ProbeResult.__slots__}
+
+
+async def test_probes_of_an_unchanged_server_have_the_same_state(
+    starttls_server: AiosmtpdServer, tls_ca: TestCA
+) -> None:
+    """Real probes through STARTTLS, each compared with the previous one as a series keeps it:
+    the same state, so that a scheduled series renders only what it measured."""
+    settings_ = module(
+        "smtp_full", port=starttls_server.port, starttls=StartTLS.REQUIRED, tls_config=trusting(tls_ca)
+    )
+    target, compiled_module, text = compiled(starttls_server.target, "m", settings_)
+    prober = Prober()
+    first = await prober.probe(target, compiled_module, text)
+    second = await prober.probe(target, compiled_module, text)
+    assert first.success and second.success, describe(second)
+    assert second.tls is not None and second.server.extensions
+    assert same_state(second, first.kept())
