@@ -1,8 +1,9 @@
 """The metric families of a probe result: names, types, help texts and samples.
 
-Names and labels are the public contract documented in README.md. Every sample of a
-probe result is produced here, once, by `result_samples`; the scheduled `/metrics` blocks and
-the `/probe` response both render these samples, so the two modes can never disagree.
+Names and labels are the public contract documented in README.md. Every sample of a probe
+result is produced here, once, by `measured_samples` and `state_samples` (together
+`result_samples`); the scheduled `/metrics` blocks and the `/probe` response both render these
+samples, so the two modes can never disagree.
 """
 
 from __future__ import annotations

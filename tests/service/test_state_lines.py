@@ -144,15 +144,14 @@ def _histories(draw: st.DrawFn) -> list[ProbeResult]:
     none) taken from another, so that most of a state stays and a part of it may change."""
     history = [draw(_results())]
     for _ in range(draw(st.integers(1, 3))):
-        fields, other = _fields(history[-1]), _fields(draw(_results()))
+        result, other = history[-1], draw(_results())
         name = draw(st.sampled_from(_VARIED) | st.sampled_from(_TLS_FIELDS))
-        tls, other_tls = fields["tls"], other["tls"]
         if name in _VARIED:
-            fields[name] = other[name]
-        elif isinstance(tls, TLSInfo) and isinstance(other_tls, TLSInfo):
-            fields["tls"] = dataclasses.replace(tls, **{name: getattr(other_tls, name)})
-        fields["success"] = fields["failure"] is None
-        history.append(ProbeResult(**fields))  # type: ignore[arg-type]
+            result = dataclasses.replace(result, **{name: getattr(other, name)})
+        elif result.tls is not None and other.tls is not None:
+            tls = dataclasses.replace(result.tls, **{name: getattr(other.tls, name)})
+            result = dataclasses.replace(result, tls=tls)
+        history.append(dataclasses.replace(result, success=result.failure is None))
     return history
 
 
@@ -191,21 +190,21 @@ def test_each_state_change_is_rendered() -> None:
         address=AddressInfo("::1", 25, 6), mx=MXInfo("mx1.test", 10),
     )  # fmt: skip
     refused = (phases[0], PhaseResult(Phase.RCPT, 0.002, 550, "5.1.1 unknown"))
-    failed = _changed(
+    failed = dataclasses.replace(
         base, success=False, phases=refused, failure=Failure(Phase.RCPT, FailureReason.REPLY_PERMANENT, "550")
     )
     pairs = {
         "success": (base, failed),
-        "failure reason": (failed, _changed(failed, failure=Failure(Phase.RCPT, FailureReason.REPLY_TEMPORARY, "451"))),
-        "reply": (base, _changed(base, phases=refused)),
-        "enhanced status only": (base, _changed(base, phases=(phases[0], PhaseResult(Phase.RCPT, 0.002, 250, "2.1.0 ok")))),
-        "tls": (base, _changed(base, tls=None)),
-        "extensions": (base, _changed(base, server=ServerInfo("mx.test", "mx.test", (("SIZE", ("2000",)),)))),
-        "address family": (base, _changed(base, address=AddressInfo("127.0.0.1", 25, 4))),
-        "mx": (base, _changed(base, mx=MXInfo("mx2.test", 20))),
-        "attempts": (base, _changed(base, attempts=(Attempt(None, "::1", 6, AttemptOutcome.CONNECTED, None, None, 0.001),))),
-        "fallback": (base, _changed(base, fallback=True)),
-        "pipelined": (base, _changed(base, pipelined=True)),
+        "failure reason": (failed, dataclasses.replace(failed, failure=Failure(Phase.RCPT, FailureReason.REPLY_TEMPORARY, "451"))),
+        "reply": (base, dataclasses.replace(base, phases=refused)),
+        "enhanced status only": (base, dataclasses.replace(base, phases=(phases[0], PhaseResult(Phase.RCPT, 0.002, 250, "2.1.0 ok")))),
+        "tls": (base, dataclasses.replace(base, tls=None)),
+        "extensions": (base, dataclasses.replace(base, server=ServerInfo("mx.test", "mx.test", (("SIZE", ("2000",)),)))),
+        "address family": (base, dataclasses.replace(base, address=AddressInfo("127.0.0.1", 25, 4))),
+        "mx": (base, dataclasses.replace(base, mx=MXInfo("mx2.test", 20))),
+        "attempts": (base, dataclasses.replace(base, attempts=(Attempt(None, "::1", 6, AttemptOutcome.CONNECTED, None, None, 0.001),))),
+        "fallback": (base, dataclasses.replace(base, fallback=True)),
+        "pipelined": (base, dataclasses.replace(base, pipelined=True)),
     }  # fmt: skip
     tls_changes = {
         "version": "TLSv1.2",
@@ -219,7 +218,10 @@ def test_each_state_change_is_rendered() -> None:
         "fingerprint_sha256": "cd",
     }
     for name, value in tls_changes.items():
-        pairs[f"tls {name}"] = (base, _changed(base, tls=dataclasses.replace(tls, **{name: value})))
+        pairs[f"tls {name}"] = (
+            base,
+            dataclasses.replace(base, tls=dataclasses.replace(tls, **{name: value})),
+        )
     for name, (before, after) in pairs.items():
         assert not same_state(after, before), name
         series = _series()
@@ -229,14 +231,6 @@ def test_each_state_change_is_rendered() -> None:
         fresh = _series()
         fresh.observe(after)
         assert _result_lines(series) == _result_lines(fresh) != shown, name
-
-
-def _changed(result: ProbeResult, **changes: object) -> ProbeResult:
-    return ProbeResult(**{**_fields(result), **changes})  # type: ignore[arg-type]
-
-
-def _fields(result: ProbeResult) -> dict[str, object]:
-    return {name: getattr(result, name) for name in ProbeResult.__slots__}
 
 
 async def test_probes_of_an_unchanged_server_have_the_same_state(
