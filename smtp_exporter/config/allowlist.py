@@ -121,7 +121,7 @@ class TargetAllowlist:
         """Whether /probe may connect to a parsed target."""
         if not self._rules:
             return True
-        ip = target.ip
+        ip = ipaddress.ip_address(target.host) if target.family is not None else None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(rule.allows(target.host, ip, target.port) for rule in self._rules)
@@ -139,4 +139,4 @@ class TargetAllowlist:
             ip = ipaddress.ip_address(text)
         except ValueError:
             return self.allows_target(Target(text.rstrip(".").lower(), port, None))
-        return self.allows_target(Target(str(ip), port, ip))
+        return self.allows_target(Target(str(ip), port, ip.version))

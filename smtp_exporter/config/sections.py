@@ -248,7 +248,7 @@ def build_target(
         parsed = parse_target(text, config.port)
     except TargetError as exc:
         doc.fail(target_node, target_path, str(exc))
-    if config.mx and (parsed.ip is not None or ":" in text):
+    if config.mx and (parsed.family is not None or ":" in text):
         doc.fail(
             target_node,
             target_path,

@@ -376,6 +376,14 @@ class SeriesState:
             for position in _STATE_POSITIONS:
                 if position < len(before):
                     fragments[position] = before[position]
+        else:
+            # Equal state fragments share one object: without their family's name, a healthy
+            # series' success, attempts and pipelined lines are each `target=...} 1\n`. Kept
+            # while the state is, this costs nothing at the probes that follow.
+            shared: dict[bytes, bytes] = {}
+            for position in _STATE_POSITIONS:
+                if position < len(fragments) and fragments[position]:
+                    fragments[position] = shared.setdefault(fragments[position], fragments[position])
         return tuple(fragments)
 
 

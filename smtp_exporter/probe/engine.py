@@ -288,10 +288,10 @@ class Conversation:
 
     async def _resolve(self, session: ClientSession) -> list[Candidate] | None:
         target = self.target
-        if target.ip is not None:
+        if target.family is not None:
             session.connecting()
             self._resolve_times = (self.t0, self.t0)
-            return [Candidate(Address(target.host, target.ip.version), None)]
+            return [Candidate(Address(target.host, target.family), None)]
         started = perf_counter() - self.pre_resolve_seconds
         try:
             candidates = await self._candidates(session)

@@ -4,7 +4,6 @@ phase that needed the descriptor, with a message naming the cause, and raises no
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import resource
 from collections.abc import Callable, Iterator
@@ -84,7 +83,7 @@ async def test_an_unexpected_error_is_a_failed_result(smtp_server: AiosmtpdServe
     of the conversation expects): the probe still ends as a result, failed with local_error."""
     mod = module("smtps_handshake", port=smtp_server.port)
     conversation = Conversation(
-        target=Target("127.0.0.1", smtp_server.port, ipaddress.ip_address("127.0.0.1")),
+        target=Target("127.0.0.1", smtp_server.port, 4),
         target_text=smtp_server.target,
         module_name="m",
         module=mod,

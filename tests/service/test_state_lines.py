@@ -180,6 +180,22 @@ def test_a_series_shows_its_latest_result_whatever_came_before(results: list[Pro
     assert _result_lines(series) == _result_lines(fresh)
 
 
+def test_a_series_keeps_equal_state_lines_once() -> None:
+    # Without their families' names, success, attempts and pipelined of a healthy series are one
+    # line, `target=...} 1`: kept as one object, across probes of the same state too.
+    result = ProbeResult(
+        "mx.test", "m", True, 1.7e9, 0.01, (PhaseResult(Phase.BANNER, 0.001, 220, "ok"),), None,
+        server=ServerInfo("mx.test", "mx.test", ()),
+        attempts=(Attempt(None, "::1", 6, AttemptOutcome.CONNECTED, None, None, 0.001),), pipelined=True,
+    )  # fmt: skip
+    series = _series()
+    series.observe(result)  # the next probes' count (2, 3) is a line of its own
+    for _ in range(2):
+        series.observe(result)
+        ones = [fragment for fragment in series.fragments if fragment == b'target="mx.test",module="m"} 1\n']
+        assert len(ones) == 3 and ones[0] is ones[1] is ones[2]
+
+
 def test_each_state_change_is_rendered() -> None:
     """One fact changed at a time, from a state the series has shown: its lines follow."""
     phases = (PhaseResult(Phase.BANNER, 0.001, 220, "ok"), PhaseResult(Phase.RCPT, 0.002, 250, "2.1.5 ok"))
