@@ -338,6 +338,7 @@ class Scheduler:
             if any(state.mx_host == mx_host and state.ip_protocol == family for state in recorded):
                 continue  # the same MX host twice in one lookup: keep the first
             state = job.find(mx_host, family)
+            new = state is None
             if state is None:
                 state = SeriesState(
                     job.series_labels((mx_host, family)),
@@ -346,9 +347,10 @@ class Scheduler:
                     blackbox_names=self._blackbox_names,
                     delivery_buckets=self._delivery_buckets,
                 )
-                self._store.add(state)
             previous = state.latest
             kept = state.observe(result)
+            if new:  # with its lines: the store holds no series without (MetricsStore)
+                self._store.add(state)
             self._history.add(
                 kept, scheduled=True, transcript=result.transcript, mx_host=mx_host, ip_protocol=family
             )

@@ -17,6 +17,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat, zip_longest
+from operator import attrgetter
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -30,6 +31,7 @@ from smtp_exporter.metrics.families import (
     DURATION,
     DURATION_HISTOGRAM,
     ENHANCED_STATUS,
+    EVERY_RESULT_FAMILIES,
     EXTENSION,
     FAILURES_TOTAL,
     FALLBACK,
@@ -101,8 +103,14 @@ def _line_head(family: Family) -> str:
 
 
 _HEAD_LENGTHS = tuple(len(_line_head(family)) for family in _STORED_FAMILIES)
-# Per family in exposition order: the place of its fragment in a series' tuple, and its head.
-_EXPOSITION = tuple((family, _FAMILY_INDEX[family], _line_head(family).encode()) for family in _ALL_FAMILIES)
+# The families every series has lines of: those of every result, its probe count and histogram.
+_IN_EVERY_SERIES = frozenset((*EVERY_RESULT_FAMILIES, PROBES_TOTAL, DURATION_HISTOGRAM))
+# Per family in exposition order: the place of its fragment in a series' tuple, its head, and
+# whether every series' fragment of it has lines (then the scrape need not look for empty ones).
+_EXPOSITION = tuple(
+    (family, _FAMILY_INDEX[family], _line_head(family).encode(), family in _IN_EVERY_SERIES)
+    for family in _ALL_FAMILIES
+)
 _PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
 _FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
 _ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
@@ -390,7 +398,8 @@ class SeriesState:
 class MetricsStore:
     """The scheduled series, in a stable order, and the scrape-time concatenation of their blocks.
 
-    A series is its own key (by identity): no key object is kept per series."""
+    A series is its own key (by identity): no key object is kept per series. A series is added
+    once it rendered its first result, so every series here has the lines of `_IN_EVERY_SERIES`."""
 
     def __init__(self) -> None:
         self._series: dict[SeriesState, None] = {}
@@ -413,8 +422,11 @@ class MetricsStore:
         whole and all at once, the body (tens of megabytes at 10,000 targets) lands in the heap
         among the series' fragments, and that memory stays resident after the scrape.
         """
-        columns = list(zip_longest(*(state.fragments for state in self._series), fillvalue=b""))
+        columns = list(zip_longest(*map(_fragments, self._series), fillvalue=b""))
         return _pieces(columns, openmetrics)
+
+
+_fragments = attrgetter("fragments")
 
 
 _NOTHING = (b"",)
@@ -423,21 +435,24 @@ _NOTHING = (b"",)
 def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[bytes]:
     """`columns` in the fragments' order (`_STORED_FAMILIES`), written in exposition order, each
     fragment after its family's line head."""
-    for family, position, head in _EXPOSITION:
+    for family, position, head, in_every_series in _EXPOSITION:
         if position >= len(columns):
             continue
         column = columns[position]
+        if not in_every_series:
+            # Its empty fragments dropped: the head goes before each fragment with lines. Not
+            # looked for in a family every series has lines of, since the filter is a third of
+            # what a scrape spends outside copying bytes (docs/architecture.md).
+            column = tuple(filter(None, column))
+            if not column:
+                continue
         sample = column[:: len(column) // 16 + 1]
         step = SCRAPE_CHUNK_BYTES // (sum(map(len, sample)) // len(sample) + 1) + 1
         header = family.openmetrics_header if openmetrics else family.text_header
+        yield header
         for start in range(0, len(column), step):
-            # The head before each fragment with lines: joined with it, after an empty first.
-            piece = head.join(chain(_NOTHING, filter(None, column[start : start + step])))
-            if piece:
-                if header:
-                    yield header
-                    header = b""
-                yield piece
+            # The head before each fragment: joined with it, after an empty first.
+            yield head.join(_NOTHING + column[start : start + step])
 
 
 def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:

@@ -340,6 +340,8 @@ STATE_FAMILIES: tuple[Family, ...] = (
     PIPELINED,
     MX_INFO,
 )
+# The families `result_samples` gives a sample of for every result, whatever it holds.
+EVERY_RESULT_FAMILIES: tuple[Family, ...] = (SUCCESS, DURATION, LAST_RUN, ATTEMPTS, FALLBACK, PIPELINED)
 # What `state_samples` reads of a phase: its name, reply code and reply text.
 _REPLY = itemgetter(0, 2, 3)
 

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smtp_exporter.config.schema import StartTLS
-from smtp_exporter.metrics import Buckets, SeriesState
-from smtp_exporter.metrics.families import RESULT_FAMILIES, same_state
+from smtp_exporter.metrics import Buckets, MetricsStore, SeriesState
+from smtp_exporter.metrics.families import EVERY_RESULT_FAMILIES, RESULT_FAMILIES, result_samples, same_state
 from smtp_exporter.model import (
     AddressInfo,
     Attempt,
@@ -178,6 +178,32 @@ def test_a_series_shows_its_latest_result_whatever_came_before(results: list[Pro
     fresh = _series()
     fresh.observe(results[-1])
     assert _result_lines(series) == _result_lines(fresh)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_results())
+def test_every_result_has_a_sample_of_each_family_the_scrape_counts_on(result: ProbeResult) -> None:
+    # The scrape does not look for empty fragments in these families (metrics/exposition.py).
+    assert {family for family, _, _ in result_samples(result)} >= set(EVERY_RESULT_FAMILIES)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_results(), min_size=1, max_size=4))
+def test_a_scrape_of_many_series_has_each_series_lines_whole(results: list[ProbeResult]) -> None:
+    # Series of different results have lines of different families: the scrape writes each
+    # family's head before every fragment of it, and only there.
+    store = MetricsStore()
+    expected: list[str] = []
+    for index, result in enumerate(results):
+        series = SeriesState(
+            (("target", f"mx{index}.test"), ("module", "m")), buckets=Buckets((0.1,)), phase_histograms=True
+        )
+        series.observe(result)
+        store.add(series)
+        expected += [line for line in series_text(series).splitlines() if not line.startswith("#")]
+    scraped = b"".join(store.render(openmetrics=False)).decode()
+    lines = [line for line in scraped.splitlines() if not line.startswith("#")]
+    assert sorted(lines) == sorted(expected)
 
 
 def test_a_series_keeps_equal_state_lines_once() -> None:
