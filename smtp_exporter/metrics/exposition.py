@@ -441,8 +441,8 @@ def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[byt
         column = columns[position]
         if not in_every_series:
             # Its empty fragments dropped: the head goes before each fragment with lines. Not
-            # looked for in a family every series has lines of, since the filter is a third of
-            # what a scrape spends outside copying bytes (docs/architecture.md).
+            # looked for in a family every series has lines of: filtering every family was 8% of
+            # a scrape's CPU at 10,000 targets (docs/architecture.md).
             column = tuple(filter(None, column))
             if not column:
                 continue
