@@ -438,7 +438,9 @@ def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[byt
     for family, position, head, in_every_series in _EXPOSITION:
         if position >= len(columns):
             continue
-        column = columns[position]
+        # Taken out of the list, so that its fragments are let go of right after their pieces
+        # are written, while still in the CPU's cache, not all at once at the end of the scrape.
+        column, columns[position] = columns[position], ()
         if not in_every_series:
             # Its empty fragments dropped: the head goes before each fragment with lines. Not
             # looked for in a family every series has lines of: filtering every family was 8% of
