@@ -8,6 +8,7 @@ import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from smtp_exporter.config.schema import StartTLS
 from smtp_exporter.metrics import Buckets, MetricsStore, SeriesState
@@ -204,6 +205,13 @@ def test_a_scrape_of_many_series_has_each_series_lines_whole(results: list[Probe
     scraped = b"".join(store.render(openmetrics=False)).decode()
     lines = [line for line in scraped.splitlines() if not line.startswith("#")]
     assert sorted(lines) == sorted(expected)
+    # Read by Prometheus' own parser, every sample belongs to one of the series (a head written
+    # without its line, or twice, would merge two lines into one and fail here).
+    samples = [sample for family in parse_text(scraped) for sample in family.samples]
+    assert len(samples) == len(lines)
+    assert all(
+        sample.labels["module"] == "m" and sample.labels["target"].startswith("mx") for sample in samples
+    )
 
 
 def test_a_series_keeps_equal_state_lines_once() -> None:
