@@ -187,7 +187,8 @@ class Scheduler:
             self._blackbox_names = metrics.blackbox_names
             for job in self._jobs.values():
                 for state in job.series:
-                    state.reconfigure(
+                    self._store.reconfigure(
+                        state,
                         buckets=self._buckets,
                         phase_histograms=self._phase_histograms,
                         blackbox_names=self._blackbox_names,
@@ -338,7 +339,6 @@ class Scheduler:
             if any(state.mx_host == mx_host and state.ip_protocol == family for state in recorded):
                 continue  # the same MX host twice in one lookup: keep the first
             state = job.find(mx_host, family)
-            new = state is None
             if state is None:
                 state = SeriesState(
                     job.series_labels((mx_host, family)),
@@ -348,9 +348,7 @@ class Scheduler:
                     delivery_buckets=self._delivery_buckets,
                 )
             previous = state.latest
-            kept = state.observe(result)
-            if new:  # with its lines: the store holds no series without (MetricsStore)
-                self._store.add(state)
+            kept = self._store.record(state, result)
             self._history.add(
                 kept, scheduled=True, transcript=result.transcript, mx_host=mx_host, ip_protocol=family
             )

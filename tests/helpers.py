@@ -15,7 +15,8 @@ from typing import NoReturn
 
 import pytest
 
-from smtp_exporter.metrics.exposition import MetricsStore, SeriesState
+from smtp_exporter.metrics import MetricsStore, SeriesState
+from smtp_exporter.model import ProbeResult
 
 # The Debian package that provides each system binary the tests use.
 DEBIAN_PACKAGES = {
@@ -85,9 +86,15 @@ def require_module(name: str) -> ModuleType:
         skip_or_fail(f"Python module {name!r} is not installed (pip install -e '.[test,uvloop]')")
 
 
-def series_text(state: SeriesState) -> str:
-    """What /metrics shows of one scheduled series (HELP and TYPE lines included): its fragments
+def scrape_text(store: MetricsStore) -> str:
+    """What /metrics shows of a store's series (HELP and TYPE lines included): their fragments
     as a scrape writes them, each after its family's line head."""
-    store = MetricsStore()
-    store.add(state)
     return b"".join(store.render(openmetrics=False)).decode()
+
+
+def series_text(state: SeriesState, *results: ProbeResult) -> str:
+    """What /metrics shows of one scheduled series after `results`, in a store of its own."""
+    store = MetricsStore()
+    for result in results:
+        store.record(state, result)
+    return scrape_text(store)

@@ -5,12 +5,12 @@ from smtp_exporter.metrics.exposition import (
     OPENMETRICS_EOF,
     TEXT_CONTENT_TYPE,
     Buckets,
-    MetricsStore,
     SeriesState,
     render_probe_result,
     wants_openmetrics,
 )
 from smtp_exporter.metrics.health import ExporterStats, HealthMetrics
+from smtp_exporter.metrics.store import MetricsStore
 
 __all__ = [
     "OPENMETRICS_CONTENT_TYPE",

@@ -1,11 +1,11 @@
 """Rendering of probe metrics, built for scrapes that stay cheap as the targets grow.
 
 A scheduled series (one target and module, or one MX host of it) renders its sample lines once,
-when its probe completes, into one byte string per metric family (`SeriesState.fragments`),
-without the `name{` its first line starts with: every series' fragment of a family starts so,
-and the scrape writes it back as the separator of the family's join (`_line_head`). A scrape
-then writes, for each family, its HELP/TYPE header once followed by that join of every series'
-fragment: no per-sample work happens on the scrape path. The sample lines are the same
+when its probe completes, into one byte string per metric family (`Lines`), without the `name{`
+its first line starts with: every series' fragment of a family starts so, and the scrape writes
+it back as the separator of the family's join (`_line_head`). The store (metrics/store.py) keeps
+the fragments; a scrape writes, for each family, its HELP/TYPE header once followed by that join
+of every series' fragment: no per-sample work happens on the scrape path. The sample lines are the same
 in the Prometheus text format 0.0.4 and in OpenMetrics 1.0 (counters' samples end in `_total`
 in both, `_created` is not exposed); only the family headers and the `# EOF` trailer differ.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, repeat, zip_longest
-from operator import attrgetter
+from itertools import accumulate, chain, repeat
+from typing import NamedTuple
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
@@ -26,26 +26,14 @@ from prometheus_client.utils import floatToGoString
 from smtp_exporter.metrics.blackbox import BLACKBOX_FAMILIES, blackbox_samples
 from smtp_exporter.metrics.families import (
     ATTEMPT_FAILURES_TOTAL,
-    ATTEMPTS,
     DELIVERY_HISTOGRAM,
-    DURATION,
     DURATION_HISTOGRAM,
-    ENHANCED_STATUS,
     EVERY_RESULT_FAMILIES,
-    EXTENSION,
     FAILURES_TOTAL,
-    FALLBACK,
-    IP_PROTOCOL,
-    LAST_RUN,
-    MAX_SIZE,
-    PHASE_DURATION,
     PHASE_DURATION_HISTOGRAM,
-    PIPELINED,
     PROBES_TOTAL,
-    REPLY_CODE,
     RESULT_FAMILIES,
     STATE_FAMILIES,
-    SUCCESS,
     Family,
     Kind,
     Labels,
@@ -63,35 +51,15 @@ from smtp_exporter.model import ProbeResult
 TEXT_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _go_float: Callable[[float], str] = floatToGoString  # the client library's float spelling (le="1.0")
 OPENMETRICS_EOF = b"# EOF\n"
-SCRAPE_CHUNK_BYTES = 256 * 1024
 RECENT_DURATIONS = 32  # probe durations kept per series, for a sparkline
 # A scheduled series' families: this exporter's, then blackbox_exporter's names, whose fragments
 # stay empty (and whose headers are not written) unless `metrics.blackbox_names` is on.
 SERIES_FAMILIES = (*OWN_SERIES_FAMILIES, *BLACKBOX_FAMILIES)
 
 # Every family a scheduled series renders, in exposition order: the probe's, then posture's.
-_ALL_FAMILIES: tuple[Family, ...] = (*SERIES_FAMILIES, *POSTURE_FAMILIES)
-# The order of a series' fragments: first the families nearly every series has lines for, then
-# the rest in exposition order. A series' tuple ends at its last family with lines, so this
-# order leaves few empty places in it, each 8 bytes a series (docs/architecture.md).
-_EVERY_SERIES: tuple[Family, ...] = (
-    SUCCESS,
-    DURATION,
-    LAST_RUN,
-    PHASE_DURATION,
-    REPLY_CODE,
-    ENHANCED_STATUS,
-    EXTENSION,
-    MAX_SIZE,
-    IP_PROTOCOL,
-    ATTEMPTS,
-    FALLBACK,
-    PIPELINED,
-    PROBES_TOTAL,
-    DURATION_HISTOGRAM,
-)
-_STORED_FAMILIES = (*_EVERY_SERIES, *(family for family in _ALL_FAMILIES if family not in _EVERY_SERIES))
-_FAMILY_INDEX = {family: index for index, family in enumerate(_STORED_FAMILIES)}
+# A family's place here is its column in the store (metrics/store.py).
+EXPOSED_FAMILIES: tuple[Family, ...] = (*SERIES_FAMILIES, *POSTURE_FAMILIES)
+_POSITION = {family: position for position, family in enumerate(EXPOSED_FAMILIES)}
 
 
 def _line_head(family: Family) -> str:
@@ -102,22 +70,31 @@ def _line_head(family: Family) -> str:
     return f"{family.name}_bucket{{" if family.kind is Kind.HISTOGRAM else f"{family.name}{{"
 
 
-_HEAD_LENGTHS = tuple(len(_line_head(family)) for family in _STORED_FAMILIES)
-# The families every series has lines of: those of every result, its probe count and histogram.
+# Per family in exposition order: its line head, and whether every series has lines of it (those
+# of every result, its probe count and histogram: then the scrape need not look for empty ones).
+LINE_HEADS = tuple(_line_head(family).encode() for family in EXPOSED_FAMILIES)
+_HEAD_LENGTHS = tuple(map(len, LINE_HEADS))
 _IN_EVERY_SERIES = frozenset((*EVERY_RESULT_FAMILIES, PROBES_TOTAL, DURATION_HISTOGRAM))
-# Per family in exposition order: the place of its fragment in a series' tuple, its head, and
-# whether every series' fragment of it has lines (then the scrape need not look for empty ones).
-_EXPOSITION = tuple(
-    (family, _FAMILY_INDEX[family], _line_head(family).encode(), family in _IN_EVERY_SERIES)
-    for family in _ALL_FAMILIES
-)
-_PROBES_TOTAL_INDEX = _FAMILY_INDEX[PROBES_TOTAL]
-_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[FAILURES_TOTAL]
-_ATTEMPT_FAILURES_TOTAL_INDEX = _FAMILY_INDEX[ATTEMPT_FAILURES_TOTAL]
-_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[DURATION_HISTOGRAM]
-_PHASE_DURATION_HISTOGRAM_INDEX = _FAMILY_INDEX[PHASE_DURATION_HISTOGRAM]
-_DELIVERY_HISTOGRAM_INDEX = _FAMILY_INDEX[DELIVERY_HISTOGRAM]
-_STATE_POSITIONS = tuple(_FAMILY_INDEX[family] for family in STATE_FAMILIES)
+IN_EVERY_SERIES = tuple(family in _IN_EVERY_SERIES for family in EXPOSED_FAMILIES)
+STATE_POSITIONS = frozenset(_POSITION[family] for family in STATE_FAMILIES)
+_PROBES_TOTAL_POSITION = _POSITION[PROBES_TOTAL]
+_FAILURES_TOTAL_POSITION = _POSITION[FAILURES_TOTAL]
+_ATTEMPT_FAILURES_TOTAL_POSITION = _POSITION[ATTEMPT_FAILURES_TOTAL]
+_DURATION_HISTOGRAM_POSITION = _POSITION[DURATION_HISTOGRAM]
+_PHASE_DURATION_HISTOGRAM_POSITION = _POSITION[PHASE_DURATION_HISTOGRAM]
+_DELIVERY_HISTOGRAM_POSITION = _POSITION[DELIVERY_HISTOGRAM]
+
+
+class Lines(NamedTuple):
+    """A series' lines as one probe rendered them: per family with lines (by its place in
+    EXPOSED_FAMILIES), its fragment: the lines without the line head of the first.
+
+    `state_kept`: the probe found the state the previous one did (`same_state`), so the lines of
+    STATE_FAMILIES were not rendered again and are not here: the previous ones stay. Any other
+    family not here has no lines."""
+
+    fragments: dict[int, bytes]
+    state_kept: bool
 
 
 def wants_openmetrics(accept: str | None) -> bool:
@@ -191,16 +168,17 @@ class Histogram:
 class SeriesState:
     """What is kept of one scheduled series (one target and module, or one MX host of it).
 
-    For /metrics: its rendered lines (`fragments`), with the counters and histograms they are
-    rendered from. For the pages and logs: its latest probe's result (whose outcome, success or
-    failure phase and reason, and times, is the target's state), its latest failed result (kept while successes follow, since that is what an operator looks
+    For /metrics: the counters and histograms its lines are rendered from (the lines themselves
+    are kept in the store, metrics/store.py). For the pages and logs: its latest probe's result
+    (whose outcome, success or failure phase and reason, and times, is the target's state), its
+    latest failed result (kept while successes follow, since that is what an operator looks
     for), and the durations of its last RECENT_DURATIONS probes. The latest failure keeps its
     transcript; a successful result is kept without one: its transcript lives only in the
     shared result history, which keeps the newest `metrics.history_limit` of them.
 
     `labels` are the series' own labels: target, module, mx_host in mx_mode each, ip_protocol
     ("4" or "6") under ip_protocol both, then the target's static labels. `observe` folds in a
-    probe result and re-renders the fragments; `blackbox_names` adds blackbox_exporter's names.
+    probe result and renders the series' lines; `blackbox_names` adds blackbox_exporter's names.
     """
 
     __slots__ = (
@@ -213,7 +191,6 @@ class SeriesState:
         "_histogram",
         "_phase_histograms",
         "_prefix",
-        "fragments",
         "ip_protocol",
         "latest",
         "latest_failure",
@@ -249,7 +226,6 @@ class SeriesState:
         # A ring written at index (probes - 1) % RECENT_DURATIONS, of machine floats, not float
         # objects; single precision (7 digits) is more than a sparkline can show, and half the size.
         self._durations = array("f", (0.0,)) * RECENT_DURATIONS
-        self.fragments: tuple[bytes, ...] = ()
 
     def reconfigure(
         self,
@@ -258,8 +234,9 @@ class SeriesState:
         phase_histograms: bool,
         blackbox_names: bool = False,
         delivery_buckets: Buckets = _NO_BUCKETS,
-    ) -> None:
-        """Apply the metrics settings of a new config; histograms restart only if they changed."""
+    ) -> Lines | None:
+        """Apply the metrics settings of a new config; histograms restart only if they changed.
+        Returns the series' lines rendered again, if the settings change them."""
         changed = blackbox_names != self._blackbox_names
         self._blackbox_names = blackbox_names
         if delivery_buckets.bounds != self._delivery_buckets.bounds:
@@ -276,10 +253,11 @@ class SeriesState:
             self._phase_histograms = {} if phase_histograms else None
             changed = True
         if changed and self.latest is not None:
-            self.fragments = self._render(self.latest, self.latest)
+            return self._render(self.latest, self.latest)
+        return None
 
-    def observe(self, result: ProbeResult) -> ProbeResult:
-        """Fold in `result`; returns the result as kept (`latest`)."""
+    def observe(self, result: ProbeResult) -> tuple[ProbeResult, Lines]:
+        """Fold in `result`; returns it as kept (`latest`), and the series' lines rendered from it."""
         previous = self.latest
         self._durations[self.probes % RECENT_DURATIONS] = result.duration_seconds
         self.probes += 1
@@ -308,12 +286,15 @@ class SeriesState:
                 if histogram is None:
                     histogram = self._phase_histograms[phase.phase] = Histogram(buckets)
                 histogram.observe(phase.duration_seconds)
-        kept = result.kept() if result.success else result
-        self.latest = kept
+        kept = self.latest = result.kept() if result.success else result
         if not result.success:
             self.latest_failure = result
-        self.fragments = self._render(result, previous)
-        return kept
+        return kept, self._render(result, previous)
+
+    def lines(self) -> Lines:
+        """The series' lines rendered whole from its latest result (there must be one)."""
+        assert self.latest is not None, "a series without a result has no lines"
+        return self._render(self.latest, None)
 
     def recent_durations(self) -> array[float]:
         """The durations of the last probes (RECENT_DURATIONS at most), oldest first."""
@@ -323,10 +304,10 @@ class SeriesState:
         split = self.probes % RECENT_DURATIONS
         return durations[split:] + durations[:split]
 
-    def _render(self, result: ProbeResult, previous: ProbeResult | None) -> tuple[bytes, ...]:
+    def _render(self, result: ProbeResult, previous: ProbeResult | None) -> Lines:
         # The hot path of every scheduled probe: lines are built inline, without helper calls.
         prefix = self._prefix  # never empty: a series has at least target and module
-        index = _FAMILY_INDEX
+        index = _POSITION
         columns: dict[int, list[str]] = {}
         # A target's state (its reply codes, EHLO keywords, TLS facts, ...) is nearly always
         # what its previous probe found: then those lines, about half of a healthy series', are
@@ -351,110 +332,41 @@ class SeriesState:
                 columns[index[family]] = [line]
             else:
                 lines.append(line)
-        columns[_PROBES_TOTAL_INDEX] = [f"{PROBES_TOTAL.name}{{{prefix}}} {self.probes}\n"]
+        columns[_PROBES_TOTAL_POSITION] = [f"{PROBES_TOTAL.name}{{{prefix}}} {self.probes}\n"]
         if self._failures:
-            columns[_FAILURES_TOTAL_INDEX] = [
+            columns[_FAILURES_TOTAL_POSITION] = [
                 f'{FAILURES_TOTAL.name}{{{prefix},phase="{phase}",reason="{reason}"}} {count}\n'
                 for (phase, reason), count in self._failures.items()
             ]
         if self._attempt_failures:
-            columns[_ATTEMPT_FAILURES_TOTAL_INDEX] = [
+            columns[_ATTEMPT_FAILURES_TOTAL_POSITION] = [
                 f'{ATTEMPT_FAILURES_TOTAL.name}{{{prefix},reason="{reason}"}} {count}\n'
                 for reason, count in self._attempt_failures.items()
             ]
-        columns[_DURATION_HISTOGRAM_INDEX] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
+        columns[_DURATION_HISTOGRAM_POSITION] = self._histogram.render(DURATION_HISTOGRAM.name, prefix)
         if self._delivery_histogram is not None:
-            columns[_DELIVERY_HISTOGRAM_INDEX] = self._delivery_histogram.render(
+            columns[_DELIVERY_HISTOGRAM_POSITION] = self._delivery_histogram.render(
                 DELIVERY_HISTOGRAM.name, prefix
             )
         if self._phase_histograms:
             phase_lines: list[str] = []
             for phase, histogram in self._phase_histograms.items():
                 phase_lines += histogram.render(PHASE_DURATION_HISTOGRAM.name, f'{prefix},phase="{phase}"')
-            columns[_PHASE_DURATION_HISTOGRAM_INDEX] = phase_lines
-        # Up to the last family with lines: the blackbox and posture families (and often the
-        # last few of this exporter's) are empty, and each empty place would cost 8 bytes a series.
-        fragments = [b""] * (max(columns) + 1)
+            columns[_PHASE_DURATION_HISTOGRAM_POSITION] = phase_lines
+        fragments: dict[int, bytes] = {}
         for position, lines in columns.items():
             lines[0] = lines[0][_HEAD_LENGTHS[position] :]  # the scrape writes it (_line_head)
             fragments[position] = "".join(lines).encode()
-        if unchanged:
-            before = self.fragments
-            fragments += [b""] * (len(before) - len(fragments))
-            for position in _STATE_POSITIONS:
-                if position < len(before):
-                    fragments[position] = before[position]
-        else:
+        if not unchanged:
             # Equal state fragments share one object: without their family's name, a healthy
             # series' success, attempts and pipelined lines are each `target=...} 1\n`. Kept
             # while the state is, this costs nothing at the probes that follow.
             shared: dict[bytes, bytes] = {}
-            for position in _STATE_POSITIONS:
-                if position < len(fragments) and fragments[position]:
-                    fragments[position] = shared.setdefault(fragments[position], fragments[position])
-        return tuple(fragments)
-
-
-class MetricsStore:
-    """The scheduled series, in a stable order, and the scrape-time concatenation of their blocks.
-
-    A series is its own key (by identity): no key object is kept per series. A series is added
-    once it rendered its first result, so every series here has the lines of `_IN_EVERY_SERIES`."""
-
-    def __init__(self) -> None:
-        self._series: dict[SeriesState, None] = {}
-
-    def __len__(self) -> int:
-        return len(self._series)
-
-    def add(self, state: SeriesState) -> None:
-        self._series[state] = None
-
-    def remove(self, state: SeriesState) -> None:
-        self._series.pop(state, None)
-
-    def render(self, *, openmetrics: bool) -> Iterator[bytes]:
-        """The chunks of every family's block (without any `# EOF`), from the fragments as they
-        are at this call: join them or write them out.
-
-        A family's block is joined in pieces of about SCRAPE_CHUNK_BYTES, each only when it is
-        taken, so a writer that drops every piece once written keeps few of them alive. Joined
-        whole and all at once, the body (tens of megabytes at 10,000 targets) lands in the heap
-        among the series' fragments, and that memory stays resident after the scrape.
-        """
-        columns = list(zip_longest(*map(_fragments, self._series), fillvalue=b""))
-        return _pieces(columns, openmetrics)
-
-
-_fragments = attrgetter("fragments")
-
-
-_NOTHING = (b"",)
-
-
-def _pieces(columns: list[tuple[bytes, ...]], openmetrics: bool) -> Iterator[bytes]:
-    """`columns` in the fragments' order (`_STORED_FAMILIES`), written in exposition order, each
-    fragment after its family's line head."""
-    for family, position, head, in_every_series in _EXPOSITION:
-        if position >= len(columns):
-            continue
-        # Taken out of the list, so that its fragments are let go of right after their pieces
-        # are written, while still in the CPU's cache, not all at once at the end of the scrape.
-        column, columns[position] = columns[position], ()
-        if not in_every_series:
-            # Its empty fragments dropped: the head goes before each fragment with lines. Not
-            # looked for in a family every series has lines of: filtering every family was 8% of
-            # a scrape's CPU at 10,000 targets (docs/architecture.md).
-            column = tuple(filter(None, column))
-            if not column:
-                continue
-        sample = column[:: len(column) // 16 + 1]
-        step = SCRAPE_CHUNK_BYTES // (sum(map(len, sample)) // len(sample) + 1) + 1
-        header = family.openmetrics_header if openmetrics else family.text_header
-        yield header
-        for start in range(0, len(column), step):
-            # The head before each fragment: joined with it, after an empty first.
-            yield head.join(_NOTHING + column[start : start + step])
+            for position in STATE_POSITIONS:
+                fragment = fragments.get(position)
+                if fragment is not None:
+                    fragments[position] = shared.setdefault(fragment, fragment)
+        return Lines(fragments, state_kept=unchanged)
 
 
 def render_probe_result(result: ProbeResult, *, openmetrics: bool) -> bytes:
@@ -505,7 +417,7 @@ __all__ = [
     "TEXT_CONTENT_TYPE",
     "Buckets",
     "Histogram",
-    "MetricsStore",
+    "Lines",
     "SeriesState",
     "render_probe_result",
     "wants_openmetrics",

@@ -108,8 +108,7 @@ async def test_the_round_trip_finds_the_message_and_reads_its_headers(
         phase_histograms=False,
         delivery_buckets=Buckets((1.0, 1800.0)),
     )
-    state.observe(result)
-    lines = series_text(state)
+    lines = series_text(state, result)
     below = 1 if delivery.duration_seconds <= 1.0 else 0
     assert (
         f'smtp_delivery_duration_distribution_seconds_bucket{{target="t",module="roundtrip",le="1.0"}} {below}\n'

@@ -547,8 +547,7 @@ async def test_output_forms(world: World) -> None:
         assert each.mx is not None
         labels = (("target", f"two.{ZONE}"), ("module", "m"), ("mx_host", each.mx.host))
         state = SeriesState(labels, buckets=Buckets((1.0,)), phase_histograms=False)
-        state.observe(each)
-        rendered[each.mx.host] = series_text(state)
+        rendered[each.mx.host] = series_text(state, each)
     own = f'target="two.{ZONE}",module="m",mx_host="{_mx("only-stale")}"'
     assert f'smtp_dane_state{{{own},state="invalid"}} 1\n' in rendered[_mx("only-stale")]
     assert (

@@ -255,8 +255,7 @@ async def test_the_connected_address_and_the_configured_ones(
     state = SeriesState(
         (("target", "127.0.0.1"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
-    state.observe(result)
-    scheduled = series_text(state)  # what /metrics shows for the series
+    scheduled = series_text(state, result)  # what /metrics shows for the series
     series = 'target="127.0.0.1",module="m",zone="zen.test",address="192.0.2.10"'
     assert f"smtp_dnsbl_listed{{{series}}} 1\n" in scheduled
     assert f'smtp_dnsbl_state{{{series},state="listed"}} 1\n' in scheduled

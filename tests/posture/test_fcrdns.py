@@ -78,8 +78,7 @@ async def test_a_ptr_that_confirms(
     state = SeriesState(
         (("target", "127.0.0.1"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
-    state.observe(result)
-    scheduled = series_text(state)  # what /metrics shows for the series
+    scheduled = series_text(state, result)  # what /metrics shows for the series
     assert 'smtp_fcrdns_match{target="127.0.0.1",module="m"} 1\n' in scheduled
     assert 'smtp_fcrdns_banner_name_match{target="127.0.0.1",module="m"} 1\n' in scheduled
 

@@ -159,8 +159,7 @@ async def test_output_forms(
         assert each.mx is not None
         labels = (("target", "good.test"), ("module", "m"), ("mx_host", each.mx.host))
         state = SeriesState(labels, buckets=Buckets((1.0,)), phase_histograms=False)
-        state.observe(each)
-        rendered[each.mx.host] = series_text(state)
+        rendered[each.mx.host] = series_text(state, each)
     own = 'target="good.test",module="m",mx_host="a.backup.good.test"'
     assert f"smtp_mta_sts_mx_covered{{{own}}} 1\n" in rendered["a.backup.good.test"]
     assert f"smtp_mta_sts_cert_valid{{{own}}} 1\n" in rendered["a.backup.good.test"]

@@ -232,8 +232,7 @@ async def test_output_forms(server: DnsServer, smtp_server: AiosmtpdServer) -> N
     state = SeriesState(
         (("target", "loop.test"), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=False
     )
-    state.observe(result)
-    scheduled = series_text(state)
+    scheduled = series_text(state, result)
     assert 'smtp_mx_problem{target="loop.test",module="m",problem="private_address"} 1\n' in scheduled
     assert 'smtp_mx_records{target="loop.test",module="m"} 1\n' in scheduled
 

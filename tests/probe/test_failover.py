@@ -216,9 +216,7 @@ async def test_all_bad_fails_with_the_attempt_that_ended_last(
     state = SeriesState(
         (("target", "allbad.test"), ("module", "m")), buckets=Buckets(()), phase_histograms=False
     )
-    state.observe(result)
-    state.observe(result)
-    rendered = series_text(state)
+    rendered = series_text(state, result, result)
     assert (
         'smtp_probe_attempt_failures_total{target="allbad.test",module="m",reason="timeout"} 2\n' in rendered
     )

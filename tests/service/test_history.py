@@ -100,7 +100,7 @@ def test_a_kept_success_reads_its_phases_as_the_probe_made_them() -> None:
         PhaseResult(Phase.QUIT, 12.5, 221, None),
     )
     full = dataclasses.replace(_result(success=True), phases=phases)
-    kept = _state().observe(full)
+    kept, _ = _state().observe(full)
     assert isinstance(kept.phases, PackedPhases)
     assert tuple(kept.phases) == phases and kept.phases == phases and len(kept.phases) == 4
     assert kept.phases[0].reply_code is None and kept.phases[-1] == phases[-1]
@@ -109,7 +109,7 @@ def test_a_kept_success_reads_its_phases_as_the_probe_made_them() -> None:
     assert kept.phases[2].enhanced_status == "2.1.5" and kept.phases[2].duration_seconds == 0.1 + 0.2
     assert hash(kept.phases) == hash(phases)
     failed = _result(success=False)
-    assert _state().observe(failed).phases is failed.phases  # a failure is kept whole
+    assert _state().observe(failed)[0].phases is failed.phases  # a failure is kept whole
 
 
 def test_a_kept_delivery_success_keeps_every_field_and_its_imap_phases() -> None:
@@ -129,7 +129,7 @@ def test_a_kept_delivery_success_keeps_every_field_and_its_imap_phases() -> None
         pipelined=True,
         fallback=True,
     )
-    kept = _state().observe(full)
+    kept, _ = _state().observe(full)
     assert kept.phases == phases and [p.phase for p in kept.phases][-1] is Phase.IMAP_LOGOUT
     assert kept.phases[2].enhanced_status is None and kept.phases[0].enhanced_status == "2.0.0"
     for field in dataclasses.fields(ProbeResult):
@@ -148,7 +148,7 @@ def test_the_history_keeps_a_series_result_once_and_its_transcript_beside_it() -
     history = ResultHistory(10)
     state = _state()
     full = _result(success=True, start=5.0)
-    kept = state.observe(full)
+    kept, _ = state.observe(full)
     assert kept is state.latest and len(kept.transcript) == 0
     history.add(kept, scheduled=True, transcript=full.transcript, mx_host="mx1.test")
     history.add(dataclasses.replace(full), scheduled=False)  # a /probe of the same target

@@ -32,7 +32,7 @@ from smtp_exporter.model import (
 )
 from smtp_exporter.scheduler import MAX_START_GRID, MIN_START_GRID, schedule_phase, shard_of, start_grid
 from smtp_exporter.web.app import scrape_deadline
-from tests.helpers import require_binary, series_text
+from tests.helpers import require_binary, scrape_text, series_text
 
 NASTY = 'CN=evil "quoted" \\ back\nslash' + "x" * 5000
 
@@ -78,9 +78,8 @@ def test_hostile_label_values_are_bounded_escaped_and_parse() -> None:
             buckets=Buckets((0.01, 0.1, 1.0)),
             phase_histograms=True,
         )
-        state.observe(_result(success=success))
-        state.observe(_result(success=success))
-        store.add(state)
+        store.record(state, _result(success=success))
+        store.record(state, _result(success=success))
     text = _scrape(store, openmetrics=False)
     samples = [s for family in parse_text(text) for s in family.samples]
     cert = [s for s in samples if s.name == "smtp_probe_tls_cert_info"]
@@ -126,18 +125,20 @@ def test_histograms_restart_only_when_their_buckets_change() -> None:
     state = SeriesState(
         (("target", "t"), ("module", "m")), buckets=Buckets((0.01, 1.0)), phase_histograms=False
     )
-    state.observe(_result(success=True))
-    state.reconfigure(buckets=Buckets((0.01, 1.0)), phase_histograms=False)
-    text = series_text(state)
+    store = MetricsStore()
+    store.record(state, _result(success=True))
+    unchanged = {"blackbox_names": False, "delivery_buckets": Buckets(())}
+    store.reconfigure(state, buckets=Buckets((0.01, 1.0)), phase_histograms=False, **unchanged)
+    text = scrape_text(store)
     assert 'smtp_probe_duration_distribution_seconds_bucket{target="t",module="m",le="0.01"} 0' in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 1' in text
-    state.reconfigure(buckets=Buckets((0.5, 5.0)), phase_histograms=True)
-    text = series_text(state)
+    store.reconfigure(state, buckets=Buckets((0.5, 5.0)), phase_histograms=True, **unchanged)
+    text = scrape_text(store)
     assert 'le="0.01"' not in text
     assert 'smtp_probe_duration_distribution_seconds_count{target="t",module="m"} 0' in text
     assert "smtp_probes_total" in text  # counters are not histograms: they continue
-    state.observe(_result(success=True))
-    text = series_text(state)
+    store.record(state, _result(success=True))
+    text = scrape_text(store)
     assert 'smtp_probe_duration_distribution_seconds_bucket{target="t",module="m",le="0.5"} 1' in text
     assert 'smtp_probes_total{target="t",module="m"} 2' in text
     assert (
@@ -158,15 +159,13 @@ def test_probe_body_has_blackbox_names_and_no_target_labels() -> None:
 
 
 def test_a_scrape_writes_the_families_in_exposition_order() -> None:
-    # A series keeps its fragments in another order (the families most series have first); the
-    # scrape writes them back in exposition order, each family once with all its series' lines.
+    # The scrape writes each family once, in exposition order, with all its series' lines.
     store = MetricsStore()
     for success, target in ((True, "a.test:25"), (False, "b.test:25")):
         state = SeriesState(
             (("target", target), ("module", "m")), buckets=Buckets((1.0,)), phase_histograms=True
         )
-        state.observe(_result(success=success, target=target))
-        store.add(state)
+        store.record(state, _result(success=success, target=target))
     text = _scrape(store, openmetrics=False)
     written = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE smtp_probe")]
     exposition = [
@@ -221,10 +220,10 @@ def test_histogram_lines_are_exact_and_cumulative() -> None:
     state = SeriesState(
         (("target", "t"), ("module", "m")), buckets=Buckets((0.01, 1.0)), phase_histograms=False
     )
-    for duration in (0.0078125, 0.5, 0.5, 7.0):  # exact in binary: an exact sum
-        state.observe(dataclasses.replace(_result(success=True), duration_seconds=duration))
+    durations = (0.0078125, 0.5, 0.5, 7.0)  # exact in binary: an exact sum
+    results = [dataclasses.replace(_result(success=True), duration_seconds=d) for d in durations]
     name = "smtp_probe_duration_distribution_seconds"
-    lines = [line for line in series_text(state).splitlines() if line.startswith(name)]
+    lines = [line for line in series_text(state, *results).splitlines() if line.startswith(name)]
     assert lines == [
         f'{name}_bucket{{target="t",module="m",le="0.01"}} 1',
         f'{name}_bucket{{target="t",module="m",le="1.0"}} 3',

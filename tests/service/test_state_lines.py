@@ -130,10 +130,10 @@ def _series() -> SeriesState:
     )
 
 
-def _result_lines(state: SeriesState) -> list[str]:
-    """The series' lines of the families that describe its latest result (no counters and
-    histograms, which a series adds up over its probes)."""
-    return [line for line in series_text(state).splitlines() if line.startswith(_RESULT_NAMES)]
+def _result_lines(*results: ProbeResult) -> list[str]:
+    """A series' lines, after `results`, of the families that describe its latest result (no
+    counters and histograms, which a series adds up over its probes)."""
+    return [line for line in series_text(_series(), *results).splitlines() if line.startswith(_RESULT_NAMES)]
 
 
 _TLS_FIELDS = tuple(field.name for field in dataclasses.fields(TLSInfo))
@@ -173,12 +173,7 @@ _VARIED = (
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_histories())
 def test_a_series_shows_its_latest_result_whatever_came_before(results: list[ProbeResult]) -> None:
-    series = _series()
-    for result in results:
-        series.observe(result)
-    fresh = _series()
-    fresh.observe(results[-1])
-    assert _result_lines(series) == _result_lines(fresh)
+    assert _result_lines(*results) == _result_lines(results[-1])
 
 
 @settings(max_examples=200, deadline=None)
@@ -188,23 +183,43 @@ def test_every_result_has_a_sample_of_each_family_the_scrape_counts_on(result: P
     assert {family for family, _, _ in result_samples(result)} >= set(EVERY_RESULT_FAMILIES)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_results(), min_size=1, max_size=4))
-def test_a_scrape_of_many_series_has_each_series_lines_whole(results: list[ProbeResult]) -> None:
-    # Series of different results have lines of different families: the scrape writes each
-    # family's head before every fragment of it, and only there.
+def _labelled(index: int) -> SeriesState:
+    labels = (("target", f"mx{index}.test"), ("module", "m"))
+    return SeriesState(labels, buckets=Buckets((0.1,)), phase_histograms=True)
+
+
+# What a store is asked: record a result for one of three series, or (None) remove that series.
+_STORE_STEPS = st.lists(st.tuples(st.integers(0, 2), st.none() | _results()), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_STORE_STEPS)
+def test_a_scrape_shows_each_series_in_the_store_as_it_alone_shows(
+    steps: list[tuple[int, ProbeResult | None]],
+) -> None:
+    # The store keeps series' lines in columns by family, and a series that goes leaves its place
+    # to the last: whatever was recorded and removed, the scrape has exactly the lines of the
+    # series in the store, each as a series of its own that saw the same results shows them.
     store = MetricsStore()
+    series = [_labelled(index) for index in range(3)]
+    seen: list[list[ProbeResult]] = [[], [], []]
+    present = [False, False, False]
+    for index, result in steps:
+        if result is None:
+            store.remove(series[index])
+            present[index] = False
+        else:
+            store.record(series[index], result)
+            seen[index].append(result)
+            present[index] = True
     expected: list[str] = []
-    for index, result in enumerate(results):
-        series = SeriesState(
-            (("target", f"mx{index}.test"), ("module", "m")), buckets=Buckets((0.1,)), phase_histograms=True
-        )
-        series.observe(result)
-        store.add(series)
-        expected += [line for line in series_text(series).splitlines() if not line.startswith("#")]
+    for index in range(3):
+        if present[index]:
+            alone = series_text(_labelled(index), *seen[index])
+            expected += [line for line in alone.splitlines() if not line.startswith("#")]
     scraped = b"".join(store.render(openmetrics=False)).decode()
     lines = [line for line in scraped.splitlines() if not line.startswith("#")]
-    assert sorted(lines) == sorted(expected)
+    assert sorted(lines) == sorted(expected) and len(store) == sum(present)
     # Read by Prometheus' own parser, every sample belongs to one of the series (a head written
     # without its line, or twice, would merge two lines into one and fail here).
     samples = [sample for family in parse_text(scraped) for sample in family.samples]
@@ -214,20 +229,45 @@ def test_a_scrape_of_many_series_has_each_series_lines_whole(results: list[Probe
     )
 
 
+def test_a_scrape_shows_the_store_as_it_was_when_it_began() -> None:
+    # Probes complete while a scrape is written (and a gzip scrape is made in another thread):
+    # the scrape is of the lines as they were at its start.
+    store = MetricsStore()
+    first, second = _labelled(0), _labelled(1)
+    result = ProbeResult(
+        "mx.test", "m", True, 1.7e9, 0.01, (PhaseResult(Phase.BANNER, 0.001, 220, "ok"),), None
+    )
+    store.record(first, result)
+    store.record(second, result)
+    before = b"".join(store.render(openmetrics=False))
+    chunks = store.render(openmetrics=False)
+    store.record(
+        first,
+        dataclasses.replace(
+            result, success=False, failure=Failure(Phase.BANNER, FailureReason.TIMEOUT, "slow")
+        ),
+    )
+    store.remove(second)
+    assert b"".join(chunks) == before != b"".join(store.render(openmetrics=False))
+
+
 def test_a_series_keeps_equal_state_lines_once() -> None:
     # Without their families' names, success, attempts and pipelined of a healthy series are one
-    # line, `target=...} 1`: kept as one object, across probes of the same state too.
+    # line, `target=...} 1`: rendered as one object, and not again while the state stays.
     result = ProbeResult(
         "mx.test", "m", True, 1.7e9, 0.01, (PhaseResult(Phase.BANNER, 0.001, 220, "ok"),), None,
         server=ServerInfo("mx.test", "mx.test", ()),
         attempts=(Attempt(None, "::1", 6, AttemptOutcome.CONNECTED, None, None, 0.001),), pipelined=True,
     )  # fmt: skip
+    one = b'target="mx.test",module="m"} 1\n'
     series = _series()
-    series.observe(result)  # the next probes' count (2, 3) is a line of its own
-    for _ in range(2):
-        series.observe(result)
-        ones = [fragment for fragment in series.fragments if fragment == b'target="mx.test",module="m"} 1\n']
-        assert len(ones) == 3 and ones[0] is ones[1] is ones[2]
+    _, lines = series.observe(result)
+    ones = [fragment for fragment in lines.fragments.values() if fragment == one]
+    # Success, attempts and pipelined as one object; the count of probes (1) is a line of its own.
+    assert len(ones) == 4 and len({id(fragment) for fragment in ones}) == 2
+    for _ in range(2):  # the same state: not rendered again, the store keeps those lines
+        _, later = series.observe(result)
+        assert later.state_kept and one not in later.fragments.values()
 
 
 def test_each_state_change_is_rendered() -> None:
@@ -274,13 +314,7 @@ def test_each_state_change_is_rendered() -> None:
         )
     for name, (before, after) in pairs.items():
         assert not same_state(after, before), name
-        series = _series()
-        series.observe(before)
-        shown = _result_lines(series)
-        series.observe(after)
-        fresh = _series()
-        fresh.observe(after)
-        assert _result_lines(series) == _result_lines(fresh) != shown, name
+        assert _result_lines(before, after) == _result_lines(after) != _result_lines(before), name
 
 
 async def test_probes_of_an_unchanged_server_have_the_same_state(
