@@ -5,9 +5,10 @@ when its probe completes, into one byte string per metric family (`Lines`), with
 its first line starts with: every series' fragment of a family starts so, and the scrape writes
 it back as the separator of the family's join (`_line_head`). The store (metrics/store.py) keeps
 the fragments; a scrape writes, for each family, its HELP/TYPE header once followed by that join
-of every series' fragment: no per-sample work happens on the scrape path. The sample lines are the same
-in the Prometheus text format 0.0.4 and in OpenMetrics 1.0 (counters' samples end in `_total`
-in both, `_created` is not exposed); only the family headers and the `# EOF` trailer differ.
+of every series' fragment: no per-sample work happens on the scrape path. The sample lines are
+the same in the Prometheus text format 0.0.4 and in OpenMetrics 1.0 (counters' samples end in
+`_total` in both, `_created` is not exposed); only the family headers and the `# EOF` trailer
+differ.
 """
 
 from __future__ import annotations

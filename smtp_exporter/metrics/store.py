@@ -117,6 +117,9 @@ class MetricsStore:
         whole and all at once, the body (tens of megabytes at 10,000 targets) lands in the heap
         among the series' fragments, and that memory stays resident after the scrape.
         """
+        # Empty places dropped only in the families some series have no lines of (each family's
+        # head goes before each fragment with lines); looking for them in every family was 8% of
+        # a scrape's CPU at 10,000 targets (docs/architecture.md).
         copies = [
             _NO_COLUMN if column is None else column.copy() if in_every else list(filter(None, column))
             for column, in_every in zip(self._columns, IN_EVERY_SERIES, strict=True)
