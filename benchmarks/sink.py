@@ -9,7 +9,10 @@ keywords, same replies), so a client does the same work against either. It can a
 - delay every reply by a fixed time (`--delay-ms`), for the timing-fidelity benchmark, and
   measure how late it really sent each reply (its own loop's error, reported by `stats`);
   each command's delay starts when it is read, so a pipelined batch is answered at once after
-  one delay;
+  one delay. With a delay, connections are read with recvmsg and the kernel's receive
+  timestamp (SO_TIMESTAMPNS), so that the delay reported as applied runs from the moment the
+  command reached the socket: the time this process took to read it (its loop busy, or its
+  CPU taken) is the server's, as a real server's is, not an error of the client's clock;
 - not offer PIPELINING (`--no-pipelining`), so that a client that pipelines when offered talks
   one command at a time, as a client that never pipelines does;
 - fail on some ports: `--reject-rcpt N` ports answer RCPT with 550, `--reject-banner N`
@@ -17,10 +20,11 @@ keywords, same replies), so a client does the same work against either. It can a
 
 On start it prints one JSON line: {"ok": [ports], "reject_rcpt": [...], "reject_banner": [...]}.
 It then reads commands on stdin, answering each with one JSON line: `stats` (conversations,
-replies, lateness percentiles in seconds), `reset` (forget lateness and conversations),
-`conversations` (per port, its last few conversations as [accept unix time, {phase: seconds
-from reading the command to writing its delayed reply}]: the delays really applied, to compare
-a client's measurements with). End of input or SIGTERM stops it.
+replies, lateness percentiles in seconds: of the delayed replies, and of reading commands
+after they arrived), `reset` (forget lateness and conversations), `conversations` (per port,
+its last few conversations as [accept unix time, {phase: seconds from the command's arrival
+to writing its delayed reply}]: the delays really applied, to compare a client's measurements
+with). End of input or SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import json
 import resource
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 GREETING = b"220 sink.test ESMTP\r\n"
 BANNER_REJECT = b"554 5.7.1 sink.test: no SMTP service here\r\n"
@@ -55,6 +61,10 @@ RCPT_REJECT = b"550 5.1.1 <postmaster>: Recipient address rejected\r\n"
 MESSAGE_OK = b"250 2.0.0 Ok\r\n"
 UNKNOWN = b"502 5.5.2 Error: command not recognized\r\n"
 MAX_BUFFER = 1 << 20
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; the control message has the same number), which
+# the socket module does not name: a struct timespec on the realtime clock per recvmsg.
+SO_TIMESTAMPNS = 35
+TIMESTAMP_SPACE = socket.CMSG_SPACE(16)
 PHASES = {
     b"EHLO": "ehlo",
     b"HELO": "helo",
@@ -71,21 +81,25 @@ class Stats:
         self.conversations = 0
         self.replies = 0
         self.lateness: list[float] = []
+        self.read_lateness: list[float] = []  # from a command's arrival in the socket to its reading
         # port -> its last conversations: (accept unix time, {phase: applied delay})
         self.conversations_by_port: dict[int, deque[tuple[float, dict[str, float]]]] = {}
 
     def summary(self) -> dict[str, object]:
         late = sorted(self.lateness)
+        read_late = sorted(self.read_lateness)
 
-        def pct(p: float) -> float:
-            return late[min(len(late) - 1, int(p * len(late)))] if late else 0.0
+        def pct(values: list[float], p: float) -> float:
+            return values[min(len(values) - 1, int(p * len(values)))] if values else 0.0
 
         return {
             "conversations": self.conversations,
             "replies": self.replies,
-            "lateness_p50": pct(0.5),
-            "lateness_p99": pct(0.99),
+            "lateness_p50": pct(late, 0.5),
+            "lateness_p99": pct(late, 0.99),
             "lateness_max": late[-1] if late else 0.0,
+            "read_lateness_p50": pct(read_late, 0.5),
+            "read_lateness_p99": pct(read_late, 0.99),
         }
 
 
@@ -101,6 +115,9 @@ class SinkProtocol(asyncio.Protocol):
         self.in_data = False
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        # When the bytes being handled reached the socket (TimedConnection), on perf_counter's
+        # clock; 0.0 when only their reading is known.
+        self.arrived = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
@@ -116,19 +133,22 @@ class SinkProtocol(asyncio.Protocol):
     def reply(self, data: bytes, phase: str | None, close: bool = False) -> None:
         if self.delay > 0:
             received = time.perf_counter()
-            self.loop.call_later(self.delay, self._send, data, close, phase, received)
+            arrived = self.arrived or received
+            if phase is not None:
+                self.stats.read_lateness.append(received - arrived)
+            self.loop.call_later(self.delay, self._send, data, close, phase, received, arrived)
         else:
-            self._send(data, close, None, 0.0)
+            self._send(data, close, None, 0.0, 0.0)
 
-    def _send(self, data: bytes, close: bool, phase: str | None, received: float) -> None:
+    def _send(self, data: bytes, close: bool, phase: str | None, received: float, arrived: float) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         if received:
-            applied = time.perf_counter() - received
-            self.stats.lateness.append(applied - self.delay)
+            sent = time.perf_counter()
+            self.stats.lateness.append(sent - received - self.delay)
             if phase is not None:
-                self.applied[phase] = applied
+                self.applied[phase] = sent - arrived
         self.stats.replies += 1
         transport.write(data)
         if close:
@@ -171,6 +191,82 @@ class SinkProtocol(asyncio.Protocol):
         self.transport = None
 
 
+class TimedConnection:
+    """A connection read with recvmsg, each chunk stamped with the kernel's receive time, and
+    written with plain sends: the few methods of a transport that SinkProtocol uses."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: SinkProtocol) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.protocol = protocol
+        self.closing = False
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        protocol.connection_made(self)  # type: ignore[arg-type]
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(65536, TIMESTAMP_SPACE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        arrived = 0.0
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                # The realtime clock's reading moved to perf_counter's (both read just now).
+                arrived = seconds + nanoseconds / 1e9 - (time.time() - time.perf_counter())
+        self.protocol.arrived = arrived
+        self.protocol.data_received(data)
+
+    def write(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = -1
+        # Replies are a few hundred bytes: a send that does not take one whole means the client
+        # stopped reading, and a benchmark's client that does is broken; hang up on it.
+        if sent != len(data):
+            self.close()
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.protocol.connection_lost(None)
+
+
+def _serve_timed(
+    loop: asyncio.AbstractEventLoop, listener: socket.socket, protocol: Callable[[], SinkProtocol]
+) -> None:
+    """Accept on `listener` from the loop, each connection a TimedConnection."""
+    listener.setblocking(False)
+
+    def acceptable() -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        TimedConnection(loop, sock, protocol())
+
+    loop.add_reader(listener.fileno(), acceptable)
+
+
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
@@ -189,11 +285,14 @@ async def serve(args: argparse.Namespace) -> None:
             sock.listen(args.backlog)
             ports[mode].append(sock.getsockname()[1])
             port = sock.getsockname()[1]
-            server = await loop.create_server(
-                lambda port=port, mode=mode: SinkProtocol(port, mode, delay, stats, ehlo_reply),  # type: ignore[misc]
-                sock=sock,
-            )
-            servers.append(server)
+
+            def protocol(port: int = port, mode: str = mode) -> SinkProtocol:
+                return SinkProtocol(port, mode, delay, stats, ehlo_reply)
+
+            if delay > 0:
+                _serve_timed(loop, sock, protocol)
+            else:
+                servers.append(await loop.create_server(protocol, sock=sock))
     print(json.dumps(ports), flush=True)
 
     stop = asyncio.Event()
@@ -211,6 +310,7 @@ async def serve(args: argparse.Namespace) -> None:
                 print(json.dumps(stats.summary()), flush=True)
             elif line.strip() == b"reset":
                 stats.lateness.clear()
+                stats.read_lateness.clear()
                 stats.conversations_by_port.clear()
                 print("{}", flush=True)
             elif line.strip() == b"conversations":

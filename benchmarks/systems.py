@@ -12,6 +12,7 @@ Every listener binds port 0 on 127.0.0.1; ports are read back from /proc or from
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -155,10 +156,15 @@ class Exporter:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def scrape(self, *, timeout: float = 60.0) -> bytes:
-        response = http_get(self.port, "/metrics", timeout=timeout)
+    def scrape(self, *, timeout: float = 60.0, compressed: bool = False) -> bytes:
+        """The /metrics body; `compressed`: asked for with gzip, as Prometheus asks, and
+        decompressed."""
+        headers = {"Accept-Encoding": "gzip"} if compressed else None
+        response = http_get(self.port, "/metrics", timeout=timeout, headers=headers)
         if response.status != 200:
             raise BenchmarkError(f"/metrics answered {response.status}: {response.body[:200]!r}")
+        if compressed and response.body[:2] == b"\x1f\x8b":
+            return gzip.decompress(response.body)
         return response.body
 
     def reload(self, config_text: str) -> None:
